@@ -1,0 +1,34 @@
+#pragma once
+// A fast non-cryptographic 64-bit hash for table keys and consistent hashing. Not for secrets.
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+
+namespace sluice {
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t hash64(std::string_view s, uint64_t seed = 0) {
+  // FNV-1a over 8-byte words, then a strong finaliser: fast on short keys, well spread.
+  uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+  const char* p = s.data();
+  size_t n = s.size();
+  while (n >= 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t tail = 0;
+  memcpy(&tail, p, n);
+  h = (h ^ tail ^ (static_cast<uint64_t>(s.size()) << 56)) * 0x100000001b3ULL;
+  return mix64(h);
+}
+
+}  // namespace sluice

@@ -1,0 +1,24 @@
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace sluice {
+
+inline char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
+bool equalsIgnoreCase(std::string_view a, std::string_view b);
+std::string toLower(std::string_view s);
+std::string_view trim(std::string_view s);
+// True if the comma-separated header value contains `token` (case-insensitive), as in
+// "Connection: keep-alive, Upgrade".
+bool headerHasToken(std::string_view value, std::string_view token);
+
+// Typed config values. Durations: "250ms", "5s", "2m", "1h", "100us"; a bare number is refused so
+// that "5" never silently means five milliseconds or five seconds.
+bool parseDurationNanos(std::string_view s, int64_t* out);
+// Sizes: "512", "16k", "8m", "1g" (binary multiples, case-insensitive).
+bool parseSize(std::string_view s, uint64_t* out);
+
+std::string jsonEscape(std::string_view s);
+
+}  // namespace sluice

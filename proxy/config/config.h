@@ -1,0 +1,151 @@
+#pragma once
+// The validated, immutable configuration. Parsing lives in config_loader.{h,cc}; the runtime
+// only ever sees a `ConfigPtr` (shared_ptr<const Config>). A request holds the snapshot it started
+// with, and a reload swaps the pointer.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/ip.h"
+
+namespace re2 {
+class RE2;
+}
+
+namespace sluice {
+
+struct ListenerConfig {
+  std::string name;             // defaults to the address
+  std::string host = "127.0.0.1";  // numeric IP; IPv6 without brackets
+  uint16_t port = 8080;
+  bool proxy_protocol = false;  // expect a PROXY v1/v2 header first on every connection
+  int backlog = 511;
+};
+
+struct AdminConfig {
+  std::string host = "127.0.0.1";  // numeric IP; IPv6 without brackets
+  uint16_t port = 9901;
+  bool enabled = true;
+  std::string token;            // inline bearer token (redacted in GET /config)
+  std::string token_file;       // or read from this file at load time (token then holds its
+                                // trimmed content)
+  CidrSet allow;                // peers allowed besides loopback
+};
+
+// Limits on what a client may send, and client-side timers.
+struct ClientConfig {
+  uint64_t max_uri_size = 8 * 1024;          // 414 above
+  uint64_t max_header_size = 32 * 1024;      // 431 above (request line excluded, all header bytes)
+  uint32_t max_headers = 100;                // 431 above
+  uint64_t max_body_size = 8 * 1024 * 1024;  // 413 above; 0 = unlimited
+  Nanos header_timeout = 10 * kSeconds;      // whole request head must arrive within; 408
+  Nanos body_timeout = 30 * kSeconds;        // gap between two body reads; 408
+  Nanos keepalive_timeout = 60 * kSeconds;   // idle keep-alive connection closed after
+  Nanos send_timeout = 30 * kSeconds;        // a write to the client must make progress within
+  uint32_t max_requests_per_connection = 10000;
+  uint64_t buffer_size = 64 * 1024;          // high watermark before reading from the other side stops
+};
+
+enum class BalanceKind { kRoundRobin, kLeastConn, kHash };
+
+struct UpstreamServerConfig {
+  std::string host;  // numeric IP as written; IPv6 without brackets ("::1")
+  uint16_t port = 0;
+  uint32_t weight = 1;
+  // "host:port" with IPv6 bracketed ("[::1]:9080"), so it is also a valid Host header value.
+  std::string address() const {
+    if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
+    return host + ":" + std::to_string(port);
+  }
+};
+
+struct HealthCheckConfig {
+  bool enabled = false;
+  std::string path = "/healthz";
+  std::string host;               // Host header; defaults to the server address
+  Nanos interval = 2 * kSeconds;
+  Nanos timeout = 1 * kSeconds;
+  uint32_t rise = 2;              // consecutive successes to mark healthy
+  uint32_t fall = 3;              // consecutive failures to mark unhealthy
+  int expect_status_min = 200;    // healthy when status in [min, max]
+  int expect_status_max = 399;
+};
+
+struct UpstreamConfig {
+  std::string name;
+  BalanceKind balance = BalanceKind::kRoundRobin;
+  // For kHash: "client_ip", "path", "uri", "header:NAME", "cookie:NAME", "query:NAME".
+  std::string hash_key = "client_ip";
+  std::vector<UpstreamServerConfig> servers;
+  uint32_t keepalive_max_idle = 64;           // idle connections kept per worker per server
+  Nanos keepalive_idle_timeout = 60 * kSeconds;
+  Nanos connect_timeout = 1 * kSeconds;
+  Nanos send_timeout = 10 * kSeconds;
+  Nanos read_timeout = 30 * kSeconds;
+  // Passive health: this many consecutive failures eject a server for `fail_timeout`.
+  uint32_t max_fails = 3;
+  Nanos fail_timeout = 10 * kSeconds;
+  HealthCheckConfig health_check;
+  // Retries: idempotent requests that never reached a server are retried on another one.
+  uint32_t retries = 1;
+  double retry_budget_percent = 20.0;  // retries in flight <= this share of active requests
+  uint32_t retry_min_concurrent = 3;   // ...but always allow this many
+};
+
+enum class PathMatchKind { kAny, kExact, kPrefix, kRegex };
+
+struct RouteConfig {
+  std::string name;
+  // Host match: empty = any; "*.example.com" = suffix wildcard; otherwise exact (case-insensitive,
+  // port ignored).
+  std::vector<std::string> hosts;
+  PathMatchKind path_kind = PathMatchKind::kAny;
+  std::string path;                       // for exact/prefix, or the regex source
+  std::shared_ptr<const re2::RE2> regex;  // compiled when path_kind == kRegex
+  std::vector<std::string> methods;       // empty = any; upper-case
+  std::string upstream;                   // name of an UpstreamConfig
+  // Per-route overrides of the upstream's timeouts (0 = use the upstream's).
+  Nanos connect_timeout = 0;
+  Nanos send_timeout = 0;
+  Nanos read_timeout = 0;
+  std::optional<uint64_t> max_body_size;  // overrides client.max_body_size
+  // A route may answer locally instead of proxying (used for /healthz of the proxy itself etc).
+  int direct_status = 0;                  // >0: answer with this status and direct_body
+  std::string direct_body;
+};
+
+struct AccessLogConfig {
+  std::string target = "stdout";  // "stdout", "stderr", "off" or a file path
+};
+
+struct Config {
+  std::string source_path;  // the file it was loaded from
+  std::string hash;         // hex SHA-256 of the file bytes, shown by the admin API
+  int workers = 0;          // resolved: "auto" becomes the core count
+  std::vector<ListenerConfig> listeners;
+  AdminConfig admin;
+  ClientConfig client;
+  CidrSet trusted_proxies;  // peers whose X-Forwarded-For / X-Real-IP is believed
+  std::string request_id_header = "X-Request-Id";
+  bool trace_start = false;  // start a W3C traceparent when the client sent none
+  Nanos drain_timeout = 10 * kSeconds;
+  std::string error_log = "stderr";
+  std::string log_level = "info";
+  AccessLogConfig access_log;
+  std::vector<UpstreamConfig> upstreams;
+  std::vector<RouteConfig> routes;
+
+  const UpstreamConfig* findUpstream(const std::string& name) const {
+    for (const auto& u : upstreams)
+      if (u.name == name) return &u;
+    return nullptr;
+  }
+};
+
+using ConfigPtr = std::shared_ptr<const Config>;
+
+}  // namespace sluice

@@ -1,0 +1,143 @@
+#include "proxy/http/http_parser.h"
+
+#include <cstring>
+
+namespace sluice {
+
+namespace {
+HttpParser* self(llhttp_t* p) { return static_cast<HttpParser*>(p->data); }
+}  // namespace
+
+HttpParser::HttpParser(llhttp_type_t type, const HttpParserLimits& limits,
+                       HttpParserDelegate* delegate)
+    : limits_(limits), delegate_(delegate) {
+  llhttp_settings_init(&settings_);
+  settings_.on_message_begin = onMessageBeginCb;
+  settings_.on_url = onUrlCb;
+  settings_.on_status = onStatusCb;
+  settings_.on_header_field = onHeaderFieldCb;
+  settings_.on_header_value = onHeaderValueCb;
+  settings_.on_header_value_complete = onHeaderValueCompleteCb;
+  settings_.on_headers_complete = onHeadersCompleteCb;
+  settings_.on_body = onBodyCb;
+  settings_.on_message_complete = onMessageCompleteCb;
+  llhttp_init(&parser_, type, &settings_);
+  parser_.data = this;
+}
+
+void HttpParser::reset() {
+  llhttp_reset(&parser_);
+  parser_.data = this;
+  in_message_ = false;
+  headers_done_ = false;
+}
+
+int HttpParser::fail(int status, const char* reason) {
+  error_status_ = status;
+  error_reason_ = reason;
+  return -1;
+}
+
+HttpParser::Result HttpParser::execute(const char* data, size_t len) {
+  llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  switch (err) {
+    case HPE_OK:
+      return {Status::kOk, len};
+    case HPE_PAUSED:
+      return {Status::kPaused, static_cast<size_t>(llhttp_get_error_pos(&parser_) - data)};
+    case HPE_PAUSED_UPGRADE:
+      return {Status::kUpgrade, static_cast<size_t>(llhttp_get_error_pos(&parser_) - data)};
+    default:
+      if (error_status_ == 0) {
+        error_status_ = 400;
+        error_reason_ = llhttp_get_error_reason(&parser_) ? llhttp_get_error_reason(&parser_)
+                                                         : llhttp_errno_name(err);
+      }
+      return {Status::kError, 0};
+  }
+}
+
+bool HttpParser::finish() { return llhttp_finish(&parser_) == HPE_OK; }
+
+bool HttpParser::checkHeaderBytes(size_t n) {
+  header_bytes_ += n;
+  return header_bytes_ <= limits_.max_header_size;
+}
+
+int HttpParser::onMessageBeginCb(llhttp_t* p) {
+  auto* s = self(p);
+  s->head_.clear();
+  s->in_message_ = true;
+  s->headers_done_ = false;
+  s->last_was_value_ = true;
+  s->header_bytes_ = 0;
+  return s->delegate_->onMessageBegin();
+}
+
+int HttpParser::onUrlCb(llhttp_t* p, const char* at, size_t n) {
+  auto* s = self(p);
+  if (s->head_.target.size() + n > s->limits_.max_uri_size) return s->fail(414, "URI too long");
+  s->head_.target.append(at, n);
+  return 0;
+}
+
+int HttpParser::onStatusCb(llhttp_t* p, const char* at, size_t n) {
+  auto* s = self(p);
+  if (s->head_.reason.size() + n > 1024) return s->fail(502, "status line too long");
+  s->head_.reason.append(at, n);
+  return 0;
+}
+
+int HttpParser::onHeaderFieldCb(llhttp_t* p, const char* at, size_t n) {
+  auto* s = self(p);
+  if (!s->checkHeaderBytes(n)) return s->fail(431, "request header fields too large");
+  bool new_field = s->last_was_value_;
+  if (new_field && s->head_.headers.size() >= s->limits_.max_headers)
+    return s->fail(431, "too many header fields");
+  s->head_.headers.appendName(at, n, new_field);
+  s->last_was_value_ = false;
+  return 0;
+}
+
+int HttpParser::onHeaderValueCb(llhttp_t* p, const char* at, size_t n) {
+  auto* s = self(p);
+  if (!s->checkHeaderBytes(n)) return s->fail(431, "request header fields too large");
+  s->head_.headers.appendValue(at, n);
+  s->last_was_value_ = true;
+  return 0;
+}
+
+int HttpParser::onHeaderValueCompleteCb(llhttp_t* p) {
+  // A field with an empty value never calls on_header_value; mark it done all the same.
+  self(p)->last_was_value_ = true;
+  return 0;
+}
+
+int HttpParser::onHeadersCompleteCb(llhttp_t* p) {
+  auto* s = self(p);
+  auto& h = s->head_;
+  h.method = p->method;
+  h.method_name = llhttp_method_name(static_cast<llhttp_method_t>(p->method));
+  h.status = p->status_code;
+  h.version_major = p->http_major;
+  h.version_minor = p->http_minor;
+  h.keep_alive = llhttp_should_keep_alive(p) != 0;
+  h.chunked = (p->flags & F_CHUNKED) != 0;
+  h.has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  h.content_length = h.has_content_length ? p->content_length : 0;
+  h.upgrade = p->upgrade != 0;
+  s->headers_done_ = true;
+  return s->delegate_->onHeadersComplete();
+}
+
+int HttpParser::onBodyCb(llhttp_t* p, const char* at, size_t n) {
+  return self(p)->delegate_->onBody(at, n);
+}
+
+int HttpParser::onMessageCompleteCb(llhttp_t* p) {
+  auto* s = self(p);
+  s->in_message_ = false;
+  return s->delegate_->onMessageComplete();
+}
+
+}  // namespace sluice

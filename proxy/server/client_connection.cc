@@ -1,0 +1,1092 @@
+#include "proxy/server/client_connection.h"
+
+#include <cstring>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/random.h"
+#include "core/strings.h"
+#include "proxy/admin/admin.h"
+#include "proxy/http/status.h"
+#include "proxy/server/identify.h"
+#include "proxy/server/proxy_protocol.h"
+#include "proxy/server/read_buffer.h"
+#include "proxy/server/stream_writer.h"
+#include "proxy/server/worker.h"
+#include "proxy/upstream/balance_key.h"
+#include "proxy/upstream/upstream_pool.h"
+
+namespace sluice {
+
+namespace {
+
+HttpParserLimits limitsFrom(const ClientConfig& c) {
+  return HttpParserLimits{c.max_uri_size, c.max_header_size, c.max_headers};
+}
+
+bool isIdempotent(uint8_t method) {
+  switch (method) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_TRACE:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Hop-by-hop fields (RFC 9110 7.6.1) plus the ones sluice rewrites itself. `Connection` may name
+// more; those are removed by removeConnectionListed().
+bool isHopByHop(std::string_view name) {
+  static const char* const kNames[] = {"connection", "keep-alive",        "proxy-connection",
+                                       "te",         "trailer",           "transfer-encoding",
+                                       "upgrade",    "proxy-authenticate", "proxy-authorization"};
+  for (const char* n : kNames)
+    if (equalsIgnoreCase(name, n)) return true;
+  return false;
+}
+
+void removeConnectionListed(HeaderMap& headers) {
+  for (size_t i = 0; i < headers.size(); i++) {
+    if (headers.removed(i) || !equalsIgnoreCase(headers.name(i), "connection")) continue;
+    std::string_view v = headers.value(i);
+    while (!v.empty()) {
+      size_t comma = v.find(',');
+      std::string_view token = trim(v.substr(0, comma));
+      if (!token.empty() && !equalsIgnoreCase(token, "close") &&
+          !equalsIgnoreCase(token, "keep-alive") && !equalsIgnoreCase(token, "upgrade"))
+        headers.removeAll(token);
+      if (comma == std::string_view::npos) break;
+      v.remove_prefix(comma + 1);
+    }
+  }
+}
+
+void appendChunkHeader(std::string* out, size_t n) {
+  char buf[24];
+  int k = snprintf(buf, sizeof(buf), "%zx\r\n", n);
+  out->append(buf, static_cast<size_t>(k));
+}
+
+void appendUint(std::string* out, uint64_t v) {
+  char buf[24];
+  int k = snprintf(buf, sizeof(buf), "%llu", static_cast<unsigned long long>(v));
+  out->append(buf, static_cast<size_t>(k));
+}
+
+}  // namespace
+
+ClientConnection::ClientConnection(Worker* worker, const ListenerConfig& listener, bool admin)
+    : worker_(worker),
+      listener_(listener),
+      admin_(admin),
+      parser_(HTTP_REQUEST, limitsFrom(worker->current()->gen->config->client), this) {
+  uv_tcp_init(worker_->loop(), &tcp_);
+  uv_timer_init(worker_->loop(), &timer_);
+  tcp_.data = this;
+  timer_.data = this;
+  handles_open_ = 2;
+}
+
+ClientConnection::~ClientConnection() = default;
+
+const ClientConfig& ClientConnection::clientConfig() const {
+  return worker_->current()->gen->config->client;
+}
+
+void ClientConnection::start() {
+  worker_->onConnectionOpened(this);
+  sockaddr_storage ss;
+  int len = sizeof(ss);
+  if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
+    IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss), &peer_ip_);
+  if (admin_) {
+    const auto& a = worker_->current()->gen->config->admin;
+    static Cidr v4loop, v6loop;
+    static bool init = (Cidr::parse("127.0.0.0/8", &v4loop), Cidr::parse("::1/128", &v6loop), true);
+    (void)init;
+    if (!v4loop.contains(peer_ip_) && !v6loop.contains(peer_ip_) && !a.allow.contains(peer_ip_)) {
+      LOG_WARN("admin: refused connection from %s", peer_ip_.toString().c_str());
+      closeNow();
+      return;
+    }
+  }
+  uv_tcp_nodelay(&tcp_, 1);
+  proxy_header_pending_ = listener_.proxy_protocol;
+  armTimer(TimerKind::kHeader, clientConfig().header_timeout);
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), workerReadAlloc, onRead);
+  reading_ = true;
+}
+
+void ClientConnection::drain() {
+  draining_ = true;
+  if (closing_) return;
+  if (!ex_ && !tunnel_) {
+    closeNow();
+    return;
+  }
+  close_after_response_ = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+void ClientConnection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+  auto* self = static_cast<ClientConnection*>(s->data);
+  if (nread == 0 || self->closing_) return;
+  if (nread < 0) {
+    self->handleEof(nread);
+    return;
+  }
+  self->handleInput(buf->base, static_cast<size_t>(nread));
+  if (self->closing_) return;
+  if (self->upstream_) self->upstream_->flush();
+  self->flush();
+}
+
+void ClientConnection::handleInput(const char* p, size_t n) {
+  if (tunnel_) {
+    if (upstream_) {
+      upstream_->out().append(p, n);
+      if (upstream_->writeQueueSize() > clientConfig().buffer_size) pauseReading();
+    }
+    return;
+  }
+  if (proxy_header_pending_) {
+    pending_.append(p, n);
+    auto r = parseProxyProtocol(pending_.data(), pending_.size());
+    if (r.status == ProxyProtocolResult::Status::kIncomplete) {
+      if (pending_.size() > 4096) closeNow();
+      return;
+    }
+    if (r.status == ProxyProtocolResult::Status::kError) {
+      LOG_INFO("client %s: %s", peer_ip_.toString().c_str(), r.error);
+      closeNow();
+      return;
+    }
+    if (r.has_address) peer_ip_ = r.source;
+    proxy_header_pending_ = false;
+    pending_.erase(0, r.consumed);
+    drivePending();
+    return;
+  }
+  if (parser_paused_ || !pending_.empty()) {
+    pending_.append(p, n);
+    if (pending_.size() > clientConfig().buffer_size) pauseReading();
+    return;
+  }
+  driving_ = true;
+  parseInput(p, n);
+  driving_ = false;
+  drivePending();
+}
+
+void ClientConnection::drivePending() {
+  if (driving_) return;
+  driving_ = true;
+  while (!closing_ && !parser_paused_ && !tunnel_ && !pending_.empty()) {
+    std::string data;
+    data.swap(pending_);
+    parseInput(data.data(), data.size());
+  }
+  driving_ = false;
+  if (!closing_ && !parser_paused_ && !tunnel_ && pending_.size() <= clientConfig().buffer_size)
+    resumeReading();
+}
+
+void ClientConnection::parseInput(const char* p, size_t n) {
+  in_parser_ = true;
+  auto r = parser_.execute(p, n);
+  in_parser_ = false;
+  if (closing_) return;
+  switch (r.status) {
+    case HttpParser::Status::kOk:
+      break;
+    case HttpParser::Status::kPaused:
+      // One request at a time: keep what follows until this exchange is over.
+      parser_paused_ = true;
+      pending_.append(p + r.consumed, n - r.consumed);
+      if (pending_.size() > clientConfig().buffer_size) pauseReading();
+      break;
+    case HttpParser::Status::kUpgrade:
+      parser_paused_ = true;
+      pending_.append(p + r.consumed, n - r.consumed);  // early tunnel bytes
+      break;
+    case HttpParser::Status::kError: {
+      int status = parser_.errorStatus() ? parser_.errorStatus() : 400;
+      if (status >= 500) status = 400;
+      respondError(status, parser_.errorReason(), true);
+      return;
+    }
+  }
+  if (ex_ && ex_->request_complete && ex_->response_complete) finishExchange();
+}
+
+void ClientConnection::handleEof(ssize_t status) {
+  peer_eof_ = true;
+  reading_ = false;
+  if (tunnel_) {
+    if (upstream_) {
+      upstream_->flush();
+      upstream_->shutdownWrite();
+    } else {
+      closeNow();
+    }
+    return;
+  }
+  if (ex_ && status == UV_EOF && ex_->request_complete && !ex_->response_complete) {
+    // A half-close after a whole request: answer it, then close.
+    close_after_response_ = true;
+    return;
+  }
+  if (ex_ && !ex_->response_complete) {
+    ex_->error.source = ErrorSource::kDownstream;
+    ex_->error.type = ErrorType::kConnectionReset;
+    ex_->error.detail = status == UV_EOF ? "client closed the connection" : uv_strerror(status);
+    if (!ex_->response_started) ex_->status = 499;
+  }
+  closeNow();
+}
+
+void ClientConnection::pauseReading() {
+  if (reading_ && !read_paused_ && !closing_) {
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+    read_paused_ = true;
+  }
+}
+
+void ClientConnection::resumeReading() {
+  if (read_paused_ && !closing_ && !peer_eof_) {
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), workerReadAlloc, onRead);
+    read_paused_ = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read + identify phases (parser callbacks)
+
+int ClientConnection::onMessageBegin() {
+  ex_ = std::make_unique<Exchange>();
+  ex_->gen = worker_->current();
+  ex_->start_ns = SteadyClock::monotonicNanos();
+  ex_->start_wall_us = wallMicros();
+  requests_on_connection_++;
+  if (timer_kind_ != TimerKind::kHeader)
+    armTimer(TimerKind::kHeader, clientConfig().header_timeout);
+  return 0;
+}
+
+int ClientConnection::onHeadersComplete() {
+  auto& h = parser_.head();
+  const auto& cfg = *ex_->gen->gen->config;
+  ex_->is_head = h.method == HTTP_HEAD;
+
+  if (h.version_major != 1) return parser_.reject(505, "HTTP version not supported");
+  int hosts = h.headers.count("host");
+  if (hosts > 1) return parser_.reject(400, "more than one Host header");
+  if (hosts == 0 && h.version_minor >= 1) return parser_.reject(400, "missing Host header");
+  if (h.isHttp10() && h.headers.count("transfer-encoding") > 0)
+    return parser_.reject(400, "Transfer-Encoding in an HTTP/1.0 request");
+  if (h.method == HTTP_CONNECT) return parser_.reject(405, "CONNECT is not supported");
+
+  ex_->request_chunked = h.chunked;
+  ex_->request_has_body = h.chunked || h.content_length > 0;
+  ex_->upgrade = h.upgrade;
+  ex_->client_keep_alive = h.keep_alive && !draining_ && !close_after_response_ &&
+                           requests_on_connection_ < cfg.client.max_requests_per_connection;
+
+  ex_->phase = Phase::kIdentify;
+  identify();
+  if (closing_) return -1;
+
+  if (admin_) {
+    // Admin requests are answered at message end, once their (small) body is read.
+    if (h.has_content_length && h.content_length > 1024 * 1024)
+      return parser_.reject(413, "admin request body too large");
+    armTimer(ex_->request_has_body ? TimerKind::kBody : TimerKind::kNone, cfg.client.body_timeout);
+    return 0;
+  }
+
+  if (ex_->route < 0) {
+    respondError(404, "no route", false);
+    return closing_ ? -1 : 0;
+  }
+  const auto& route = cfg.routes[ex_->route];
+  uint64_t max_body = route.max_body_size ? *route.max_body_size : cfg.client.max_body_size;
+  if (max_body > 0 && h.has_content_length && h.content_length > max_body)
+    return parser_.reject(413, "request body too large");
+
+  std::string_view expect;
+  if (h.headers.get("expect", &expect)) {
+    if (!equalsIgnoreCase(trim(expect), "100-continue")) {
+      respondError(417, "unsupported Expect", true);
+      return -1;
+    }
+    // We answer 100 ourselves when we start reading the body, and never forward Expect.
+    if (ex_->request_has_body && h.version_minor >= 1)
+      out_.append("HTTP/1.1 100 Continue\r\n\r\n");
+  }
+
+  if (route.direct_status > 0) {
+    LocalResponse r;
+    r.status = route.direct_status;
+    r.body = route.direct_body;
+    respondLocal(r, false);
+    return closing_ ? -1 : 0;
+  }
+
+  armTimer(ex_->request_has_body ? TimerKind::kBody : TimerKind::kNone, cfg.client.body_timeout);
+  startContent();
+  return closing_ ? -1 : 0;
+}
+
+int ClientConnection::identify() {
+  auto& h = parser_.head();
+  const auto& cfg = *ex_->gen->gen->config;
+  ex_->client_ip = resolveClientIp(peer_ip_, h.headers, cfg.trusted_proxies);
+  ex_->client_ip_str = ex_->client_ip.toString();
+
+  std::string_view rid;
+  if (h.headers.get(cfg.request_id_header, &rid) && isValidRequestId(rid)) {
+    ex_->request_id.assign(rid);
+  } else {
+    ex_->request_id = randomHex128();
+    ex_->request_id_generated = true;
+  }
+  std::string_view tp;
+  if (h.headers.get("traceparent", &tp)) {
+    if (isValidTraceparent(tp)) ex_->traceparent.assign(tp);
+  }
+  if (ex_->traceparent.empty() && cfg.trace_start) {
+    ex_->traceparent = newTraceparent();
+    ex_->traceparent_generated = true;
+  }
+  if (admin_) return 0;
+  std::string_view path, query;
+  splitTarget(h.target, &path, &query);
+  ex_->route = ex_->gen->gen->router.match(h.headers.getOr("host"), path, h.method_name);
+  return 0;
+}
+
+int ClientConnection::onBody(const char* p, size_t n) {
+  if (!ex_ || closing_) return -1;
+  ex_->bytes_in += n;
+  const auto& cfg = *ex_->gen->gen->config;
+  if (admin_) {
+    if (ex_->body_buffer.size() + n > 1024 * 1024) return parser_.reject(413, "admin body too large");
+    ex_->body_buffer.append(p, n);
+    armTimer(TimerKind::kBody, cfg.client.body_timeout);
+    return 0;
+  }
+  if (ex_->route >= 0) {
+    const auto& route = cfg.routes[ex_->route];
+    uint64_t max_body = route.max_body_size ? *route.max_body_size : cfg.client.max_body_size;
+    if (max_body > 0 && ex_->bytes_in > max_body) {
+      respondError(413, "request body too large", true);
+      return -1;
+    }
+  }
+  if (ex_->response_started) return 0;  // answered locally already: discard the rest
+  if (timer_kind_ == TimerKind::kBody) armTimer(TimerKind::kBody, cfg.client.body_timeout);
+  forwardBody(p, n);
+  return 0;
+}
+
+int ClientConnection::onMessageComplete() {
+  if (!ex_) return -1;
+  ex_->request_complete = true;
+  if (timer_kind_ == TimerKind::kBody || timer_kind_ == TimerKind::kHeader)
+    armTimer(TimerKind::kNone, 0);
+  if (admin_ && !ex_->response_started) {
+    LocalResponse r = handleAdminRequest(worker_->server(), parser_.head(), ex_->body_buffer);
+    respondLocal(r, false);
+  } else if (!ex_->response_started && ex_->pool) {
+    if (ex_->request_chunked) forwardBody(nullptr, 0);  // the last chunk
+    ex_->request_body_sent_all = true;
+    if (upstream_ && upstream_->state() == UpstreamConnection::State::kActive && !ex_->body_pending_head)
+      upstream_->requestComplete();
+  }
+  // Upgrades continue as a tunnel; everything else waits here until the response is done.
+  return ex_->upgrade ? 0 : HPE_PAUSED;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Content phase: proxy to the upstream pool
+
+void ClientConnection::startContent() {
+  ex_->phase = Phase::kContent;
+  int ui = ex_->gen->gen->route_upstream[ex_->route];
+  if (ui < 0) {
+    respondError(503, "route has no upstream", !ex_->request_complete);
+    return;
+  }
+  ex_->pool = ex_->gen->pools[ui].get();
+  ex_->pool->cluster().active_requests.fetch_add(1, std::memory_order_relaxed);
+  ex_->counted_active = true;
+  connectUpstream();
+}
+
+void ClientConnection::connectUpstream() {
+  auto& pool = *ex_->pool;
+  const auto& ucfg = pool.config();
+  const auto& head = parser_.head();
+  Nanos now = SteadyClock::monotonicNanos();
+  uint64_t key = 0;
+  if (ucfg.balance == BalanceKind::kHash)
+    key = balanceKeyHash(ucfg.hash_key, ex_->client_ip, head.target, head.headers);
+  int server = pool.pick(key, ex_->tried, now);
+  if (server < 0) {
+    ex_->error = Error{ErrorSource::kUpstream, ErrorType::kNoHealthyServer, false,
+                       "no upstream server available"};
+    respondError(503, "no upstream server available", !ex_->request_complete);
+    return;
+  }
+  if (server < 64) ex_->tried |= 1ULL << server;
+  ex_->attempts++;
+  ex_->server = server;
+  auto& st = pool.cluster().server(static_cast<size_t>(server));
+  st.active.fetch_add(1, std::memory_order_relaxed);
+  st.requests.fetch_add(1, std::memory_order_relaxed);
+  ex_->upstream_addr = st.address;
+  ex_->upstream_start_ns = now;
+
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  Nanos send_timeout = route.send_timeout ? route.send_timeout : ucfg.send_timeout;
+  Nanos read_timeout = route.read_timeout ? route.read_timeout : ucfg.read_timeout;
+  ex_->body_pending_head = true;
+  upstream_ = pool.acquire(static_cast<size_t>(server), this);
+  upstream_->setExpectations(ex_->is_head, send_timeout, read_timeout, clientConfig().buffer_size);
+  if (upstream_->state() == UpstreamConnection::State::kActive) sendRequestHead();
+}
+
+void ClientConnection::onUpstreamConnected() {
+  sendRequestHead();
+  if (upstream_) upstream_->flush();
+  flush();
+}
+
+void ClientConnection::sendRequestHead() {
+  auto& h = parser_.head();
+  std::string& out = upstream_->out();
+  out.append(h.method_name);
+  out.push_back(' ');
+  out.append(h.target);
+  out.append(" HTTP/1.1\r\n");
+
+  const auto& cfg = *ex_->gen->gen->config;
+  // Work on the parsed headers in place: removal marks fields, serialize() skips them.
+  HeaderMap& hm = h.headers;
+  if (!ex_->headers_filtered) {
+    removeConnectionListed(hm);
+    for (size_t i = 0; i < hm.size(); i++) {
+      if (hm.removed(i)) continue;
+      std::string_view n = hm.name(i);
+      if (isHopByHop(n) || equalsIgnoreCase(n, "content-length") || equalsIgnoreCase(n, "expect") ||
+          equalsIgnoreCase(n, "x-real-ip") || equalsIgnoreCase(n, "x-forwarded-proto") ||
+          equalsIgnoreCase(n, "traceparent") || equalsIgnoreCase(n, cfg.request_id_header))
+        hm.remove(i);
+    }
+    ex_->headers_filtered = true;
+  }
+  bool trusted_peer = cfg.trusted_proxies.contains(peer_ip_);
+  // X-Forwarded-For: the chain the trusted proxies built, plus the peer; from an untrusted
+  // peer only the peer itself, so a spoofed chain never reaches the storefront.
+  std::string xff;
+  for (size_t i = 0; i < hm.size(); i++) {
+    if (hm.removed(i) || !equalsIgnoreCase(hm.name(i), "x-forwarded-for")) continue;
+    if (trusted_peer) {
+      if (!xff.empty()) xff.append(", ");
+      xff.append(hm.value(i));
+    }
+    hm.remove(i);
+  }
+  hm.serialize(&out);
+  if (h.version_minor == 0 && h.headers.count("host") == 0) {
+    out.append("Host: ");
+    out.append(ex_->upstream_addr);
+    out.append("\r\n");
+  }
+  out.append("X-Forwarded-For: ");
+  if (!xff.empty()) {
+    out.append(xff);
+    out.append(", ");
+  }
+  out.append(peer_ip_.toString());
+  out.append("\r\nX-Real-IP: ");
+  out.append(ex_->client_ip_str);
+  out.append("\r\nX-Forwarded-Proto: http\r\n");
+  out.append(cfg.request_id_header);
+  out.append(": ");
+  out.append(ex_->request_id);
+  out.append("\r\n");
+  if (!ex_->traceparent.empty()) {
+    out.append("traceparent: ");
+    out.append(ex_->traceparent);
+    out.append("\r\n");
+  }
+  if (ex_->upgrade) {
+    std::string_view up;
+    if (h.headers.get("upgrade", &up) || true) {
+      // Upgrade was removed as hop-by-hop above; re-add it for the tunnel.
+      for (size_t i = 0; i < hm.size(); i++)
+        if (equalsIgnoreCase(hm.name(i), "upgrade")) up = hm.value(i);
+      out.append("Connection: upgrade\r\nUpgrade: ");
+      out.append(up);
+      out.append("\r\n");
+    }
+  } else if (ex_->request_chunked) {
+    out.append("Transfer-Encoding: chunked\r\n");
+  } else if (h.has_content_length) {
+    out.append("Content-Length: ");
+    appendUint(&out, h.content_length);
+    out.append("\r\n");
+  }
+  out.append("\r\n");
+  ex_->body_pending_head = false;
+  // Body bytes that arrived before the connection was ready, or a retry's replay.
+  if (!ex_->retained_body.empty()) out.append(ex_->retained_body);
+  if (!ex_->body_buffer.empty()) {
+    if (ex_->body_retained &&
+        ex_->retained_body.size() + ex_->body_buffer.size() <= clientConfig().buffer_size)
+      ex_->retained_body.append(ex_->body_buffer);
+    else
+      ex_->body_retained = false, ex_->retained_body.clear();
+    out.append(ex_->body_buffer);
+    ex_->body_buffer.clear();
+  }
+  if (ex_->request_complete) upstream_->requestComplete();
+  if (ex_->upgrade && !pending_.empty() && ex_->request_complete) {
+    // Bytes the client sent after its upgrade request wait for the 101.
+  }
+  resumeReading();
+}
+
+void ClientConnection::forwardBody(const char* p, size_t n) {
+  std::string framed;
+  std::string* dst;
+  bool direct = upstream_ && !ex_->body_pending_head &&
+                upstream_->state() == UpstreamConnection::State::kActive;
+  dst = direct ? &upstream_->out() : &ex_->body_buffer;
+  size_t before = dst->size();
+  if (ex_->request_chunked) {
+    if (n == 0) {
+      dst->append("0\r\n\r\n");
+    } else {
+      appendChunkHeader(dst, n);
+      dst->append(p, n);
+      dst->append("\r\n");
+    }
+  } else {
+    dst->append(p, n);
+  }
+  if (direct) {
+    size_t added = dst->size() - before;
+    if (ex_->body_retained && ex_->retained_body.size() + added <= clientConfig().buffer_size) {
+      ex_->retained_body.append(dst->data() + before, added);
+    } else {
+      ex_->body_retained = false;
+      ex_->retained_body.clear();
+    }
+    if (upstream_->writeQueueSize() + dst->size() > clientConfig().buffer_size) pauseReading();
+  } else if (ex_->body_buffer.size() > clientConfig().buffer_size) {
+    pauseReading();
+  }
+}
+
+void ClientConnection::onUpstreamDrained() {
+  if (!closing_ && !parser_paused_) resumeReading();
+  if (tunnel_) resumeReading();
+}
+
+void ClientConnection::onUpstreamInterim(const HttpMessageHead& head) {
+  // We answered any Expect ourselves, so a 100 from upstream is noise; other 1xx (103 Early
+  // Hints) go to HTTP/1.1 clients as they are.
+  if (head.status == 100 || parser_.head().version_minor == 0) return;
+  out_.append("HTTP/1.1 ");
+  appendUint(&out_, static_cast<uint64_t>(head.status));
+  out_.push_back(' ');
+  out_.append(head.reason);
+  out_.append("\r\n");
+  HeaderMap copy = head.headers;
+  removeConnectionListed(copy);
+  for (size_t i = 0; i < copy.size(); i++)
+    if (isHopByHop(copy.name(i))) copy.remove(i);
+  copy.serialize(&out_);
+  out_.append("\r\n");
+}
+
+void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
+  ex_->phase = Phase::kHeaderFilter;
+  ex_->status = head.status;
+  ex_->response_started = true;
+  auto& pool = *ex_->pool;
+  pool.cluster().reportSuccess(static_cast<size_t>(ex_->server));
+  bool client_10 = parser_.head().version_minor == 0;
+
+  removeConnectionListed(head.headers);
+  std::string_view upgrade_proto;
+  bool switching = head.status == 101 && ex_->upgrade;
+  if (switching) head.headers.get("upgrade", &upgrade_proto);
+  for (size_t i = 0; i < head.headers.size(); i++) {
+    if (head.headers.removed(i)) continue;
+    std::string_view n = head.headers.name(i);
+    if (isHopByHop(n) || equalsIgnoreCase(n, "content-length")) head.headers.remove(i);
+  }
+
+  bool no_body = ex_->is_head || head.status == 204 || head.status == 304 || head.status < 200;
+  if (ex_->upgrade && !switching) ex_->client_keep_alive = false;
+  out_.append(client_10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  appendUint(&out_, static_cast<uint64_t>(head.status));
+  out_.push_back(' ');
+  out_.append(head.reason.empty() ? statusReason(head.status) : std::string_view(head.reason));
+  out_.append("\r\n");
+  head.headers.serialize(&out_);
+  if (switching) {
+    out_.append("Connection: upgrade\r\nUpgrade: ");
+    out_.append(upgrade_proto);
+    out_.append("\r\n\r\n");
+    tunnel_ = true;
+    upstream_->startTunnel();
+    armTimer(TimerKind::kNone, 0);
+    // Bytes the client sent right after its upgrade request belong to the tunnel.
+    if (!pending_.empty()) {
+      upstream_->out().append(pending_);
+      pending_.clear();
+    }
+    parser_paused_ = true;
+    resumeReading();
+    return;
+  }
+  if (head.status == 101) {
+    // A 101 we did not ask for: the stream can no longer be trusted.
+    ex_->client_keep_alive = false;
+  }
+  if (no_body) {
+    if (head.has_content_length && (ex_->is_head || head.status == 304)) {
+      out_.append("Content-Length: ");
+      appendUint(&out_, head.content_length);
+      out_.append("\r\n");
+    }
+  } else if (head.has_content_length) {
+    out_.append("Content-Length: ");
+    appendUint(&out_, head.content_length);
+    out_.append("\r\n");
+  } else if (!client_10) {
+    ex_->chunked_out = true;
+    out_.append("Transfer-Encoding: chunked\r\n");
+  } else {
+    ex_->client_keep_alive = false;  // close-delimited body for an HTTP/1.0 client
+  }
+  if (ex_->request_id_generated || true) {
+    std::string_view existing;
+    const auto& cfg = *ex_->gen->gen->config;
+    if (!head.headers.get(cfg.request_id_header, &existing)) {
+      out_.append(cfg.request_id_header);
+      out_.append(": ");
+      out_.append(ex_->request_id);
+      out_.append("\r\n");
+    }
+  }
+  if (!ex_->client_keep_alive || close_after_response_) out_.append("Connection: close\r\n");
+  else if (client_10) out_.append("Connection: keep-alive\r\n");
+  out_.append("\r\n");
+  ex_->phase = Phase::kBody;
+}
+
+void ClientConnection::onUpstreamBody(const char* p, size_t n) {
+  if (ex_->chunked_out) {
+    appendChunkHeader(&out_, n);
+    out_.append(p, n);
+    out_.append("\r\n");
+  } else {
+    out_.append(p, n);
+  }
+}
+
+void ClientConnection::onUpstreamReadDone() {
+  flush();
+  if (upstream_ && writeQueueSize() > clientConfig().buffer_size) upstream_->pauseReading();
+}
+
+void ClientConnection::onUpstreamComplete() {
+  if (ex_->chunked_out) out_.append("0\r\n\r\n");
+  ex_->upstream_ns = SteadyClock::monotonicNanos() - ex_->upstream_start_ns;
+  releaseUpstream(upstream_ && upstream_->reusable());
+  finishResponse();
+  if (!closing_) flush();
+}
+
+void ClientConnection::releaseUpstream(bool reusable) {
+  if (ex_ && ex_->server >= 0 && ex_->pool) {
+    ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+    ex_->server = -1;
+  }
+  if (!upstream_) return;
+  auto* u = upstream_;
+  upstream_ = nullptr;
+  if (ex_ && ex_->pool) ex_->pool->release(u, reusable);
+  else u->abort();
+}
+
+void ClientConnection::onUpstreamTunnelData(const char* p, size_t n) {
+  out_.append(p, n);
+  flush();
+  if (upstream_ && writeQueueSize() > clientConfig().buffer_size) upstream_->pauseReading();
+}
+
+void ClientConnection::onUpstreamTunnelClosed() {
+  upstream_ = nullptr;
+  if (ex_ && ex_->server >= 0 && ex_->pool) {
+    ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+    ex_->server = -1;
+  }
+  closeAfterWrite();
+}
+
+void ClientConnection::onUpstreamError(const Error& err) {
+  upstream_ = nullptr;  // the connection closes itself
+  if (ex_->server >= 0) {
+    auto& cluster = ex_->pool->cluster();
+    cluster.server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+    // Only the server's own failures count against it, not a slow client's.
+    cluster.reportFailure(static_cast<size_t>(ex_->server), SteadyClock::monotonicNanos());
+    ex_->server = -1;
+  }
+  if (tunnel_) {
+    closeAfterWrite();
+    return;
+  }
+  if (ex_->response_started) {
+    // Mid-body: the client can only learn of it by the connection closing short.
+    ex_->error = err;
+    closeNow();
+    return;
+  }
+  retryOrFail(err);
+  if (!closing_) flush();
+}
+
+void ClientConnection::retryOrFail(const Error& err) {
+  auto& pool = *ex_->pool;
+  bool can = err.retryable && isIdempotent(parser_.head().method) && ex_->body_retained &&
+             !ex_->upgrade && ex_->attempts <= static_cast<int>(pool.config().retries);
+  if (can && !ex_->retrying && !pool.tryStartRetry()) can = false;
+  if (can) {
+    ex_->retrying = true;
+    LOG_INFO("request %s: retrying after %s from %s: %s", ex_->request_id.c_str(),
+             errorTypeName(err.type), ex_->upstream_addr.c_str(), err.detail.c_str());
+    connectUpstream();
+    return;
+  }
+  ex_->error = err;
+  int status = 502;
+  if (err.type == ErrorType::kConnectTimeout || err.type == ErrorType::kReadTimeout ||
+      err.type == ErrorType::kSendTimeout)
+    status = 504;
+  respondError(status, err.detail, !ex_->request_complete);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local responses and the end of an exchange
+
+void ClientConnection::respondError(int status, const std::string& reason, bool close_after) {
+  if (!ex_) {
+    // An error before any request began (garbage on the wire): still answer it properly.
+    ex_ = std::make_unique<Exchange>();
+    ex_->gen = worker_->current();
+    ex_->start_ns = SteadyClock::monotonicNanos();
+    ex_->start_wall_us = wallMicros();
+    ex_->request_id = randomHex128();
+  }
+  if (ex_->error.ok()) {
+    ex_->error.source = status < 500 ? ErrorSource::kDownstream : ErrorSource::kUpstream;
+    ex_->error.type = status < 500 ? ErrorType::kBadMessage : ErrorType::kNone;
+    ex_->error.detail = reason;
+  }
+  LocalResponse r;
+  r.status = status;
+  r.body = std::to_string(status) + " " + std::string(statusReason(status)) +
+           "\nrequest_id: " + ex_->request_id + "\n";
+  respondLocal(r, close_after);
+}
+
+void ClientConnection::respondLocal(const LocalResponse& r, bool close_after) {
+  if (closing_) return;
+  if (ex_->response_started) {
+    closeNow();
+    return;
+  }
+  if (upstream_) {
+    // A local answer while an upstream exchange is open (e.g. 413 mid-body): drop that one.
+    auto* u = upstream_;
+    upstream_ = nullptr;
+    if (ex_->server >= 0 && ex_->pool) {
+      ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+      ex_->server = -1;
+    }
+    u->abort();
+  }
+  if (close_after) {
+    ex_->client_keep_alive = false;
+    close_after_response_ = true;
+  }
+  ex_->status = r.status;
+  ex_->response_started = true;
+  bool http10 = parser_.headersDone() && parser_.head().isHttp10();
+  out_.append(http10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  appendUint(&out_, static_cast<uint64_t>(r.status));
+  out_.push_back(' ');
+  out_.append(statusReason(r.status));
+  out_.append("\r\nContent-Type: ");
+  out_.append(r.content_type);
+  out_.append("\r\nContent-Length: ");
+  appendUint(&out_, r.body.size());
+  out_.append("\r\n");
+  for (const auto& [k, v] : r.headers) {
+    out_.append(k);
+    out_.append(": ");
+    out_.append(v);
+    out_.append("\r\n");
+  }
+  if (!ex_->request_id.empty()) {
+    out_.append(ex_->gen->gen->config->request_id_header);
+    out_.append(": ");
+    out_.append(ex_->request_id);
+    out_.append("\r\n");
+  }
+  bool keep = ex_->client_keep_alive && !close_after_response_;
+  if (!keep) out_.append("Connection: close\r\n");
+  else if (http10) out_.append("Connection: keep-alive\r\n");
+  out_.append("\r\n");
+  size_t head_len = out_.size();
+  if (!ex_->is_head) out_.append(r.body);
+  ex_->bytes_out += out_.size() - head_len;
+  finishResponse();
+  if (!closing_) flush();
+}
+
+void ClientConnection::finishResponse() {
+  ex_->response_complete = true;
+  ex_->phase = Phase::kLog;
+  if (ex_->retrying) {
+    ex_->pool->endRetry();
+    ex_->retrying = false;
+  }
+  if (ex_->counted_active) {
+    ex_->pool->cluster().active_requests.fetch_sub(1, std::memory_order_relaxed);
+    ex_->counted_active = false;
+  }
+  if (!ex_->client_keep_alive || close_after_response_) {
+    logExchange();
+    closeAfterWrite();
+    return;
+  }
+  // The rest of a request we answered early is read and dropped before the next one starts.
+  if (ex_->request_complete && !in_parser_) finishExchange();
+}
+
+void ClientConnection::finishExchange() {
+  logExchange();
+  ex_.reset();
+  parser_paused_ = false;
+  parser_.resume();
+  if (pending_.empty()) armTimer(TimerKind::kKeepAlive, clientConfig().keepalive_timeout);
+  drivePending();
+}
+
+void ClientConnection::logExchange() {
+  if (!ex_ || ex_->logged) return;
+  ex_->logged = true;
+  worker_->countRequest();
+  AccessLog* log = worker_->accessLog();
+  if (!log || !log->enabled()) return;
+  const auto& cfg = *ex_->gen->gen->config;
+  AccessLogEntry e;
+  e.time_us = ex_->start_wall_us;
+  e.request_id = ex_->request_id;
+  e.client_ip = ex_->client_ip_str.empty() ? std::string_view() : ex_->client_ip_str;
+  std::string peer;
+  if (e.client_ip.empty()) {
+    peer = peer_ip_.toString();
+    e.client_ip = peer;
+  }
+  bool have_head = parser_.headersDone() || !parser_.head().target.empty();
+  e.method = have_head ? parser_.head().method_name : std::string_view();
+  e.path = have_head ? std::string_view(parser_.head().target) : std::string_view();
+  e.route = ex_->route >= 0 ? std::string_view(cfg.routes[ex_->route].name)
+                            : (admin_ ? std::string_view("admin") : std::string_view());
+  e.status = ex_->status;
+  e.bytes_in = ex_->bytes_in;
+  e.bytes_out = ex_->bytes_out;
+  e.upstream = ex_->upstream_addr;
+  e.upstream_us = ex_->upstream_ns >= 0 ? ex_->upstream_ns / 1000 : -1;
+  e.total_us = (SteadyClock::monotonicNanos() - ex_->start_ns) / 1000;
+  std::string err;
+  if (!ex_->error.ok()) {
+    err = std::string(errorTypeName(ex_->error.type)) + ": " + ex_->error.detail;
+    e.error = err;
+  }
+  log->write(e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output, timers, closing
+
+size_t ClientConnection::writeQueueSize() const {
+  return uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
+}
+
+void ClientConnection::flush() {
+  if (out_.empty() || closing_) return;
+  if (ex_) ex_->bytes_out += 0;
+  int rc = writeStream(reinterpret_cast<uv_stream_t*>(&tcp_), &out_, this, onWrite);
+  if (rc != 0) {
+    if (ex_ && ex_->status == 0) ex_->status = 499;
+    closeNow();
+    return;
+  }
+  if (writeQueueSize() > 0 && (timer_kind_ == TimerKind::kNone || timer_kind_ == TimerKind::kSend))
+    armTimer(TimerKind::kSend, clientConfig().send_timeout);
+}
+
+void ClientConnection::onWrite(uv_write_t* req, int status) {
+  auto* w = reinterpret_cast<WriteReq*>(req);
+  auto* self = static_cast<ClientConnection*>(req->data);
+  delete w;
+  if (self->closing_) return;
+  if (status != 0) {
+    self->closeNow();
+    return;
+  }
+  size_t q = self->writeQueueSize();
+  if (q == 0 && self->timer_kind_ == TimerKind::kSend) self->armTimer(TimerKind::kNone, 0);
+  else if (q > 0 && self->timer_kind_ == TimerKind::kSend)
+    self->armTimer(TimerKind::kSend, self->clientConfig().send_timeout);
+  if (self->upstream_ && q < self->clientConfig().buffer_size / 2) self->upstream_->resumeReading();
+}
+
+void ClientConnection::armTimer(TimerKind kind, Nanos timeout) {
+  timer_kind_ = kind;
+  if (kind == TimerKind::kNone || timeout <= 0) {
+    timer_kind_ = TimerKind::kNone;
+    uv_timer_stop(&timer_);
+    return;
+  }
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(timeout / kMillis) + 1, 0);
+}
+
+void ClientConnection::onTimer(uv_timer_t* t) {
+  auto* self = static_cast<ClientConnection*>(t->data);
+  if (self->closing_) {
+    if (self->shutting_down_) self->forceCloseHandles();
+    return;
+  }
+  switch (self->timer_kind_) {
+    case TimerKind::kHeader:
+      if (self->parser_.inMessage() || self->ex_) {
+        self->respondError(408, "request header timeout", true);
+      } else {
+        self->closeNow();
+      }
+      break;
+    case TimerKind::kBody:
+      if (self->ex_ && !self->ex_->response_started) {
+        self->ex_->error = Error{ErrorSource::kDownstream, ErrorType::kReadTimeout, false,
+                                 "request body timeout"};
+        self->respondError(408, "request body timeout", true);
+      } else {
+        self->closeNow();
+      }
+      break;
+    case TimerKind::kKeepAlive:
+      self->closeNow();
+      break;
+    case TimerKind::kSend:
+      if (self->ex_) {
+        self->ex_->error = Error{ErrorSource::kDownstream, ErrorType::kSendTimeout, false,
+                                 "send to client timed out"};
+      }
+      self->closeNow();
+      break;
+    case TimerKind::kNone:
+      break;
+  }
+}
+
+void ClientConnection::closeAfterWrite() {
+  if (closing_) return;
+  flush();
+  if (closing_) return;
+  closing_ = true;
+  shutting_down_ = true;
+  if (upstream_) {
+    auto* u = upstream_;
+    upstream_ = nullptr;
+    u->abort();
+  }
+  if (reading_ && !peer_eof_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  // Give the last bytes send_timeout to leave, then close regardless.
+  timer_kind_ = TimerKind::kNone;
+  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(clientConfig().send_timeout / kMillis) + 1, 0);
+  auto* req = new uv_shutdown_t;
+  req->data = this;
+  if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
+    delete req;
+    forceCloseHandles();
+  }
+}
+
+void ClientConnection::onShutdown(uv_shutdown_t* req, int) {
+  auto* self = static_cast<ClientConnection*>(req->data);
+  delete req;
+  self->forceCloseHandles();
+}
+
+void ClientConnection::closeNow() {
+  if (closing_ && !shutting_down_) return;
+  if (!closing_) {
+    closing_ = true;
+    if (upstream_) {
+      auto* u = upstream_;
+      upstream_ = nullptr;
+      if (ex_ && ex_->server >= 0 && ex_->pool) {
+        ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+        ex_->server = -1;
+      }
+      u->abort();
+    }
+    if (ex_) {
+      if (ex_->retrying && ex_->pool) ex_->pool->endRetry(), ex_->retrying = false;
+      if (ex_->counted_active && ex_->pool) {
+        ex_->pool->cluster().active_requests.fetch_sub(1, std::memory_order_relaxed);
+        ex_->counted_active = false;
+      }
+      if (ex_->status == 0) ex_->status = 499;
+      logExchange();
+    }
+  }
+  forceCloseHandles();
+}
+
+void ClientConnection::forceCloseHandles() {
+  if (handles_closed_) return;
+  handles_closed_ = true;
+  closing_ = true;
+  uv_timer_stop(&timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);
+  uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
+}
+
+void ClientConnection::onClose(uv_handle_t* h) {
+  auto* self = static_cast<ClientConnection*>(h->data);
+  if (--self->handles_open_ == 0) {
+    Worker* w = self->worker_;
+    w->onConnectionClosed(self);
+    delete self;
+  }
+}
+
+}  // namespace sluice

@@ -1,0 +1,174 @@
+#pragma once
+// A client (downstream) connection and the exchange in progress on it. Requests on one
+// connection are handled one at a time: pipelined requests wait, parsed-ahead bytes bounded,
+// so responses always leave in request order.
+#include <uv.h>
+
+#include <memory>
+#include <string>
+
+#include "core/error.h"
+#include "core/ip.h"
+#include "proxy/http/http_parser.h"
+#include "proxy/server/generation.h"
+#include "proxy/server/phases.h"
+#include "proxy/upstream/upstream_connection.h"
+
+namespace sluice {
+
+class Worker;
+class UpstreamPool;
+
+// What a local handler (admin API, direct routes, errors) answers.
+struct LocalResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// One request/response exchange. Identify results are computed once here and read by every
+// later phase.
+struct Exchange {
+  WorkerGenerationPtr gen;
+  Phase phase = Phase::kRead;
+  Nanos start_ns = 0;
+  int64_t start_wall_us = 0;
+  std::string request_id;
+  bool request_id_generated = false;
+  std::string traceparent;
+  bool traceparent_generated = false;
+  IpAddress client_ip;
+  std::string client_ip_str;
+  int route = -1;
+  UpstreamPool* pool = nullptr;
+  int server = -1;
+  uint64_t tried = 0;  // bitmask of servers tried
+  bool body_pending_head = false;  // an upstream is attached but the request head is not out yet
+  bool headers_filtered = false;
+  bool logged = false;
+  int attempts = 0;
+  bool retrying = false;  // holds a retry-budget token
+  bool counted_active = false;
+  bool is_head = false;
+  bool upgrade = false;
+  bool expect_continue = false;
+  bool request_chunked = false;
+  bool request_has_body = false;
+  bool request_complete = false;     // whole request read from the client
+  bool request_body_sent_all = false;
+  std::string body_buffer;           // body bytes not yet handed to an upstream connection
+  std::string retained_body;         // copy of what was sent, for a retry
+  bool body_retained = true;         // false once the body outgrew what a retry can replay
+  bool response_started = false;     // response head written to the client
+  bool response_complete = false;
+  bool chunked_out = false;
+  bool client_keep_alive = true;
+  int status = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  std::string upstream_addr;
+  Nanos upstream_start_ns = 0;
+  Nanos upstream_ns = -1;
+  Error error;
+};
+
+class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
+ public:
+  ClientConnection(Worker* worker, const ListenerConfig& listener, bool admin);
+  ~ClientConnection() override;
+  uv_tcp_t* tcp() { return &tcp_; }
+  void start();
+  // Drain: close now if idle, else after the current response.
+  void drain();
+  void forceClose() { closeNow(); }
+
+ private:
+  enum class TimerKind { kNone, kHeader, kBody, kKeepAlive, kSend };
+
+  static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void onWrite(uv_write_t* req, int status);
+  static void onTimer(uv_timer_t* t);
+  static void onClose(uv_handle_t* h);
+  static void onShutdown(uv_shutdown_t* req, int status);
+
+  // Input.
+  void handleInput(const char* p, size_t n);
+  void parseInput(const char* p, size_t n);
+  void drivePending();
+  void handleEof(ssize_t status);
+  void pauseReading();
+  void resumeReading();
+
+  // HttpParserDelegate.
+  int onMessageBegin() override;
+  int onHeadersComplete() override;
+  int onBody(const char* p, size_t n) override;
+  int onMessageComplete() override;
+
+  // Phases.
+  int identify();
+  void startContent();
+  void connectUpstream();
+  void sendRequestHead();
+  void forwardBody(const char* p, size_t n);
+  void retryOrFail(const Error& err);
+  void respondLocal(const LocalResponse& r, bool close_after);
+  void respondError(int status, const std::string& reason, bool close_after);
+  void finishResponse();
+  void finishExchange();
+  void logExchange();
+  void releaseUpstream(bool reusable);
+
+  // UpstreamHandler.
+  void onUpstreamConnected() override;
+  void onUpstreamInterim(const HttpMessageHead& head) override;
+  void onUpstreamHeaders(HttpMessageHead& head) override;
+  void onUpstreamBody(const char* p, size_t n) override;
+  void onUpstreamComplete() override;
+  void onUpstreamTunnelData(const char* p, size_t n) override;
+  void onUpstreamTunnelClosed() override;
+  void onUpstreamError(const Error& err) override;
+  void onUpstreamDrained() override;
+  void onUpstreamReadDone() override;
+
+  // Output.
+  void flush();
+  size_t writeQueueSize() const;
+  void armTimer(TimerKind kind, Nanos timeout);
+  void closeNow();
+  void closeAfterWrite();
+  void forceCloseHandles();
+  const ClientConfig& clientConfig() const;
+
+  Worker* worker_;
+  ListenerConfig listener_;
+  bool admin_;
+  uv_tcp_t tcp_;
+  uv_timer_t timer_;
+  TimerKind timer_kind_ = TimerKind::kNone;
+  int handles_open_ = 0;
+  HttpParser parser_;
+  IpAddress peer_ip_;
+  std::string peer_ip_str_;
+  bool proxy_header_pending_ = false;
+  std::string pending_;  // bytes read but not parsed yet (pipelining, PROXY header)
+  bool parser_paused_ = false;
+  bool reading_ = false;
+  bool read_paused_ = false;
+  bool closing_ = false;
+  bool close_after_response_ = false;
+  bool draining_ = false;
+  bool tunnel_ = false;
+  bool peer_eof_ = false;
+  bool driving_ = false;     // inside drivePending's loop: do not re-enter it
+  bool in_parser_ = false;   // inside llhttp_execute: defer what must not happen there
+  bool shutting_down_ = false;
+  bool handles_closed_ = false;
+  uint32_t requests_on_connection_ = 0;
+  std::unique_ptr<Exchange> ex_;
+  UpstreamConnection* upstream_ = nullptr;
+  std::string out_;
+};
+
+}  // namespace sluice

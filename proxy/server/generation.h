@@ -1,0 +1,33 @@
+#pragma once
+// A configuration generation: the immutable config plus what is built from it once and shared
+// by all workers (router, upstream clusters with their health atomics). Each worker then builds
+// its own WorkerGeneration (connection pools) from it. Requests hold the WorkerGeneration they
+// started with, so a reload never changes the rules under a request in flight.
+#include <memory>
+#include <vector>
+
+#include "proxy/config/config.h"
+#include "proxy/router/router.h"
+#include "proxy/upstream/upstream_cluster.h"
+#include "proxy/upstream/upstream_pool.h"
+
+namespace sluice {
+
+struct Generation {
+  explicit Generation(ConfigPtr cfg);
+  ConfigPtr config;
+  Router router;
+  std::vector<UpstreamClusterPtr> clusters;  // same order as config->upstreams
+  std::vector<int> route_upstream;           // route index -> cluster index, -1 for direct routes
+  uint64_t id = 0;
+};
+using GenerationPtr = std::shared_ptr<const Generation>;
+
+struct WorkerGeneration {
+  WorkerGeneration(GenerationPtr g, uv_loop_t* loop);
+  GenerationPtr gen;
+  std::vector<std::unique_ptr<UpstreamPool>> pools;  // same order as gen->clusters
+};
+using WorkerGenerationPtr = std::shared_ptr<WorkerGeneration>;
+
+}  // namespace sluice

@@ -1,0 +1,48 @@
+#pragma once
+// The process: binds every socket up front (so a port in use fails at start, not in a worker),
+// starts N data workers and runs the control worker (signals, admin, health checks) on the
+// calling thread until a stop signal has drained everything.
+#include <uv.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "proxy/config/config.h"
+#include "proxy/server/generation.h"
+
+namespace sluice {
+
+class Worker;
+class HealthChecker;
+
+class Server {
+ public:
+  explicit Server(ConfigPtr config);
+  ~Server();
+  // Returns the process exit code.
+  int run();
+
+  GenerationPtr generation() const;
+  int64_t startedAtUs() const { return started_us_; }
+  size_t workerCount() const { return workers_.size(); }
+  uint64_t requestsServed() const;
+  std::string lastReloadResult() const { return "none"; }
+
+ private:
+  static void onSignal(uv_signal_t* s, int signum);
+  void shutdown(bool graceful);
+
+  ConfigPtr config_;
+  GenerationPtr generation_;
+  std::unique_ptr<Worker> control_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<HealthChecker> health_;
+  uv_signal_t sigterm_, sigquit_, sigint_;
+  bool stopping_ = false;
+  int64_t started_us_ = 0;
+};
+
+}  // namespace sluice

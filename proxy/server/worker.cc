@@ -1,0 +1,205 @@
+#include "proxy/server/worker.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/log.h"
+#include "proxy/server/client_connection.h"
+
+namespace sluice {
+
+int bindListener(const std::string& host, uint16_t port, bool reuseport, std::string* err) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  std::string h = host;
+  if (h.size() > 2 && h.front() == '[') h = h.substr(1, h.size() - 2);
+  auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, h.c_str(), &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, h.c_str(), &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(port);
+    len = sizeof(sockaddr_in6);
+  } else {
+    *err = "listen address " + host + " is not a numeric IP address";
+    return -1;
+  }
+  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = std::string("socket: ") + strerror(errno);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  // One socket per worker on the same port: the kernel spreads connections across workers
+  // without a shared accept lock (libuv 1.44 has no flag for this, hence the raw socket).
+  if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+    *err = std::string("SO_REUSEPORT: ") + strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  if (ss.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    *err = "bind " + host + ":" + std::to_string(port) + ": " + strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+Worker::Worker(Server* server, int id, bool control) : server_(server), id_(id), control_(control) {
+  uv_loop_init(&loop_);
+  uv_async_init(&loop_, &async_, onAsync);
+  async_.data = this;
+  uv_timer_init(&loop_, &drain_timer_);
+  drain_timer_.data = this;
+}
+
+Worker::~Worker() {
+  join();
+  // Everything was closed by the drain; run once more so close callbacks complete, then free.
+  uv_run(&loop_, UV_RUN_NOWAIT);
+  current_.reset();
+  access_log_.reset();
+  uv_loop_close(&loop_);
+  for (auto& s : sockets_)
+    if (s.fd >= 0) ::close(s.fd);
+}
+
+void Worker::setGeneration(GenerationPtr gen) {
+  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_);
+}
+
+bool Worker::setupAccessLog(const std::string& target, std::string* err) {
+  int fd = openAccessLogTarget(target, err);
+  if (fd < 0 && target != "off") return false;
+  access_log_ = std::make_unique<AccessLog>(&loop_, fd);
+  return true;
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void Worker::runHere() { run(); }
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::run() {
+  for (auto& s : sockets_) {
+    auto l = std::make_unique<Listener>();
+    l->worker = this;
+    l->config = s.config;
+    l->admin = s.admin;
+    uv_tcp_init(&loop_, &l->tcp);
+    l->tcp.data = l.get();
+    int rc = uv_tcp_open(&l->tcp, s.fd);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->tcp), s.config.backlog, onConnection);
+    if (rc != 0) {
+      LOG_ERROR("worker %d: listen on %s:%u failed: %s", id_, s.config.host.c_str(), s.config.port,
+                uv_strerror(rc));
+      uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
+      continue;
+    }
+    s.fd = -1;  // owned by libuv now
+    listeners_.push_back(std::move(l));
+  }
+  uv_run(&loop_, UV_RUN_DEFAULT);
+}
+
+void Worker::onConnection(uv_stream_t* server, int status) {
+  auto* l = static_cast<Listener*>(server->data);
+  Worker* w = l->worker;
+  if (status != 0) {
+    LOG_WARN("worker %d: accept error: %s", w->id_, uv_strerror(status));
+    return;
+  }
+  if (w->draining_) return;
+  auto* c = new ClientConnection(w, l->config, l->admin);
+  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(c->tcp())) != 0) {
+    c->forceClose();
+    return;
+  }
+  c->start();
+}
+
+void Worker::post(std::function<void()> fn) {
+  std::lock_guard<std::mutex> lock(posted_mu_);
+  if (async_closed_) return;  // the loop is finishing; nothing left to run it
+  posted_.push_back(std::move(fn));
+  uv_async_send(&async_);
+}
+
+void Worker::stop(bool graceful) {
+  post([this, graceful] { beginDrain(graceful); });
+}
+
+void Worker::onAsync(uv_async_t* a) {
+  auto* w = static_cast<Worker*>(a->data);
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard<std::mutex> lock(w->posted_mu_);
+    fns.swap(w->posted_);
+  }
+  for (auto& f : fns) f();
+}
+
+void Worker::beginDrain(bool graceful) {
+  if (finished_) return;
+  if (draining_ && graceful) return;
+  draining_ = true;
+  for (auto& l : listeners_) uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
+  listeners_.clear();
+  if (current_)
+    for (auto& p : current_->pools) p->closeIdle();
+  auto conns = connections_;
+  for (auto* c : conns) {
+    if (graceful) c->drain();
+    else c->forceClose();
+  }
+  if (graceful && !connections_.empty()) {
+    Nanos t = current_ ? current_->gen->config->drain_timeout : 0;
+    uv_timer_start(&drain_timer_, onDrainTimer, static_cast<uint64_t>(t / kMillis) + 1, 0);
+  }
+  maybeFinish();
+}
+
+void Worker::onDrainTimer(uv_timer_t* t) {
+  auto* w = static_cast<Worker*>(t->data);
+  LOG_WARN("worker %d: drain timeout, closing %zu connections", w->id_, w->connections_.size());
+  auto conns = w->connections_;
+  for (auto* c : conns) c->forceClose();
+}
+
+void Worker::onConnectionClosed(ClientConnection* c) {
+  connections_.erase(c);
+  maybeFinish();
+}
+
+void Worker::maybeFinish() {
+  if (!draining_ || finished_ || !connections_.empty()) return;
+  finished_ = true;
+  uv_timer_stop(&drain_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer_), nullptr);
+  {
+    std::lock_guard<std::mutex> lock(posted_mu_);
+    async_closed_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  }
+  if (current_)
+    for (auto& p : current_->pools) p->closeIdle();
+  if (access_log_) access_log_->stop();
+  if (on_shutdown) on_shutdown();
+}
+
+}  // namespace sluice

@@ -1,0 +1,104 @@
+#pragma once
+// A worker: one thread, one uv_loop, its own SO_REUSEPORT listening sockets, its own upstream
+// connection pools and access-log buffer. The control worker runs on the main thread: signals,
+// the admin listener and active health checks, never client traffic.
+#include <uv.h>
+
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "proxy/log/access_log.h"
+#include "proxy/server/generation.h"
+
+namespace sluice {
+
+class ClientConnection;
+class Server;
+
+struct BoundSocket {
+  int fd = -1;
+  ListenerConfig config;
+  bool admin = false;
+};
+
+// Creates, binds (SO_REUSEPORT) and returns a listening-ready socket; the worker calls listen.
+int bindListener(const std::string& host, uint16_t port, bool reuseport, std::string* err);
+
+class Worker {
+ public:
+  Worker(Server* server, int id, bool control);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Must be called before start()/runHere(): takes ownership of the bound sockets.
+  void addListener(BoundSocket sock) { sockets_.push_back(std::move(sock)); }
+  void setGeneration(GenerationPtr gen);
+  bool setupAccessLog(const std::string& target, std::string* err);
+
+  void start();    // data workers: runs the loop on a new thread
+  void runHere();  // control worker: runs the loop on the calling thread
+  void join();
+  // Thread-safe. Graceful: stop accepting, finish in-flight requests within drain_timeout.
+  void stop(bool graceful);
+  // Thread-safe: run `fn` on this worker's loop.
+  void post(std::function<void()> fn);
+
+  int id() const { return id_; }
+  bool isControl() const { return control_; }
+  uv_loop_t* loop() { return &loop_; }
+  const WorkerGenerationPtr& current() const { return current_; }
+  AccessLog* accessLog() { return access_log_.get(); }
+  Server* server() { return server_; }
+  bool draining() const { return draining_; }
+  size_t connectionCount() const { return connections_.size(); }
+  uint64_t requestsServed() const { return requests_served_.load(std::memory_order_relaxed); }
+  void countRequest() { requests_served_.fetch_add(1, std::memory_order_relaxed); }
+
+  void onConnectionOpened(ClientConnection* c) { connections_.insert(c); }
+  void onConnectionClosed(ClientConnection* c);
+
+  // Hook for the control worker's own handles (signals, health checks) to close at shutdown.
+  std::function<void()> on_shutdown;
+
+ private:
+  struct Listener {
+    uv_tcp_t tcp;
+    Worker* worker;
+    ListenerConfig config;
+    bool admin;
+  };
+  static void onConnection(uv_stream_t* server, int status);
+  static void onAsync(uv_async_t* a);
+  static void onDrainTimer(uv_timer_t* t);
+  void run();
+  void beginDrain(bool graceful);
+  void maybeFinish();
+
+  Server* server_;
+  int id_;
+  bool control_;
+  uv_loop_t loop_;
+  uv_async_t async_;
+  uv_timer_t drain_timer_;
+  std::thread thread_;
+  std::vector<BoundSocket> sockets_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  WorkerGenerationPtr current_;
+  std::unique_ptr<AccessLog> access_log_;
+  std::unordered_set<ClientConnection*> connections_;
+  std::mutex posted_mu_;
+  std::vector<std::function<void()>> posted_;
+  bool draining_ = false;
+  bool finished_ = false;
+  bool async_closed_ = false;  // guarded by posted_mu_
+  std::atomic<uint64_t> requests_served_{0};
+};
+
+}  // namespace sluice
