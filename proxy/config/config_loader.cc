@@ -1,0 +1,1004 @@
+#include "proxy/config/config_loader.h"
+
+#include <openssl/evp.h>
+#include <re2/re2.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <initializer_list>
+#include <optional>
+#include <set>
+#include <string_view>
+#include <thread>
+
+#include "core/strings.h"
+
+namespace sluice {
+
+std::string ConfigError::format() const {
+  if (line <= 0) return file + ": " + message;
+  return file + ":" + std::to_string(line) + ":" + std::to_string(col) + ": " + message;
+}
+
+namespace {
+
+using YAML::Node;
+
+constexpr int kMaxWorkers = 256;
+
+// Optimal-string-alignment distance: a transposed pair ("hots" for "host") costs one edit,
+// which is the most common typo in hand-written keys.
+size_t editDistance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); i++) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); j++) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); i++) {
+    for (size_t j = 1; j <= b.size(); j++) {
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// " (did you mean 'x'?)" when one candidate is close enough to be a plausible typo, else "".
+template <class Range>
+std::string suggestion(std::string_view got, const Range& candidates) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& c : candidates) {
+    std::string_view cand(c);
+    size_t d = editDistance(toLower(got), cand);
+    // Short names need a tighter bound, or every 4-letter word "looks like" every other one.
+    if (d <= 2 && d * 3 <= cand.size() && d < best_d) {
+      best_d = d;
+      best = std::string(cand);
+    }
+  }
+  return best.empty() ? "" : " (did you mean '" + best + "'?)";
+}
+
+std::string describe(const Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Scalar: return "'" + n.Scalar() + "'";
+    default: return "nothing";
+  }
+}
+
+bool isTokenChar(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != 0;
+}
+
+bool isToken(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!isTokenChar(c)) return false;
+  return true;
+}
+
+// Names of upstreams and routes appear in metrics labels, logs and admin URLs.
+bool isName(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string trimAll(std::string_view s) {
+  auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  while (!s.empty() && ws(s.front())) s.remove_prefix(1);
+  while (!s.empty() && ws(s.back())) s.remove_suffix(1);
+  return std::string(s);
+}
+
+std::string sha256Hex(const std::string& bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), md, &len, EVP_sha256(), nullptr) != 1) return "";
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(len * 2);
+  for (unsigned int i = 0; i < len; i++) {
+    out += kHex[md[i] >> 4];
+    out += kHex[md[i] & 0xf];
+  }
+  return out;
+}
+
+struct HostPort {
+  std::string host;  // numeric IP; IPv6 without brackets
+  IpAddress ip;
+  uint16_t port = 0;
+  std::string text() const {
+    return (host.find(':') == std::string::npos ? host : "[" + host + "]") + ":" +
+           std::to_string(port);
+  }
+};
+
+// Parses "1.2.3.4:80" / "[::1]:80". Returns an error message, empty on success.
+std::string parseHostPort(std::string_view s, HostPort* out) {
+  std::string_view host, port;
+  bool bracketed = false;
+  if (!s.empty() && s.front() == '[') {
+    size_t close = s.find(']');
+    if (close == std::string_view::npos) return "missing ']' in '" + std::string(s) + "'";
+    host = s.substr(1, close - 1);
+    std::string_view rest = s.substr(close + 1);
+    if (rest.empty() || rest.front() != ':')
+      return "expected [IPv6]:port like [::1]:8080, got '" + std::string(s) + "'";
+    port = rest.substr(1);
+    bracketed = true;
+  } else {
+    size_t colon = s.rfind(':');
+    if (colon == std::string_view::npos)
+      return "expected host:port like 127.0.0.1:8080, got '" + std::string(s) + "'";
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos)
+      return "IPv6 addresses need brackets, like [::1]:8080; got '" + std::string(s) + "'";
+  }
+  if (host.empty()) return "missing host in '" + std::string(s) + "'";
+  unsigned p = 0;
+  auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+  if (port.empty() || ec != std::errc() || ptr != port.data() + port.size() || p < 1 || p > 65535)
+    return "port must be a number 1..65535, got '" + std::string(port) + "'";
+  IpAddress ip;
+  if (!IpAddress::parse(host, &ip) || (bracketed && host.find(':') == std::string_view::npos)) {
+    return "'" + std::string(host) +
+           "' is not a numeric IP address; sluice does not resolve host names, write e.g. "
+           "127.0.0.1:9080 or [::1]:9080";
+  }
+  out->host = std::string(host);
+  out->ip = ip;
+  out->port = static_cast<uint16_t>(p);
+  return "";
+}
+
+// A mapping whose keys were checked against the schema.
+struct Mapping {
+  Node node;
+  std::string path;  // "" for the document root, else "upstreams.storefront.retry"
+  bool valid = false;
+
+  std::optional<Node> get(std::string_view key) const {
+    if (!valid || !node.IsMap()) return std::nullopt;
+    for (auto it = node.begin(); it != node.end(); ++it)
+      if (it->first.IsScalar() && it->first.Scalar() == key) return it->second;
+    return std::nullopt;
+  }
+  std::string child(std::string_view key) const {
+    return path.empty() ? std::string(key) : path + "." + std::string(key);
+  }
+  std::string where() const { return path.empty() ? "the top level" : path; }
+};
+
+class Loader {
+ public:
+  explicit Loader(std::string file) : file_(std::move(file)) {}
+
+  std::vector<ConfigError>& errors() { return errors_; }
+
+  void fail(const YAML::Mark& m, std::string msg) {
+    ConfigError e;
+    e.file = file_;
+    if (!m.is_null()) {
+      e.line = m.line + 1;
+      e.col = m.column + 1;
+    }
+    e.message = std::move(msg);
+    errors_.push_back(std::move(e));
+  }
+  void fail(const Node& at, std::string msg) { fail(at.Mark(), std::move(msg)); }
+  void failNoPos(std::string msg) { fail(YAML::Mark::null_mark(), std::move(msg)); }
+
+  void load(const Node& root, Config& cfg);
+
+ private:
+  // ---- shape helpers: each reports its own error and returns false/invalid on mismatch.
+
+  Mapping mapping(const Node& n, const std::string& path,
+                  std::initializer_list<std::string_view> keys) {
+    Mapping m{n, path, false};
+    // An empty section (`health_check:` with everything commented out) is an empty mapping.
+    if (n.IsNull()) {
+      m.valid = true;
+      return m;
+    }
+    if (!n.IsMap()) {
+      fail(n, (path.empty() ? "the document" : path) + ": expected a mapping, got " + describe(n));
+      return m;
+    }
+    m.valid = true;
+    std::set<std::string> seen;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      // Copy: `it->` yields a temporary proxy, a reference into it would dangle.
+      Node k = it->first;
+      if (!k.IsScalar()) {
+        fail(k, "keys must be plain names in " + m.where());
+        continue;
+      }
+      const std::string& key = k.Scalar();
+      if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+        fail(k, "unknown key '" + key + "' in " + m.where() + suggestion(key, keys));
+        continue;
+      }
+      // yaml-cpp keeps both entries of a duplicated key; the second would be silently ignored.
+      if (!seen.insert(key).second) fail(k, "duplicate key '" + key + "' in " + m.where());
+    }
+    return m;
+  }
+
+  bool scalar(const Node& n, const std::string& path, const std::string& expected,
+              std::string* out) {
+    if (!n.IsScalar()) {
+      fail(n, path + ": expected " + expected + ", got " + describe(n));
+      return false;
+    }
+    *out = n.Scalar();
+    return true;
+  }
+
+  bool readString(const Node& n, const std::string& path, std::string* out) {
+    std::string s;
+    if (!scalar(n, path, "a string", &s)) return false;
+    if (s.empty()) {
+      fail(n, path + ": must not be empty");
+      return false;
+    }
+    *out = s;
+    return true;
+  }
+
+  bool readBool(const Node& n, const std::string& path, bool* out) {
+    std::string s;
+    if (!scalar(n, path, "true or false", &s)) return false;
+    std::string l = toLower(s);
+    if (l == "true") *out = true;
+    else if (l == "false") *out = false;
+    else {
+      fail(n, path + ": expected true or false, got '" + s + "'");
+      return false;
+    }
+    return true;
+  }
+
+  template <class T>
+  bool readInt(const Node& n, const std::string& path, int64_t lo, int64_t hi, T* out) {
+    std::string expected =
+        "an integer " + std::to_string(lo) + ".." + std::to_string(hi);
+    std::string s;
+    if (!scalar(n, path, expected, &s)) return false;
+    int64_t v = 0;
+    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < lo || v > hi) {
+      fail(n, path + ": expected " + expected + ", got '" + s + "'");
+      return false;
+    }
+    *out = static_cast<T>(v);
+    return true;
+  }
+
+  bool readNumber(const Node& n, const std::string& path, double lo, double hi, double* out) {
+    char buf[64];
+    snprintf(buf, sizeof(buf), "a number %g..%g", lo, hi);
+    std::string s;
+    if (!scalar(n, path, buf, &s)) return false;
+    double v = 0;
+    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || !(v >= lo && v <= hi)) {
+      fail(n, path + ": expected " + buf + ", got '" + s + "'");
+      return false;
+    }
+    *out = v;
+    return true;
+  }
+
+  bool readDuration(const Node& n, const std::string& path, Nanos* out, bool allow_zero = false) {
+    const std::string expected = "a duration like 250ms or 5s";
+    std::string s;
+    if (!scalar(n, path, expected, &s)) return false;
+    int64_t v = 0;
+    if (!parseDurationNanos(s, &v)) {
+      fail(n, path + ": expected " + expected + ", got '" + s + "'");
+      return false;
+    }
+    if (v == 0 && !allow_zero) {
+      fail(n, path + ": must be greater than zero, got '" + s + "'");
+      return false;
+    }
+    *out = v;
+    return true;
+  }
+
+  bool readSize(const Node& n, const std::string& path, uint64_t* out, uint64_t min) {
+    const std::string expected = "a size like 512, 16k or 8m";
+    std::string s;
+    if (!scalar(n, path, expected, &s)) return false;
+    uint64_t v = 0;
+    if (!parseSize(s, &v)) {
+      fail(n, path + ": expected " + expected + ", got '" + s + "'");
+      return false;
+    }
+    if (v < min) {
+      fail(n, path + ": must be at least " + std::to_string(min) + " bytes, got '" + s + "'");
+      return false;
+    }
+    *out = v;
+    return true;
+  }
+
+  bool readEnum(const Node& n, const std::string& path, std::initializer_list<std::string_view> allowed,
+                std::string* out) {
+    std::string list;
+    for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+    std::string s;
+    if (!scalar(n, path, "one of " + list, &s)) return false;
+    if (std::find(allowed.begin(), allowed.end(), s) == allowed.end()) {
+      fail(n, path + ": expected one of " + list + ", got '" + s + "'" + suggestion(s, allowed));
+      return false;
+    }
+    *out = s;
+    return true;
+  }
+
+  // A list node; a single scalar is accepted where `allow_scalar` (host: a.com == host: [a.com]).
+  bool sequence(const Node& n, const std::string& path, std::vector<Node>* out,
+                bool allow_scalar = false) {
+    if (n.IsSequence()) {
+      for (auto it = n.begin(); it != n.end(); ++it) out->push_back(*it);
+      return true;
+    }
+    if (allow_scalar && n.IsScalar()) {
+      out->push_back(n);
+      return true;
+    }
+    fail(n, path + ": expected a list, got " + describe(n));
+    return false;
+  }
+
+  void readCidrs(const Node& n, const std::string& path, CidrSet* out) {
+    std::vector<Node> items;
+    if (!sequence(n, path, &items)) return;
+    for (size_t i = 0; i < items.size(); i++) {
+      std::string p = path + "[" + std::to_string(i) + "]";
+      std::string s;
+      if (!scalar(items[i], p, "a CIDR like 10.0.0.0/8", &s)) continue;
+      Cidr c;
+      if (!Cidr::parse(trim(s), &c)) {
+        fail(items[i], p + ": expected a CIDR like 10.0.0.0/8 or ::1/128, got '" + s + "'");
+        continue;
+      }
+      out->add(c);
+    }
+  }
+
+  bool readAddress(const Node& n, const std::string& path, HostPort* out) {
+    std::string s;
+    if (!scalar(n, path, "an address like 127.0.0.1:8080", &s)) return false;
+    std::string err = parseHostPort(trim(s), out);
+    if (!err.empty()) {
+      fail(n, path + ": " + err);
+      return false;
+    }
+    return true;
+  }
+
+  // ---- sections
+
+  void loadWorkers(const Node& n, Config& cfg);
+  void loadListeners(const std::optional<Node>& n, Config& cfg);
+  void loadAdmin(const Node& n, Config& cfg);
+  void loadClient(const Node& n, ClientConfig& c);
+  void loadLog(const Node& n, Config& cfg);
+  void loadUpstreams(const Node& n, Config& cfg);
+  void loadUpstream(const Node& n, const std::string& path, UpstreamConfig& u);
+  void loadHealthCheck(const Node& n, const std::string& path, HealthCheckConfig& h);
+  void loadRoutes(const Node& n, Config& cfg);
+  void loadRoute(const Node& n, const std::string& path, RouteConfig& r);
+  void loadMatch(const Node& n, const std::string& path, RouteConfig& r);
+
+  std::string file_;
+  std::vector<ConfigError> errors_;
+  // Every upstream name declared, even one whose body had errors, so that a route naming it
+  // does not pile a second, misleading error on top.
+  std::vector<std::string> upstream_names_;
+  // Listener addresses, to refuse an admin listener on the same socket.
+  std::vector<std::pair<IpAddress, uint16_t>> listener_addrs_;
+};
+
+void Loader::load(const Node& root, Config& cfg) {
+  if (root.IsNull()) {
+    failNoPos("the configuration is empty; at least one listener is required");
+    return;
+  }
+  Mapping top = mapping(root, "",
+                        {"workers", "listeners", "admin", "client", "trusted_proxies",
+                         "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
+                         "routes"});
+  if (!top.valid) return;
+
+  cfg.workers = 0;
+  if (auto n = top.get("workers")) loadWorkers(*n, cfg);
+  if (cfg.workers == 0) {
+    // "auto" is the default: one worker per core.
+    cfg.workers = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, kMaxWorkers);
+  }
+
+  loadListeners(top.get("listeners"), cfg);
+  if (auto n = top.get("admin")) loadAdmin(*n, cfg);
+  if (auto n = top.get("client")) loadClient(*n, cfg.client);
+  if (auto n = top.get("trusted_proxies")) readCidrs(*n, "trusted_proxies", &cfg.trusted_proxies);
+  if (auto n = top.get("request_id_header")) {
+    std::string s;
+    if (scalar(*n, "request_id_header", "a header name", &s)) {
+      if (!isToken(s))
+        fail(*n, "request_id_header: '" + s + "' is not a valid header name");
+      else
+        cfg.request_id_header = s;
+    }
+  }
+  if (auto n = top.get("tracing")) {
+    Mapping t = mapping(*n, "tracing", {"start_traces"});
+    if (auto v = t.get("start_traces")) readBool(*v, t.child("start_traces"), &cfg.trace_start);
+  }
+  if (auto n = top.get("drain_timeout"))
+    readDuration(*n, "drain_timeout", &cfg.drain_timeout, /*allow_zero=*/true);
+  if (auto n = top.get("log")) loadLog(*n, cfg);
+  // Upstreams before routes: routes refer to them by name.
+  if (auto n = top.get("upstreams")) loadUpstreams(*n, cfg);
+  if (auto n = top.get("routes")) loadRoutes(*n, cfg);
+}
+
+void Loader::loadWorkers(const Node& n, Config& cfg) {
+  const std::string expected = "\"auto\" or an integer 1.." + std::to_string(kMaxWorkers);
+  std::string s;
+  if (!scalar(n, "workers", expected, &s)) return;
+  if (s == "auto") return;
+  int64_t v = 0;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < 1 || v > kMaxWorkers) {
+    fail(n, "workers: expected " + expected + ", got '" + s + "'");
+    return;
+  }
+  cfg.workers = static_cast<int>(v);
+}
+
+void Loader::loadListeners(const std::optional<Node>& n, Config& cfg) {
+  if (!n) {
+    failNoPos("at least one listener is required (listeners: [{address: 127.0.0.1:8080}])");
+    return;
+  }
+  std::vector<Node> items;
+  if (!sequence(*n, "listeners", &items)) return;
+  if (items.empty()) {
+    fail(*n, "listeners: at least one listener is required");
+    return;
+  }
+  std::set<std::string> names;
+  for (size_t i = 0; i < items.size(); i++) {
+    std::string path = "listeners[" + std::to_string(i) + "]";
+    Mapping m = mapping(items[i], path, {"address", "name", "proxy_protocol", "backlog"});
+    if (!m.valid) continue;
+    ListenerConfig l;
+    bool dup_address = false;
+    auto addr = m.get("address");
+    if (!addr) {
+      fail(items[i], path + ": missing required key 'address'");
+    } else {
+      HostPort hp;
+      if (readAddress(*addr, m.child("address"), &hp)) {
+        l.host = hp.host;
+        l.port = hp.port;
+        l.name = hp.text();
+        for (const auto& [ip, port] : listener_addrs_)
+          dup_address |= (ip == hp.ip && port == hp.port);
+        if (dup_address)
+          fail(*addr, m.child("address") + ": duplicate listener address '" + hp.text() + "'");
+        listener_addrs_.emplace_back(hp.ip, hp.port);
+      }
+    }
+    if (auto v = m.get("name")) {
+      std::string name;
+      if (readString(*v, m.child("name"), &name)) l.name = name;
+    }
+    // A duplicated address also duplicates its default name; one error is enough.
+    if (!l.name.empty() && !names.insert(l.name).second && !dup_address) {
+      auto name_node = m.get("name");
+      fail(name_node ? *name_node : items[i], path + ": duplicate listener name '" + l.name + "'");
+    }
+    if (auto v = m.get("proxy_protocol")) readBool(*v, m.child("proxy_protocol"), &l.proxy_protocol);
+    if (auto v = m.get("backlog")) readInt(*v, m.child("backlog"), 1, 65535, &l.backlog);
+    cfg.listeners.push_back(std::move(l));
+  }
+}
+
+void Loader::loadAdmin(const Node& n, Config& cfg) {
+  Mapping m = mapping(n, "admin", {"address", "enabled", "token", "token_file", "allow"});
+  if (!m.valid) return;
+  AdminConfig& a = cfg.admin;
+  if (auto v = m.get("enabled")) readBool(*v, m.child("enabled"), &a.enabled);
+  if (auto v = m.get("address")) {
+    HostPort hp;
+    if (readAddress(*v, m.child("address"), &hp)) {
+      a.host = hp.host;
+      a.port = hp.port;
+      if (a.enabled) {
+        for (const auto& [ip, port] : listener_addrs_) {
+          if (ip == hp.ip && port == hp.port) {
+            fail(*v, "admin.address: '" + hp.text() + "' is also a listener address");
+            break;
+          }
+        }
+      }
+    }
+  }
+  auto token = m.get("token");
+  auto token_file = m.get("token_file");
+  if (token && token_file) {
+    fail(*token_file, "admin: token and token_file are mutually exclusive; keep one");
+  } else if (token) {
+    readString(*token, m.child("token"), &a.token);
+  } else if (token_file) {
+    if (readString(*token_file, m.child("token_file"), &a.token_file)) {
+      // Relative to the working directory, like every other path given to the binary.
+      FILE* f = fopen(a.token_file.c_str(), "rb");
+      if (!f) {
+        fail(*token_file, "admin.token_file: cannot read '" + a.token_file + "': " + strerror(errno));
+      } else {
+        std::string content;
+        char buf[4096];
+        size_t r;
+        while ((r = fread(buf, 1, sizeof(buf), f)) > 0) content.append(buf, r);
+        bool read_error = ferror(f);
+        fclose(f);
+        a.token = trimAll(content);
+        if (read_error)
+          fail(*token_file, "admin.token_file: cannot read '" + a.token_file + "'");
+        else if (a.token.empty())
+          fail(*token_file, "admin.token_file: '" + a.token_file + "' is empty");
+      }
+    }
+  }
+  if (auto v = m.get("allow")) readCidrs(*v, m.child("allow"), &a.allow);
+}
+
+void Loader::loadClient(const Node& n, ClientConfig& c) {
+  Mapping m = mapping(n, "client",
+                      {"max_uri_size", "max_header_size", "max_headers", "max_body_size",
+                       "header_timeout", "body_timeout", "keepalive_timeout", "send_timeout",
+                       "max_requests_per_connection", "buffer_size"});
+  if (!m.valid) return;
+  if (auto v = m.get("max_uri_size")) readSize(*v, m.child("max_uri_size"), &c.max_uri_size, 1);
+  if (auto v = m.get("max_header_size"))
+    readSize(*v, m.child("max_header_size"), &c.max_header_size, 1);
+  if (auto v = m.get("max_headers")) readInt(*v, m.child("max_headers"), 1, 10000, &c.max_headers);
+  if (auto v = m.get("max_body_size"))
+    readSize(*v, m.child("max_body_size"), &c.max_body_size, 0);
+  if (auto v = m.get("header_timeout")) readDuration(*v, m.child("header_timeout"), &c.header_timeout);
+  if (auto v = m.get("body_timeout")) readDuration(*v, m.child("body_timeout"), &c.body_timeout);
+  if (auto v = m.get("keepalive_timeout"))
+    readDuration(*v, m.child("keepalive_timeout"), &c.keepalive_timeout);
+  if (auto v = m.get("send_timeout")) readDuration(*v, m.child("send_timeout"), &c.send_timeout);
+  if (auto v = m.get("max_requests_per_connection"))
+    readInt(*v, m.child("max_requests_per_connection"), 1, 100000000,
+            &c.max_requests_per_connection);
+  // Below 4k a single ordinary header block no longer fits and every request stalls.
+  if (auto v = m.get("buffer_size")) readSize(*v, m.child("buffer_size"), &c.buffer_size, 4096);
+}
+
+void Loader::loadLog(const Node& n, Config& cfg) {
+  Mapping m = mapping(n, "log", {"level", "error", "access"});
+  if (!m.valid) return;
+  if (auto v = m.get("level"))
+    readEnum(*v, m.child("level"), {"debug", "info", "warn", "error"}, &cfg.log_level);
+  if (auto v = m.get("error")) readString(*v, m.child("error"), &cfg.error_log);
+  if (auto v = m.get("access")) readString(*v, m.child("access"), &cfg.access_log.target);
+}
+
+void Loader::loadUpstreams(const Node& n, Config& cfg) {
+  if (n.IsNull()) return;
+  if (!n.IsMap()) {
+    fail(n, "upstreams: expected a mapping of name -> upstream, got " + describe(n));
+    return;
+  }
+  std::set<std::string> seen;
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    Node k = it->first;  // a copy, see mapping()
+    if (!k.IsScalar()) {
+      fail(k, "upstreams: names must be plain strings");
+      continue;
+    }
+    std::string name = k.Scalar();
+    upstream_names_.push_back(name);
+    if (!isName(name)) {
+      fail(k, "upstreams: invalid name '" + name +
+                  "' (letters, digits, '_', '-' and '.', at most 64 characters)");
+    }
+    if (!seen.insert(name).second) {
+      fail(k, "upstreams: duplicate upstream '" + name + "'");
+      continue;
+    }
+    UpstreamConfig u;
+    u.name = name;
+    loadUpstream(it->second, "upstreams." + name, u);
+    cfg.upstreams.push_back(std::move(u));
+  }
+}
+
+void Loader::loadUpstream(const Node& n, const std::string& path, UpstreamConfig& u) {
+  Mapping m = mapping(n, path,
+                      {"balance", "hash_key", "servers", "keepalive", "connect_timeout",
+                       "send_timeout", "read_timeout", "passive_health", "health_check", "retry"});
+  if (!m.valid) return;
+
+  bool balance_ok = true;
+  if (auto v = m.get("balance")) {
+    std::string b;
+    balance_ok = readEnum(*v, m.child("balance"), {"round_robin", "least_conn", "hash"}, &b);
+    if (balance_ok) {
+      u.balance = b == "hash" ? BalanceKind::kHash
+                  : b == "least_conn" ? BalanceKind::kLeastConn
+                                      : BalanceKind::kRoundRobin;
+    }
+  }
+  if (auto v = m.get("hash_key")) {
+    std::string key;
+    if (scalar(*v, m.child("hash_key"), "a hash key like client_ip or header:NAME", &key)) {
+      size_t colon = key.find(':');
+      std::string kind = key.substr(0, colon);
+      std::string arg = colon == std::string::npos ? "" : key.substr(colon + 1);
+      bool ok = false;
+      if (colon == std::string::npos) {
+        ok = key == "client_ip" || key == "path" || key == "uri";
+      } else if (kind == "header") {
+        ok = isToken(arg);
+      } else if (kind == "cookie" || kind == "query") {
+        ok = !arg.empty();
+      }
+      if (!ok) {
+        fail(*v, m.child("hash_key") +
+                     ": expected client_ip, path, uri, header:NAME, cookie:NAME or query:NAME, "
+                     "got '" + key + "'");
+      } else if (u.balance != BalanceKind::kHash && balance_ok) {
+        // A key that silently does nothing usually means the balance line was forgotten.
+        fail(*v, m.child("hash_key") + ": only applies with balance: hash");
+      } else {
+        u.hash_key = key;
+      }
+    }
+  }
+
+  auto servers = m.get("servers");
+  if (!servers) {
+    fail(n, path + ": missing required key 'servers' (at least one server)");
+  } else {
+    std::vector<Node> items;
+    if (sequence(*servers, m.child("servers"), &items)) {
+      if (items.empty()) fail(*servers, m.child("servers") + ": at least one server is required");
+      for (size_t i = 0; i < items.size(); i++) {
+        std::string sp = m.child("servers") + "[" + std::to_string(i) + "]";
+        Mapping sm = mapping(items[i], sp, {"address", "weight"});
+        if (!sm.valid) continue;
+        UpstreamServerConfig s;
+        auto addr = sm.get("address");
+        if (!addr) {
+          fail(items[i], sp + ": missing required key 'address'");
+          continue;
+        }
+        HostPort hp;
+        if (!readAddress(*addr, sm.child("address"), &hp)) continue;
+        s.host = hp.host;
+        s.port = hp.port;
+        for (const auto& other : u.servers) {
+          IpAddress other_ip;
+          if (IpAddress::parse(other.host, &other_ip) && other_ip == hp.ip && other.port == s.port)
+            fail(*addr, sm.child("address") + ": duplicate server '" + hp.text() + "'");
+        }
+        if (auto w = sm.get("weight")) readInt(*w, sm.child("weight"), 1, 1000, &s.weight);
+        u.servers.push_back(std::move(s));
+      }
+    }
+  }
+
+  if (auto v = m.get("keepalive")) {
+    Mapping k = mapping(*v, m.child("keepalive"), {"max_idle", "idle_timeout"});
+    if (auto x = k.get("max_idle")) readInt(*x, k.child("max_idle"), 0, 100000, &u.keepalive_max_idle);
+    if (auto x = k.get("idle_timeout"))
+      readDuration(*x, k.child("idle_timeout"), &u.keepalive_idle_timeout);
+  }
+  if (auto v = m.get("connect_timeout")) readDuration(*v, m.child("connect_timeout"), &u.connect_timeout);
+  if (auto v = m.get("send_timeout")) readDuration(*v, m.child("send_timeout"), &u.send_timeout);
+  if (auto v = m.get("read_timeout")) readDuration(*v, m.child("read_timeout"), &u.read_timeout);
+  if (auto v = m.get("passive_health")) {
+    Mapping p = mapping(*v, m.child("passive_health"), {"max_fails", "fail_timeout"});
+    if (auto x = p.get("max_fails")) readInt(*x, p.child("max_fails"), 1, 1000, &u.max_fails);
+    if (auto x = p.get("fail_timeout")) readDuration(*x, p.child("fail_timeout"), &u.fail_timeout);
+  }
+  if (auto v = m.get("health_check")) loadHealthCheck(*v, m.child("health_check"), u.health_check);
+  if (auto v = m.get("retry")) {
+    Mapping r = mapping(*v, m.child("retry"), {"attempts", "budget_percent", "min_concurrent"});
+    if (auto x = r.get("attempts")) readInt(*x, r.child("attempts"), 0, 5, &u.retries);
+    if (auto x = r.get("budget_percent"))
+      readNumber(*x, r.child("budget_percent"), 0, 100, &u.retry_budget_percent);
+    if (auto x = r.get("min_concurrent"))
+      readInt(*x, r.child("min_concurrent"), 0, 10000, &u.retry_min_concurrent);
+  }
+}
+
+void Loader::loadHealthCheck(const Node& n, const std::string& path, HealthCheckConfig& h) {
+  Mapping m = mapping(n, path,
+                      {"enabled", "path", "host", "interval", "timeout", "rise", "fall",
+                       "expect_status"});
+  if (!m.valid) return;
+  // Writing the section is the opt-in; `enabled: false` keeps it around but off.
+  h.enabled = true;
+  if (auto v = m.get("enabled")) readBool(*v, m.child("enabled"), &h.enabled);
+  if (auto v = m.get("path")) {
+    std::string p;
+    if (readString(*v, m.child("path"), &p)) {
+      if (p.front() != '/')
+        fail(*v, m.child("path") + ": must start with '/', got '" + p + "'");
+      else
+        h.path = p;
+    }
+  }
+  if (auto v = m.get("host")) readString(*v, m.child("host"), &h.host);
+  if (auto v = m.get("interval")) readDuration(*v, m.child("interval"), &h.interval);
+  if (auto v = m.get("timeout")) readDuration(*v, m.child("timeout"), &h.timeout);
+  if (auto v = m.get("rise")) readInt(*v, m.child("rise"), 1, 100, &h.rise);
+  if (auto v = m.get("fall")) readInt(*v, m.child("fall"), 1, 100, &h.fall);
+  if (auto v = m.get("expect_status")) {
+    const std::string expected = "a status or range like 200-399";
+    std::string s;
+    if (scalar(*v, m.child("expect_status"), expected, &s)) {
+      size_t dash = s.find('-');
+      std::string lo_s = trimAll(s.substr(0, dash));
+      std::string hi_s = dash == std::string::npos ? lo_s : trimAll(s.substr(dash + 1));
+      auto num = [](const std::string& t, int* out) {
+        auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), *out);
+        return !t.empty() && ec == std::errc() && ptr == t.data() + t.size() && *out >= 100 &&
+               *out <= 599;
+      };
+      int lo = 0, hi = 0;
+      if (!num(lo_s, &lo) || !num(hi_s, &hi) || lo > hi) {
+        fail(*v, m.child("expect_status") + ": expected " + expected +
+                     " (statuses 100..599), got '" + s + "'");
+      } else {
+        h.expect_status_min = lo;
+        h.expect_status_max = hi;
+      }
+    }
+  }
+}
+
+void Loader::loadRoutes(const Node& n, Config& cfg) {
+  std::vector<Node> items;
+  if (n.IsNull()) return;
+  if (!sequence(n, "routes", &items)) return;
+  std::set<std::string> names;
+  for (size_t i = 0; i < items.size(); i++) {
+    std::string path = "routes[" + std::to_string(i) + "]";
+    RouteConfig r;
+    loadRoute(items[i], path, r);
+    if (!r.name.empty() && !names.insert(r.name).second) {
+      Mapping m{items[i], path, items[i].IsMap()};
+      fail(*m.get("name"), path + ": duplicate route name '" + r.name + "'");
+    }
+    cfg.routes.push_back(std::move(r));
+  }
+}
+
+void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
+  Mapping m = mapping(n, path,
+                      {"name", "match", "upstream", "connect_timeout", "send_timeout",
+                       "read_timeout", "max_body_size", "direct_response"});
+  if (!m.valid) return;
+  if (auto v = m.get("name")) {
+    std::string name;
+    if (readString(*v, m.child("name"), &name)) {
+      if (!isName(name))
+        fail(*v, m.child("name") + ": invalid name '" + name +
+                     "' (letters, digits, '_', '-' and '.', at most 64 characters)");
+      else
+        r.name = name;
+    }
+  } else {
+    fail(n, path + ": missing required key 'name'");
+  }
+  if (auto v = m.get("match")) loadMatch(*v, m.child("match"), r);
+
+  auto upstream = m.get("upstream");
+  auto direct = m.get("direct_response");
+  if (upstream && direct) {
+    fail(*direct, path + ": a route has either 'upstream' or 'direct_response', not both");
+  } else if (!upstream && !direct) {
+    fail(n, path + ": missing 'upstream' (or 'direct_response')");
+  }
+  if (upstream) {
+    std::string name;
+    if (readString(*upstream, m.child("upstream"), &name)) {
+      if (std::find(upstream_names_.begin(), upstream_names_.end(), name) ==
+          upstream_names_.end()) {
+        fail(*upstream, m.child("upstream") + ": unknown upstream '" + name + "'" +
+                            suggestion(name, upstream_names_));
+      } else {
+        r.upstream = name;
+      }
+    }
+  }
+  if (direct) {
+    Mapping d = mapping(*direct, m.child("direct_response"), {"status", "body"});
+    if (d.valid) {
+      if (auto s = d.get("status")) {
+        readInt(*s, d.child("status"), 100, 599, &r.direct_status);
+      } else {
+        fail(*direct, d.path + ": missing required key 'status'");
+      }
+      if (auto b = d.get("body")) {
+        // An empty body is legitimate here (e.g. a 204), so no readString().
+        scalar(*b, d.child("body"), "a string", &r.direct_body);
+      }
+    }
+  }
+  if (auto v = m.get("connect_timeout")) readDuration(*v, m.child("connect_timeout"), &r.connect_timeout);
+  if (auto v = m.get("send_timeout")) readDuration(*v, m.child("send_timeout"), &r.send_timeout);
+  if (auto v = m.get("read_timeout")) readDuration(*v, m.child("read_timeout"), &r.read_timeout);
+  if (auto v = m.get("max_body_size")) {
+    uint64_t size = 0;
+    if (readSize(*v, m.child("max_body_size"), &size, 0)) r.max_body_size = size;
+  }
+}
+
+void Loader::loadMatch(const Node& n, const std::string& path, RouteConfig& r) {
+  Mapping m = mapping(n, path, {"host", "path", "methods"});
+  if (!m.valid) return;
+  if (auto v = m.get("host")) {
+    std::vector<Node> items;
+    if (sequence(*v, m.child("host"), &items, /*allow_scalar=*/true)) {
+      for (size_t i = 0; i < items.size(); i++) {
+        std::string hp = v->IsSequence() ? m.child("host") + "[" + std::to_string(i) + "]"
+                                         : m.child("host");
+        std::string h;
+        if (!readString(items[i], hp, &h)) continue;
+        h = toLower(h);
+        // '*' only as a leading "*." label: the router implements suffix wildcards, nothing else.
+        std::string_view rest = h;
+        if (rest.substr(0, 2) == "*.") rest.remove_prefix(2);
+        bool ok = !rest.empty();
+        for (char c : rest)
+          ok &= c > ' ' && c != '*' && c != '/' && c != 0x7f;
+        if (!ok) {
+          fail(items[i], hp + ": expected a host name like example.com or *.example.com, got '" +
+                             h + "'");
+          continue;
+        }
+        r.hosts.push_back(h);
+      }
+    }
+  }
+  if (auto v = m.get("path")) {
+    Mapping p = mapping(*v, m.child("path"), {"exact", "prefix", "regex"});
+    if (p.valid) {
+      auto exact = p.get("exact");
+      auto prefix = p.get("prefix");
+      auto regex = p.get("regex");
+      int count = !!exact + !!prefix + !!regex;
+      if (count != 1) {
+        fail(*v, p.path + ": expected exactly one of exact, prefix or regex");
+      } else if (exact || prefix) {
+        const Node& x = exact ? *exact : *prefix;
+        std::string key = p.child(exact ? "exact" : "prefix");
+        std::string s;
+        if (readString(x, key, &s)) {
+          if (s.front() != '/') {
+            fail(x, key + ": must start with '/', got '" + s + "'");
+          } else {
+            r.path_kind = exact ? PathMatchKind::kExact : PathMatchKind::kPrefix;
+            r.path = s;
+          }
+        }
+      } else {
+        std::string s;
+        if (readString(*regex, p.child("regex"), &s)) {
+          RE2::Options opts;
+          opts.set_log_errors(false);
+          auto re = std::make_shared<const re2::RE2>(s, opts);
+          if (!re->ok()) {
+            fail(*regex, p.child("regex") + ": invalid regex: " + re->error());
+          } else {
+            r.path_kind = PathMatchKind::kRegex;
+            r.path = s;
+            r.regex = std::move(re);
+          }
+        }
+      }
+    }
+  }
+  if (auto v = m.get("methods")) {
+    std::vector<Node> items;
+    if (sequence(*v, m.child("methods"), &items, /*allow_scalar=*/true)) {
+      for (size_t i = 0; i < items.size(); i++) {
+        std::string mp = m.child("methods") + "[" + std::to_string(i) + "]";
+        std::string s;
+        if (!scalar(items[i], mp, "an HTTP method", &s)) continue;
+        if (!isToken(s)) {
+          fail(items[i], mp + ": '" + s + "' is not a valid HTTP method");
+          continue;
+        }
+        for (auto& c : s) c = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 32) : c;
+        r.methods.push_back(s);
+      }
+    }
+  }
+}
+
+ConfigLoadResult finish(Loader& loader, std::shared_ptr<Config> cfg) {
+  ConfigLoadResult result;
+  auto& errors = loader.errors();
+  // File order reads best; errors without a position (missing sections) go first.
+  std::stable_sort(errors.begin(), errors.end(), [](const ConfigError& a, const ConfigError& b) {
+    return std::make_pair(a.line, a.col) < std::make_pair(b.line, b.col);
+  });
+  result.errors = std::move(errors);
+  if (result.errors.empty()) result.config = std::move(cfg);
+  return result;
+}
+
+}  // namespace
+
+ConfigLoadResult loadConfigString(const std::string& yaml, const std::string& name) {
+  Loader loader(name);
+  auto cfg = std::make_shared<Config>();
+  cfg->source_path = name;
+  cfg->hash = sha256Hex(yaml);
+  try {
+    std::vector<Node> docs = YAML::LoadAll(yaml);
+    if (docs.empty()) {
+      loader.failNoPos("the configuration is empty; at least one listener is required");
+    } else {
+      if (docs.size() > 1) loader.fail(docs[1], "only one YAML document per file is allowed");
+      loader.load(docs[0], *cfg);
+    }
+  } catch (const YAML::ParserException& e) {
+    loader.fail(e.mark, "YAML syntax error: " + e.msg);
+  } catch (const YAML::Exception& e) {
+    // Not expected once the document parsed (we read scalars only), but never let one escape.
+    loader.fail(e.mark, "cannot load configuration: " + e.msg);
+  }
+  return finish(loader, std::move(cfg));
+}
+
+ConfigLoadResult loadConfigFile(const std::string& path) {
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) {
+    ConfigLoadResult r;
+    r.errors.push_back(ConfigError{path, 0, 0, std::string("cannot open: ") + strerror(errno)});
+    return r;
+  }
+  std::string bytes;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) bytes.append(buf, n);
+  bool read_error = ferror(f);
+  fclose(f);
+  if (read_error) {
+    ConfigLoadResult r;
+    r.errors.push_back(ConfigError{path, 0, 0, "cannot read file"});
+    return r;
+  }
+  return loadConfigString(bytes, path);
+}
+
+}  // namespace sluice
