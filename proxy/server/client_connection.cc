@@ -103,6 +103,7 @@ void ClientConnection::start() {
   int len = sizeof(ss);
   if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0)
     IpAddress::fromSockaddr(reinterpret_cast<sockaddr*>(&ss), &peer_ip_);
+  peer_ip_str_ = peer_ip_.toString();
   if (admin_) {
     const auto& a = worker_->current()->gen->config->admin;
     static Cidr v4loop, v6loop;
@@ -167,7 +168,10 @@ void ClientConnection::handleInput(const char* p, size_t n) {
       closeNow();
       return;
     }
-    if (r.has_address) peer_ip_ = r.source;
+    if (r.has_address) {
+      peer_ip_ = r.source;
+      peer_ip_str_ = peer_ip_.toString();
+    }
     proxy_header_pending_ = false;
     pending_.erase(0, r.consumed);
     drivePending();
@@ -347,7 +351,7 @@ int ClientConnection::identify() {
   auto& h = parser_.head();
   const auto& cfg = *ex_->gen->gen->config;
   ex_->client_ip = resolveClientIp(peer_ip_, h.headers, cfg.trusted_proxies);
-  ex_->client_ip_str = ex_->client_ip.toString();
+  ex_->client_ip_str = ex_->client_ip == peer_ip_ ? peer_ip_str_ : ex_->client_ip.toString();
 
   std::string_view rid;
   if (h.headers.get(cfg.request_id_header, &rid) && isValidRequestId(rid)) {
@@ -514,7 +518,7 @@ void ClientConnection::sendRequestHead() {
     out.append(xff);
     out.append(", ");
   }
-  out.append(peer_ip_.toString());
+  out.append(peer_ip_str_);
   out.append("\r\nX-Real-IP: ");
   out.append(ex_->client_ip_str);
   out.append("\r\nX-Forwarded-Proto: http\r\n");
@@ -908,11 +912,7 @@ void ClientConnection::logExchange() {
   e.time_us = ex_->start_wall_us;
   e.request_id = ex_->request_id;
   e.client_ip = ex_->client_ip_str.empty() ? std::string_view() : ex_->client_ip_str;
-  std::string peer;
-  if (e.client_ip.empty()) {
-    peer = peer_ip_.toString();
-    e.client_ip = peer;
-  }
+  if (e.client_ip.empty()) e.client_ip = peer_ip_str_;
   bool have_head = parser_.headersDone() || !parser_.head().target.empty();
   e.method = have_head ? parser_.head().method_name : std::string_view();
   e.path = have_head ? std::string_view(parser_.head().target) : std::string_view();
