@@ -145,6 +145,11 @@ void ClientConnection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf
   self->handleInput(buf->base, static_cast<size_t>(nread));
   if (self->closing_) return;
   if (self->upstream_) self->upstream_->flush();
+  // A request body outrunning its upstream (drivePending resumed): wait for onUpstreamDrained.
+  if (self->upstream_ && self->upstream_->writeQueueSize() +
+                                (self->ex_ ? self->ex_->body_buffer.size() : 0) >
+                            self->clientConfig().buffer_size)
+    self->pauseReading();
   self->flush();
 }
 
@@ -701,6 +706,7 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
 }
 
 void ClientConnection::onUpstreamBody(const char* p, size_t n) {
+  ex_->bytes_out += n;  // body bytes, like bytes_in (framing not counted)
   if (ex_->chunked_out) {
     appendChunkHeader(&out_, n);
     out_.append(p, n);
@@ -736,6 +742,7 @@ void ClientConnection::releaseUpstream(bool reusable) {
 }
 
 void ClientConnection::onUpstreamTunnelData(const char* p, size_t n) {
+  if (ex_) ex_->bytes_out += n;
   out_.append(p, n);
   flush();
   if (upstream_ && writeQueueSize() > clientConfig().buffer_size) upstream_->pauseReading();
@@ -755,8 +762,11 @@ void ClientConnection::onUpstreamError(const Error& err) {
   if (ex_->server >= 0) {
     auto& cluster = ex_->pool->cluster();
     cluster.server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
-    // Only the server's own failures count against it, not a slow client's.
-    cluster.reportFailure(static_cast<size_t>(ex_->server), SteadyClock::monotonicNanos());
+    // A reused keep-alive connection the server had just closed is a race, not a sick server
+    // (the retry goes to a fresh connection): only real failures count toward ejection.
+    bool keepalive_race = err.type == ErrorType::kConnectionReset && err.retryable;
+    if (!keepalive_race)
+      cluster.reportFailure(static_cast<size_t>(ex_->server), SteadyClock::monotonicNanos());
     ex_->server = -1;
   }
   if (tunnel_) {
@@ -770,6 +780,7 @@ void ClientConnection::onUpstreamError(const Error& err) {
     return;
   }
   retryOrFail(err);
+  if (upstream_) upstream_->flush();  // a retry on a reused connection has its request queued
   if (!closing_) flush();
 }
 
@@ -805,6 +816,8 @@ void ClientConnection::respondError(int status, const std::string& reason, bool 
     ex_->start_wall_us = wallMicros();
     ex_->request_id = randomHex128();
   }
+  // A request rejected before identify ran (bad head, 431, ...) still gets an id to quote.
+  if (ex_->request_id.empty()) ex_->request_id = randomHex128();
   if (ex_->error.ok()) {
     ex_->error.source = status < 500 ? ErrorSource::kDownstream : ErrorSource::kUpstream;
     ex_->error.type = status < 500 ? ErrorType::kBadMessage : ErrorType::kNone;
@@ -899,6 +912,9 @@ void ClientConnection::finishExchange() {
   parser_.resume();
   if (pending_.empty()) armTimer(TimerKind::kKeepAlive, clientConfig().keepalive_timeout);
   drivePending();
+  // A pipelined request started here (e.g. from an upstream's completion, where no client read
+  // follows to flush it) must not sit in the upstream's output buffer.
+  if (upstream_ && !closing_) upstream_->flush();
 }
 
 void ClientConnection::logExchange() {

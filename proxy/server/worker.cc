@@ -109,6 +109,7 @@ void Worker::run() {
       LOG_ERROR("worker %d: listen on %s:%u failed: %s", id_, s.config.host.c_str(), s.config.port,
                 uv_strerror(rc));
       uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
+      listeners_.push_back(std::move(l));  // freed with the worker, after the close completes
       continue;
     }
     s.fd = -1;  // owned by libuv now
@@ -158,8 +159,10 @@ void Worker::beginDrain(bool graceful) {
   if (finished_) return;
   if (draining_ && graceful) return;
   draining_ = true;
-  for (auto& l : listeners_) uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
-  listeners_.clear();
+  // Listener memory stays until the worker is destroyed: libuv touches a handle after uv_close.
+  for (auto& l : listeners_)
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&l->tcp)))
+      uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
   if (current_)
     for (auto& p : current_->pools) p->closeIdle();
   auto conns = connections_;

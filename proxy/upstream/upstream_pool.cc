@@ -15,6 +15,11 @@ UpstreamPool::~UpstreamPool() { closeIdle(); }
 int UpstreamPool::pick(uint64_t key_hash, uint64_t tried, Nanos now) {
   size_t n = cluster_->size();
   if (n == 0) return -1;
+  // A retry with every server tried (a pool of one, say) may go to a tried one again: a
+  // keep-alive connection the server closed as we reused it is the common cause, and a second
+  // failure still ends in the real 502/504 rather than a misleading 503.
+  bool all_tried = n <= 64 && tried == (n == 64 ? ~0ULL : (1ULL << n) - 1);
+  if (all_tried) tried = 0;
   auto untried = [&](size_t i) { return i >= 64 || !(tried & (1ULL << i)); };
   bool any_healthy = false;
   for (size_t i = 0; i < n; i++)

@@ -22,7 +22,8 @@ class UpstreamPool {
 
   // Chooses a server not in `tried` (a bitmask over server indexes; pools with more than 64
   // servers stop excluding past 64). Healthy servers first; when none is healthy, every untried
-  // server is a candidate (Envoy's panic mode: better a guess than a certain 503). -1 if none.
+  // server is a candidate (Envoy's panic mode: better a guess than a certain 503). When every
+  // server has been tried, all are candidates again (retries in a pool of one). -1 if none.
   int pick(uint64_t key_hash, uint64_t tried, Nanos now);
 
   // An idle connection to `server` if one is alive, else a new one that is connecting.

@@ -1,0 +1,490 @@
+"""End-to-end harness: starts the real sluice binary in front of real demo storefronts.
+
+Every test gets free loopback ports, its own temp dir and config, and tears everything down,
+so suites never collide with `make run` or with each other. Binaries come from the environment
+ctest sets (SLUICE_BIN, SLUICE_DEMO_BIN); run by hand with those set, e.g.
+  SLUICE_BIN=build/proxy/sluice SLUICE_DEMO_BIN=build/demo/sluice-demo-storefront \
+    python3 -m unittest -v test_proxy_basic
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+import time
+import unittest
+
+ROOT = os.environ.get("SLUICE_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+SLUICE_BIN = os.path.abspath(os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "proxy", "sluice")))
+DEMO_BIN = os.path.abspath(os.environ.get("SLUICE_DEMO_BIN", os.path.join(ROOT, "build", "demo", "sluice-demo-storefront")))
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d" % (proc.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listening on port %d after %.1fs" % (port, timeout))
+
+
+class Process:
+    def __init__(self, args, log_path, env=None):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+class Demo(Process):
+    """One demo storefront server on its own port."""
+
+    def __init__(self, tmpdir, name="sf", threads=1, port=None):
+        self.port = port or free_port()
+        self.name = name
+        super().__init__([DEMO_BIN, "--port", str(self.port), "--name", name,
+                          "--threads", str(threads), "--quiet"],
+                         os.path.join(tmpdir, "demo-%s.log" % name))
+        wait_port(self.port, proc=self.proc)
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+
+def default_config(port, admin_port, upstreams, routes=None, extra=""):
+    """A minimal config. `upstreams` is YAML text for the upstreams: map (indented under it)."""
+    routes = routes or textwrap.dedent("""\
+        - name: all
+          match:
+            path: { prefix: / }
+          upstream: storefront
+        """)
+    return (
+        "workers: 1\n"
+        "listeners:\n  - address: 127.0.0.1:%d\n"
+        "admin:\n  address: 127.0.0.1:%d\n  token: e2e-admin-token\n"
+        "log:\n  level: info\n  access: access.log\n"
+        "%s"
+        "upstreams:\n%s"
+        "routes:\n%s" % (port, admin_port, extra, textwrap.indent(upstreams, "  "),
+                         textwrap.indent(routes, "  ")))
+
+
+def upstream_yaml(name, servers, extra=""):
+    s = "%s:\n  servers:\n" % name
+    for addr in servers:
+        s += "    - address: %s\n" % addr
+    if extra:
+        s += textwrap.indent(textwrap.dedent(extra), "  ")
+    return s
+
+
+class Sluice(Process):
+    """The proxy under test, started from a config text in `tmpdir` (its working directory)."""
+
+    def __init__(self, tmpdir, config_text, port, admin_port):
+        self.port = port
+        self.admin_port = admin_port
+        self.tmpdir = tmpdir
+        self.config_path = os.path.join(tmpdir, "sluice.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        self.log_path = os.path.join(tmpdir, "sluice.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([SLUICE_BIN, "-c", self.config_path], stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=tmpdir)
+        wait_port(port, proc=self.proc)
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def access_log(self):
+        path = os.path.join(self.tmpdir, "access.log")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def cpu_ticks(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return int(parts[11]) + int(parts[12])
+
+
+def curl(*args, timeout=30):
+    """Runs curl; returns (returncode, stdout bytes, stderr text)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", str(timeout)] + list(args),
+                       capture_output=True, timeout=timeout + 10)
+    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+
+
+class RawClient:
+    """A raw-socket HTTP/1.1 client for malformed input, pipelining and exact bytes."""
+
+    def __init__(self, port, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        self.buf += chunk
+
+    def read_response(self, head_request=False):
+        """Reads one response; returns (status, headers list of (name, value), body bytes)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+        hmap = {k.lower(): v for k, v in headers}
+        body = b""
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            return status, headers, body
+        if "content-length" in hmap:
+            n = int(hmap["content-length"])
+            while len(self.buf) < n:
+                self._fill()
+            body, self.buf = self.buf[:n], self.buf[n:]
+        elif hmap.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                while b"\r\n" not in self.buf:
+                    self._fill()
+                line, self.buf = self.buf.split(b"\r\n", 1)
+                size = int(line.split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    self._fill()
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2:]
+                if size == 0:
+                    break
+        else:
+            try:
+                while True:
+                    self._fill()
+            except (EOFError, ConnectionResetError):
+                pass
+            body, self.buf = self.buf, b""
+        return status, headers, body
+
+    def closed(self, timeout=5.0):
+        """True if the server closes the connection (EOF or reset) within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def header(headers, name):
+    for k, v in headers:
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+class ProxyTestCase(unittest.TestCase):
+    """Base class: self.tmp (a temp dir), self.start_demo(), self.start_sluice()."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="sluice-e2e-")
+        self.tmp = self._tmp.name
+        self._procs = []
+
+    def tearDown(self):
+        for p in reversed(self._procs):
+            p.stop(signal.SIGKILL if not p.alive() else signal.SIGTERM, timeout=10)
+        if self._failed():
+            for p in self._procs:
+                try:
+                    print("---- %s ----\n%s" % (p.log_path, p.output()[-4000:]))
+                except Exception:
+                    pass
+        self._tmp.cleanup()
+
+    def _failed(self):
+        # Python 3.11+ records errors on the result as they happen; older ones on the outcome.
+        outcome = getattr(self, "_outcome", None)
+        if outcome is None:
+            return False
+        result = getattr(outcome, "result", None)
+        if result is not None:
+            for test, _ in list(getattr(result, "errors", [])) + list(getattr(result, "failures", [])):
+                if test is self:
+                    return True
+        return any(e for _, e in getattr(outcome, "errors", []) if e)
+
+    def start_demo(self, name="sf", threads=1, port=None):
+        d = Demo(self.tmp, name=name, threads=threads, port=port)
+        self._procs.append(d)
+        return d
+
+    def start_sluice(self, upstreams, routes=None, extra=""):
+        port, admin = free_port(), free_port()
+        s = Sluice(self.tmp, default_config(port, admin, upstreams, routes, extra), port, admin)
+        self._procs.append(s)
+        return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic helpers added for the upstream / streaming / lifecycle suites (additions only).
+
+def wait_until(predicate, timeout=5.0, interval=0.02, message="condition"):
+    """Polls `predicate` until it returns a truthy value; returns it, or fails after `timeout`."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() >= deadline:
+            raise AssertionError("%s not reached within %.1fs" % (message, timeout))
+        time.sleep(interval)
+
+
+def http_get(port, path, headers=None, method="GET", body=None, timeout=10.0):
+    """One request on a fresh connection (RawClient): returns (status, headers, body)."""
+    c = RawClient(port, timeout=timeout)
+    try:
+        headers = dict(headers or {})
+        lines = ["%s %s HTTP/1.1" % (method, path),
+                 "Host: %s" % headers.pop("Host", "127.0.0.1:%d" % port), "Connection: close"]
+        for k, v in headers.items():
+            lines.append("%s: %s" % (k, v))
+        if body is not None:
+            lines.append("Content-Length: %d" % len(body))
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        if body is not None:
+            data += body if isinstance(body, bytes) else body.encode()
+        c.send(data)
+        return c.read_response(head_request=(method == "HEAD"))
+    finally:
+        c.close()
+
+
+def admin_json(sluice, path):
+    """GET on the admin port, decoded from JSON."""
+    status, _, body = http_get(sluice.admin_port, path)
+    if status != 200:
+        raise AssertionError("admin %s answered %d: %r" % (path, status, body[:200]))
+    return json.loads(body)
+
+
+def upstream_servers(sluice, upstream="storefront"):
+    """The admin API's server list of one upstream, keyed by address."""
+    for u in admin_json(sluice, "/upstreams")["upstreams"]:
+        if u["name"] == upstream:
+            return {s["address"]: s for s in u["servers"]}
+    raise AssertionError("upstream %s not in admin /upstreams" % upstream)
+
+
+def tcp_sockets(port):
+    """Every TCP socket (any state but LISTEN) with `port` at either end, as ss lines split."""
+    out = subprocess.run(["ss", "-tanH", "( sport = :%d or dport = :%d )" % (port, port)],
+                         capture_output=True, text=True).stdout
+    return [line.split() for line in out.splitlines() if line.strip() and not line.startswith("LISTEN")]
+
+
+class RssSampler:
+    """Samples a process's VmRSS (kB) from /proc in a background thread; .peak_kb after stop()."""
+
+    def __init__(self, pid, interval=0.01):
+        import threading
+        self.pid = pid
+        self.interval = interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read(self):
+        try:
+            with open("/proc/%d/status" % self.pid) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            v = self.read()
+            if v:
+                self.samples.append(v)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+    @property
+    def peak_kb(self):
+        return max(self.samples) if self.samples else 0
+
+
+def _start_sluice_text(self, config_text, port, admin_port):
+    """ProxyTestCase.start_sluice_text: starts sluice from a whole config text (custom listeners)."""
+    s = Sluice(self.tmp, config_text, port, admin_port)
+    self._procs.append(s)
+    return s
+
+
+ProxyTestCase.start_sluice_text = _start_sluice_text
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic helpers added for the protocol / bad-input suites (additions only).
+
+def demo_counter(demo):
+    """The demo's count of completed requests (excluding /__demo/counter), asked directly."""
+    status, _, body = http_get(demo.port, "/__demo/counter")
+    if status != 200:
+        raise AssertionError("demo counter answered %d" % status)
+    return json.loads(body)["requests"]
+
+
+def read_until_close(client, timeout=5.0):
+    """Reads from a RawClient until the peer closes (or `timeout`); returns (bytes, closed)."""
+    client.sock.settimeout(timeout)
+    closed = False
+    try:
+        while True:
+            chunk = client.sock.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            client.buf += chunk
+    except ConnectionResetError:
+        closed = True
+    except socket.timeout:
+        pass
+    data, client.buf = client.buf, b""
+    return data, closed
+
+
+class CannedUpstream:
+    """A scripted upstream on a free port: answers every request with `response` bytes and keeps
+    the raw request heads it saw in .requests. For responses the demo cannot produce."""
+
+    def __init__(self, response):
+        import threading
+        self.response = response if isinstance(response, bytes) else response.encode()
+        self.requests = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        import threading
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        conn.settimeout(10)
+        try:
+            while not self._stop:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                self.requests.append(head.decode("latin-1"))
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        n = int(value.strip())
+                        while len(buf) < n:
+                            chunk = conn.recv(65536)
+                            if not chunk:
+                                return
+                            buf += chunk
+                        buf = buf[n:]
+                conn.sendall(self.response)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self._stop = True
+        self.sock.close()
