@@ -26,7 +26,7 @@ inline uint64_t hash64(std::string_view s, uint64_t seed = 0) {
     n -= 8;
   }
   uint64_t tail = 0;
-  memcpy(&tail, p, n);
+  if (n) memcpy(&tail, p, n);  // p may be null for an empty view
   h = (h ^ tail ^ (static_cast<uint64_t>(s.size()) << 56)) * 0x100000001b3ULL;
   return mix64(h);
 }

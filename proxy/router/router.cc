@@ -40,8 +40,18 @@ void splitTarget(std::string_view target, std::string_view* path, std::string_vi
     // absolute-form: scheme://authority/path
     auto scheme = target.find("://");
     if (scheme != std::string_view::npos) {
-      auto slash = target.find('/', scheme + 3);
-      target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+      // The authority ends at the first '/' or '?' (RFC 3986 3.2): in "http://h?next=/admin"
+      // the path is empty ("/") and the slash belongs to the query.
+      auto end = target.find_first_of("/?", scheme + 3);
+      if (end == std::string_view::npos) {
+        target = "/";
+      } else if (target[end] == '?') {
+        *path = "/";
+        *query = target.substr(end + 1);
+        return;
+      } else {
+        target = target.substr(end);
+      }
     }
   }
   auto q = target.find('?');

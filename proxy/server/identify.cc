@@ -7,22 +7,15 @@ namespace sluice {
 
 IpAddress resolveClientIp(const IpAddress& peer, const HeaderMap& headers, const CidrSet& trusted) {
   if (trusted.empty() || !trusted.contains(peer)) return peer;
-  // All X-Forwarded-For fields, in order, form one list.
-  std::string_view fields[8];
-  size_t nf = 0;
-  for (size_t i = 0; i < headers.size() && nf < 8; i++) {
-    if (!headers.removed(i) && equalsIgnoreCase(headers.name(i), "x-forwarded-for"))
-      fields[nf++] = headers.value(i);
-  }
-  if (nf == 0) {
-    std::string_view real;
-    IpAddress ip;
-    if (headers.get("x-real-ip", &real) && IpAddress::parse(trim(real), &ip)) return ip;
-    return peer;
-  }
+  // All X-Forwarded-For fields, in order, form one list, walked from its right end: the last
+  // fields are the ones our trusted hops wrote, so none of them may be skipped (a cap on the
+  // first N fields let a client hide them behind forged ones).
+  bool any_xff = false;
   IpAddress last_trusted = peer;
-  for (size_t f = nf; f-- > 0;) {
-    std::string_view v = fields[f];
+  for (size_t f = headers.size(); f-- > 0;) {
+    if (headers.removed(f) || !equalsIgnoreCase(headers.name(f), "x-forwarded-for")) continue;
+    any_xff = true;
+    std::string_view v = headers.value(f);
     while (!v.empty()) {
       size_t comma = v.rfind(',');
       std::string_view item = trim(comma == std::string_view::npos ? v : v.substr(comma + 1));
@@ -33,6 +26,11 @@ IpAddress resolveClientIp(const IpAddress& peer, const HeaderMap& headers, const
       if (!trusted.contains(ip)) return ip;
       last_trusted = ip;
     }
+  }
+  if (!any_xff) {
+    std::string_view real;
+    IpAddress ip;
+    if (headers.get("x-real-ip", &real) && IpAddress::parse(trim(real), &ip)) return ip;
   }
   return last_trusted;
 }
@@ -64,6 +62,9 @@ bool isValidTraceparent(std::string_view tp) {
   for (char c : version)
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   if (version == "00" && tp.size() != 55) return false;
+  // A later version may append fields, but only after another '-' (W3C Trace Context,
+  // "Versioning of traceparent").
+  if (tp.size() > 55 && tp[55] != '-') return false;
   if (!isLowerHex(tp.substr(3, 32)) || !isLowerHex(tp.substr(36, 16))) return false;
   std::string_view flags = tp.substr(53, 2);
   for (char c : flags)

@@ -62,7 +62,12 @@ ProxyProtocolResult parseV1(const char* data, size_t len) {
   if (!IpAddress::parse(parts[2], &r.source)) return error("PROXY v1: bad source address");
   IpAddress dst;
   if (!IpAddress::parse(parts[3], &dst)) return error("PROXY v1: bad destination address");
-  if ((parts[1] == "TCP4") != r.source.v4) return error("PROXY v1: address family mismatch");
+  // Judge the family by how the addresses are written, not by the parsed form: HAProxy on a
+  // dual-stack bind sends "TCP6 ::ffff:a.b.c.d ...", and both addresses must match the protocol.
+  bool want_v6 = parts[1] == "TCP6";
+  if ((parts[2].find(':') != std::string_view::npos) != want_v6 ||
+      (parts[3].find(':') != std::string_view::npos) != want_v6)
+    return error("PROXY v1: address family mismatch");
   uint16_t dport;
   if (!parsePort(parts[4], &r.source_port) || !parsePort(parts[5], &dport))
     return error("PROXY v1: bad port");
