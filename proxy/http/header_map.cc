@@ -22,6 +22,17 @@ void HeaderMap::appendValue(const char* p, size_t n) {
   fields_.back().value_len += static_cast<uint32_t>(n);
 }
 
+bool HeaderMap::finishField() {
+  if (fields_.empty()) return false;
+  auto& f = fields_.back();
+  while (f.value_len > 0) {
+    char c = buf_[f.value_off + f.value_len - 1];
+    if (c != ' ' && c != '\t') break;
+    f.value_len--;
+  }
+  return f.name_len > 0;
+}
+
 void HeaderMap::add(std::string_view name, std::string_view value) {
   uint32_t noff = static_cast<uint32_t>(buf_.size());
   buf_.append(name);

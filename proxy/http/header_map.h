@@ -18,6 +18,9 @@ class HeaderMap {
   // Parser interface: spans may arrive in pieces; a new name starts a new field.
   void appendName(const char* p, size_t n, bool new_field);
   void appendValue(const char* p, size_t n);
+  // Ends the last field: drops trailing SP/HT from its value (llhttp passes them on, but OWS is
+  // not part of a field value) and returns false if its name is empty (llhttp accepts ": x").
+  bool finishField();
 
   void add(std::string_view name, std::string_view value);
   size_t size() const { return fields_.size(); }

@@ -30,6 +30,7 @@ void HttpParser::reset() {
   parser_.data = this;
   in_message_ = false;
   headers_done_ = false;
+  head_scan_done_ = false;
 }
 
 int HttpParser::fail(int status, const char* reason) {
@@ -38,7 +39,35 @@ int HttpParser::fail(int status, const char* reason) {
   return -1;
 }
 
+bool HttpParser::scanHeadForObsFold(const char* p, size_t n) {
+  for (size_t i = 0; i < n && !head_scan_done_; i++) {
+    char c = p[i];
+    if (head_scan_state_ == 1) {
+      if ((c == ' ' || c == '\t') && head_scan_line_) return false;
+      if ((c == '\r' || c == '\n') && head_scan_line_) {
+        head_scan_done_ = true;  // the blank line: what follows is body
+        break;
+      }
+      if (c != '\r' && c != '\n') head_scan_state_ = 0;
+    }
+    if (c == '\n') head_scan_state_ = 1;
+    else if (c != '\r') head_scan_line_ = true;
+  }
+  return true;
+}
+
 HttpParser::Result HttpParser::execute(const char* data, size_t len) {
+  if (!in_message_) {
+    // Every execute() outside a message starts at a message's first byte (requests and final
+    // responses pause at their end).
+    head_scan_state_ = 0;
+    head_scan_line_ = false;
+    head_scan_done_ = false;
+  }
+  if (!head_scan_done_ && !scanHeadForObsFold(data, len)) {
+    fail(400, "obsolete line folding in header");
+    return {Status::kError, 0};
+  }
   llhttp_errno_t err = llhttp_execute(&parser_, data, len);
   switch (err) {
     case HPE_OK:
@@ -109,7 +138,9 @@ int HttpParser::onHeaderValueCb(llhttp_t* p, const char* at, size_t n) {
 
 int HttpParser::onHeaderValueCompleteCb(llhttp_t* p) {
   // A field with an empty value never calls on_header_value; mark it done all the same.
-  self(p)->last_was_value_ = true;
+  auto* s = self(p);
+  s->last_was_value_ = true;
+  if (!s->head_.headers.finishField()) return s->fail(400, "empty header name");
   return 0;
 }
 

@@ -110,6 +110,10 @@ class HttpParser {
   static int onMessageCompleteCb(llhttp_t* p);
   int fail(int status, const char* reason);
   bool checkHeaderBytes(size_t n);
+  // llhttp silently accepts obs-fold (a header line starting with SP/HT); RFC 9112 5.2 lets a
+  // server reject it, and a proxy must not let a folded line hide a framing header. Scans the
+  // head's raw bytes (up to its blank line); returns false on a fold.
+  bool scanHeadForObsFold(const char* p, size_t n);
 
   llhttp_t parser_;
   llhttp_settings_t settings_;
@@ -120,6 +124,11 @@ class HttpParser {
   bool headers_done_ = false;
   bool last_was_value_ = true;
   uint64_t header_bytes_ = 0;
+  // scanHeadForObsFold state: 0 inside a line, 1 right after a LF; head_scan_done_ once the
+  // blank line ending the head went by; head_scan_line_ once a non-empty line was seen.
+  int head_scan_state_ = 0;
+  bool head_scan_line_ = false;
+  bool head_scan_done_ = false;
   int error_status_ = 0;
   std::string error_reason_;
 };

@@ -52,6 +52,7 @@ void UpstreamConnection::attach(UpstreamHandler* handler) {
   request_complete_ = false;
   response_complete_ = false;
   interim_ = false;
+  interim_paused_ = false;
   response_bytes_ = 0;
   keep_alive_ = true;
   uv_timer_stop(&timer_);
@@ -196,6 +197,15 @@ void UpstreamConnection::handleRead(const char* p, size_t n) {
   if (request_complete_ && read_timeout_ > 0 && writeQueueSize() == 0)
     uv_timer_start(&timer_, onTimer, read_timeout_ / kMillis + 1, 0);
   auto r = parser_.execute(p, n);
+  // An interim 1xx pauses too, so the final response behind it in the same read is parsed
+  // (and screened for obs-fold) as a message of its own.
+  while (r.status == HttpParser::Status::kPaused && interim_paused_ && handler_) {
+    interim_paused_ = false;
+    parser_.resume();
+    p += r.consumed;
+    n -= r.consumed;
+    r = n > 0 ? parser_.execute(p, n) : HttpParser::Result{HttpParser::Status::kOk, 0};
+  }
   switch (r.status) {
     case HttpParser::Status::kOk:
       break;
@@ -252,7 +262,8 @@ int UpstreamConnection::onBody(const char* p, size_t n) {
 int UpstreamConnection::onMessageComplete() {
   if (interim_) {
     interim_ = false;
-    return 0;
+    interim_paused_ = true;
+    return HPE_PAUSED;
   }
   if (parser_.head().status == 101) return 0;
   response_complete_ = true;

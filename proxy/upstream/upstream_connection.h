@@ -103,6 +103,7 @@ class UpstreamConnection : private HttpParserDelegate {
   bool head_request_ = false;
   bool request_complete_ = false;
   bool interim_ = false;
+  bool interim_paused_ = false;
   bool response_complete_ = false;
   bool tunnel_ = false;
   bool keep_alive_ = true;
