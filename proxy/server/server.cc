@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/clock.h"
 #include "core/log.h"
@@ -32,6 +33,16 @@ int Server::run() {
   for (int i = 0; i < cfg.workers; i++) workers_.push_back(std::make_unique<Worker>(this, i, false));
 
   std::string err;
+  // SO_REUSEPORT would let this process silently share a port with another sluice (or a stale
+  // one) and split its traffic: first prove each port is free with a plain bind.
+  for (const auto& l : cfg.listeners) {
+    int probe = bindListener(l.host, l.port, false, &err);
+    if (probe < 0) {
+      LOG_ERROR("%s (is another sluice running?)", err.c_str());
+      return 1;
+    }
+    ::close(probe);
+  }
   for (auto& w : workers_) {
     for (const auto& l : cfg.listeners) {
       int fd = bindListener(l.host, l.port, true, &err);

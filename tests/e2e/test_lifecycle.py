@@ -335,5 +335,21 @@ class WorkersTest(ProxyTestCase):
         print("\n  2 workers: 200 new connections in %.2fs" % elapsed)
 
 
+    def test_second_sluice_on_a_busy_port_refuses_to_start(self):
+        # Regression: with SO_REUSEPORT a second (or stale) sluice bound the same port and
+        # silently took half of the first one's connections.
+        demo = self.start_demo("sf1")
+        port, admin = free_port(), free_port()
+        self.start_sluice_text(default_config(port, admin, upstream_yaml("storefront", [demo.address])),
+                               port, admin)
+        other_admin = free_port()
+        path = os.path.join(self.tmp, "second.yaml")
+        with open(path, "w") as f:
+            f.write(default_config(port, other_admin, upstream_yaml("storefront", [demo.address])))
+        p = subprocess.run([SLUICE_BIN, "-c", path], capture_output=True, text=True, timeout=20,
+                           cwd=self.tmp)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("Address already in use", p.stdout + p.stderr)
+
 if __name__ == "__main__":
     unittest.main()
