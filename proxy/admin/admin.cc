@@ -104,6 +104,14 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/status" && read) return json(200, statusJson(server));
   if (path == "/upstreams" && read) return json(200, upstreamsJson(server));
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
+  if (path == "/reload" && head.method == HTTP_POST) {
+    std::string message;
+    bool ok = server->reload(&message);
+    auto gen = server->generation();
+    return json(ok ? 200 : 400, std::string("{\"ok\":") + (ok ? "true" : "false") +
+                                    ",\"generation\":" + std::to_string(gen->id) +
+                                    ",\"message\":\"" + jsonEscape(message) + "\"}");
+  }
   return jsonError(404, "no such admin endpoint: " + std::string(path));
 }
 

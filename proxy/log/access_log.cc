@@ -40,20 +40,23 @@ int openAccessLogTarget(const std::string& target, std::string* err) {
   return fd;
 }
 
-AccessLog::AccessLog(uv_loop_t* loop, int fd) : fd_(fd) {
-  uv_timer_init(loop, &timer_);
-  timer_.data = this;
+AccessLog::AccessLog(uv_loop_t* loop, int fd) : fd_(fd), timer_(new uv_timer_t) {
+  uv_timer_init(loop, timer_);
+  timer_->data = this;
   buf_.reserve(kFlushBytes + 4096);
 }
 
-AccessLog::~AccessLog() { flush(); }
+AccessLog::~AccessLog() { stop(); }
 
 void AccessLog::stop() {
   if (stopped_) return;
   stopped_ = true;
   flush();
-  uv_timer_stop(&timer_);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+  uv_timer_stop(timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(timer_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  if (fd_ > 2) ::close(fd_);
+  fd_ = -1;
 }
 
 void AccessLog::write(const AccessLogEntry& e) {
@@ -103,12 +106,16 @@ void AccessLog::write(const AccessLogEntry& e) {
   if (buf_.size() >= kFlushBytes) {
     flush();
   } else if (!timer_started_ && !stopped_) {
-    uv_timer_start(&timer_, onTimer, kFlushIntervalMs, 0);
+    uv_timer_start(timer_, onTimer, kFlushIntervalMs, 0);
     timer_started_ = true;
   }
 }
 
 void AccessLog::flush() {
+  if (fd_ < 0) {
+    buf_.clear();
+    return;
+  }
   size_t off = 0;
   while (off < buf_.size()) {
     ssize_t n = ::write(fd_, buf_.data() + off, buf_.size() - off);

@@ -30,7 +30,7 @@ struct AccessLogEntry {
 
 class AccessLog {
  public:
-  // fd < 0 disables logging.
+  // fd < 0 disables logging. A file descriptor above 2 is owned and closed by stop().
   AccessLog(uv_loop_t* loop, int fd);
   ~AccessLog();
   void write(const AccessLogEntry& e);
@@ -42,7 +42,7 @@ class AccessLog {
   static void onTimer(uv_timer_t* t);
   int fd_;
   std::string buf_;
-  uv_timer_t timer_;
+  uv_timer_t* timer_;  // heap-allocated: freed by its close callback, so stop() then delete is safe
   bool timer_started_ = false;
   bool stopped_ = false;
 };

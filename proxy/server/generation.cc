@@ -8,9 +8,15 @@ namespace {
 std::atomic<uint64_t> g_next_generation{1};
 }
 
-Generation::Generation(ConfigPtr cfg)
+Generation::Generation(ConfigPtr cfg, const Generation* previous)
     : config(std::move(cfg)), router(*config), id(g_next_generation.fetch_add(1)) {
-  for (const auto& u : config->upstreams) clusters.push_back(std::make_shared<UpstreamCluster>(u));
+  for (const auto& u : config->upstreams) {
+    const UpstreamCluster* old = nullptr;
+    if (previous)
+      for (const auto& c : previous->clusters)
+        if (c->config().name == u.name) old = c.get();
+    clusters.push_back(std::make_shared<UpstreamCluster>(u, old));
+  }
   for (const auto& r : config->routes) {
     int idx = -1;
     for (size_t i = 0; i < config->upstreams.size(); i++)
@@ -20,7 +26,7 @@ Generation::Generation(ConfigPtr cfg)
 }
 
 WorkerGeneration::WorkerGeneration(GenerationPtr g, uv_loop_t* loop) : gen(std::move(g)) {
-  for (const auto& c : gen->clusters) pools.push_back(std::make_unique<UpstreamPool>(c, loop));
+  for (const auto& c : gen->clusters) pools.push_back(std::make_shared<UpstreamPool>(c, loop));
 }
 
 }  // namespace sluice

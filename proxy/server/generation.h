@@ -14,7 +14,9 @@
 namespace sluice {
 
 struct Generation {
-  explicit Generation(ConfigPtr cfg);
+  // `previous` (may be null) lends its servers' health state to servers that stay, so a
+  // reload neither forgets an ejection nor resets a server's counters.
+  Generation(ConfigPtr cfg, const Generation* previous = nullptr);
   ConfigPtr config;
   Router router;
   std::vector<UpstreamClusterPtr> clusters;  // same order as config->upstreams
@@ -26,7 +28,7 @@ using GenerationPtr = std::shared_ptr<const Generation>;
 struct WorkerGeneration {
   WorkerGeneration(GenerationPtr g, uv_loop_t* loop);
   GenerationPtr gen;
-  std::vector<std::unique_ptr<UpstreamPool>> pools;  // same order as gen->clusters
+  std::vector<std::shared_ptr<UpstreamPool>> pools;  // same order as gen->clusters
 };
 using WorkerGenerationPtr = std::shared_ptr<WorkerGeneration>;
 

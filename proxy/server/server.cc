@@ -6,6 +6,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "proxy/config/config_loader.h"
 #include "proxy/server/worker.h"
 #include "proxy/upstream/health_checker.h"
 
@@ -76,9 +77,9 @@ int Server::run() {
   uv_loop_t* loop = control_->loop();
   health_ = std::make_unique<HealthChecker>(loop, generation_->clusters);
   health_->start();
-  uv_signal_t* sigs[] = {&sigterm_, &sigquit_, &sigint_};
-  int nums[] = {SIGTERM, SIGQUIT, SIGINT};
-  for (int i = 0; i < 3; i++) {
+  uv_signal_t* sigs[] = {&sigterm_, &sigquit_, &sigint_, &sighup_};
+  int nums[] = {SIGTERM, SIGQUIT, SIGINT, SIGHUP};
+  for (int i = 0; i < 4; i++) {
     uv_signal_init(loop, sigs[i]);
     sigs[i]->data = this;
     uv_signal_start(sigs[i], onSignal, nums[i]);
@@ -88,6 +89,7 @@ int Server::run() {
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigquit_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sighup_), nullptr);
   };
 
   for (auto& w : workers_) w->start();
@@ -107,11 +109,86 @@ int Server::run() {
 
 void Server::onSignal(uv_signal_t* s, int signum) {
   auto* self = static_cast<Server*>(s->data);
+  if (signum == SIGHUP) {
+    std::string msg;
+    self->reload(&msg);
+    return;
+  }
   // A second Ctrl-C means "now": skip the drain.
   bool graceful = !(signum == SIGINT && self->stopping_);
   LOG_INFO("received %s, %s", strsignal(signum),
            graceful ? "draining in-flight requests" : "stopping now");
   self->shutdown(graceful);
+}
+
+namespace {
+
+bool sameListeners(const Config& a, const Config& b) {
+  if (a.listeners.size() != b.listeners.size()) return false;
+  for (size_t i = 0; i < a.listeners.size(); i++) {
+    const auto& x = a.listeners[i];
+    const auto& y = b.listeners[i];
+    if (x.host != y.host || x.port != y.port || x.proxy_protocol != y.proxy_protocol) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool Server::reload(std::string* message) {
+  if (stopping_) {
+    *message = "shutting down";
+    return false;
+  }
+  auto result = loadConfigFile(config_->source_path);
+  if (!result.ok()) {
+    std::string all;
+    for (const auto& e : result.errors) all += e.format() + "\n";
+    if (all.empty()) all = config_->source_path + ": invalid configuration\n";
+    all.pop_back();
+    *message = all;
+    last_reload_ = "failed: " + all;
+    reloads_failed_++;
+    LOG_ERROR("reload failed, still serving generation %llu:\n%s",
+              static_cast<unsigned long long>(generation_->id), all.c_str());
+    return false;
+  }
+  const Config& next = *result.config;
+  // Sockets and threads are set up once per process; changing them needs a restart.
+  std::string restart;
+  if (!sameListeners(*config_, next)) restart = "listeners";
+  else if (next.workers != config_->workers) restart = "workers";
+  else if (next.admin.host != config_->admin.host || next.admin.port != config_->admin.port ||
+           next.admin.enabled != config_->admin.enabled)
+    restart = "admin.address";
+  if (!restart.empty()) {
+    *message = config_->source_path + ": " + restart + " changed; that needs a restart (nothing was reloaded)";
+    last_reload_ = "failed: " + *message;
+    reloads_failed_++;
+    LOG_ERROR("reload refused: %s", message->c_str());
+    return false;
+  }
+  if (next.hash == config_->hash) {
+    *message = "configuration unchanged (generation " + std::to_string(generation_->id) + ")";
+    last_reload_ = "ok: " + *message;
+    reloads_ok_++;
+    return true;
+  }
+  auto gen = std::make_shared<Generation>(result.config, generation_.get());
+  health_->stop();
+  health_ = std::make_unique<HealthChecker>(control_->loop(), gen->clusters);
+  health_->start();
+  LogLevel level;
+  if (log::parseLevel(next.log_level, &level)) log::setLevel(level);
+  config_ = result.config;
+  generation_ = gen;
+  for (auto& w : workers_) w->post([w = w.get(), gen] { w->swapGeneration(gen); });
+  control_->swapGeneration(gen);
+  *message = "generation " + std::to_string(gen->id) + " live (config " + next.hash.substr(0, 12) + ")";
+  last_reload_ = "ok: " + *message;
+  reloads_ok_++;
+  LOG_INFO("reload: %s", message->c_str());
+  return true;
 }
 
 void Server::shutdown(bool graceful) {

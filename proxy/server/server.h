@@ -29,7 +29,12 @@ class Server {
   int64_t startedAtUs() const { return started_us_; }
   size_t workerCount() const { return workers_.size(); }
   uint64_t requestsServed() const;
-  std::string lastReloadResult() const { return "none"; }
+  // Control thread only. Re-reads the config file; on any error the running generation keeps
+  // serving and `message` says why (file:line:col lines). Returns true when the new one is live.
+  bool reload(std::string* message);
+  std::string lastReloadResult() const { return last_reload_; }
+  uint64_t reloadsOk() const { return reloads_ok_; }
+  uint64_t reloadsFailed() const { return reloads_failed_; }
 
  private:
   static void onSignal(uv_signal_t* s, int signum);
@@ -40,7 +45,10 @@ class Server {
   std::unique_ptr<Worker> control_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<HealthChecker> health_;
-  uv_signal_t sigterm_, sigquit_, sigint_;
+  uv_signal_t sigterm_, sigquit_, sigint_, sighup_;
+  std::string last_reload_ = "none";
+  uint64_t reloads_ok_ = 0;
+  uint64_t reloads_failed_ = 0;
   bool stopping_ = false;
   int64_t started_us_ = 0;
 };

@@ -78,6 +78,24 @@ void Worker::setGeneration(GenerationPtr gen) {
   current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_);
 }
 
+void Worker::swapGeneration(GenerationPtr gen) {
+  auto old = current_;
+  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_);
+  if (old) {
+    for (auto& p : old->pools) p->retire();
+    const auto& before = old->gen->config->access_log.target;
+    const auto& after = current_->gen->config->access_log.target;
+    if (before != after && !control_) {
+      std::string err;
+      if (access_log_) access_log_->stop();
+      if (!setupAccessLog(after, &err)) {
+        LOG_ERROR("worker %d: %s; access log off until the next reload", id_, err.c_str());
+        setupAccessLog("off", &err);
+      }
+    }
+  }
+}
+
 bool Worker::setupAccessLog(const std::string& target, std::string* err) {
   int fd = openAccessLogTarget(target, err);
   if (fd < 0 && target != "off") return false;

@@ -40,6 +40,9 @@ class Worker {
   // Must be called before start()/runHere(): takes ownership of the bound sockets.
   void addListener(BoundSocket sock) { sockets_.push_back(std::move(sock)); }
   void setGeneration(GenerationPtr gen);
+  // On this worker's thread: new requests use `gen`; requests in flight keep theirs. The old
+  // pools retire (idle upstream connections close, busy ones close when their request ends).
+  void swapGeneration(GenerationPtr gen);
   bool setupAccessLog(const std::string& target, std::string* err);
 
   void start();    // data workers: runs the loop on a new thread

@@ -35,9 +35,23 @@ bool toSockaddr(const std::string& host, uint16_t port, sockaddr_storage* out) {
 }
 }  // namespace
 
-UpstreamCluster::UpstreamCluster(const UpstreamConfig& config) : config_(config) {
+UpstreamCluster::UpstreamCluster(const UpstreamConfig& config, const UpstreamCluster* previous)
+    : config_(config) {
   for (const auto& sc : config_.servers) {
-    auto s = std::make_unique<ServerState>();
+    std::shared_ptr<ServerState> kept;
+    if (previous)
+      for (const auto& s : previous->servers_)
+        if (s->address == sc.address()) kept = s;
+    if (kept && kept->config.weight == sc.weight) {
+      servers_.push_back(std::move(kept));  // health and counters carry over
+      continue;
+    }
+    auto s = std::make_shared<ServerState>();
+    if (kept) {
+      // A new weight: fresh state (the old one is still read by in-flight requests), same health.
+      s->healthy.store(kept->healthy.load());
+      s->ejected_until.store(kept->ejected_until.load());
+    }
     s->config = sc;
     s->address = sc.address();
     if (!toSockaddr(sc.host, sc.port, &s->sockaddr))

@@ -40,7 +40,8 @@ struct ServerState {
 
 class UpstreamCluster {
  public:
-  explicit UpstreamCluster(const UpstreamConfig& config);
+  // Servers also present in `previous` (same address) share its ServerState.
+  explicit UpstreamCluster(const UpstreamConfig& config, const UpstreamCluster* previous = nullptr);
   const UpstreamConfig& config() const { return config_; }
   size_t size() const { return servers_.size(); }
   ServerState& server(size_t i) { return *servers_[i]; }
@@ -59,7 +60,7 @@ class UpstreamCluster {
 
  private:
   UpstreamConfig config_;
-  std::vector<std::unique_ptr<ServerState>> servers_;
+  std::vector<std::shared_ptr<ServerState>> servers_;
   std::vector<std::pair<uint64_t, uint32_t>> ring_;  // (point, server index), sorted
 };
 

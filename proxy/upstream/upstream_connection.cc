@@ -15,8 +15,9 @@ namespace {
 const HttpParserLimits kUpstreamLimits{8 * 1024, 64 * 1024, 200};
 }  // namespace
 
-UpstreamConnection::UpstreamConnection(UpstreamPool* pool, size_t server_index, uv_loop_t* loop)
-    : pool_(pool),
+UpstreamConnection::UpstreamConnection(std::shared_ptr<UpstreamPool> pool, size_t server_index,
+                                       uv_loop_t* loop)
+    : pool_(std::move(pool)),
       server_index_(server_index),
       loop_(loop),
       parser_(HTTP_RESPONSE, kUpstreamLimits, this) {

@@ -4,6 +4,7 @@
 // the exchange), which never sees libuv.
 #include <uv.h>
 
+#include <memory>
 #include <string>
 
 #include "core/clock.h"
@@ -37,7 +38,7 @@ class UpstreamConnection : private HttpParserDelegate {
  public:
   enum class State { kConnecting, kActive, kIdle, kClosing };
 
-  UpstreamConnection(UpstreamPool* pool, size_t server_index, uv_loop_t* loop);
+  UpstreamConnection(std::shared_ptr<UpstreamPool> pool, size_t server_index, uv_loop_t* loop);
   void connect(UpstreamHandler* handler);
   // Takes an idle connection for a new request.
   void attach(UpstreamHandler* handler);
@@ -89,7 +90,7 @@ class UpstreamConnection : private HttpParserDelegate {
   void armTimer();
   void becomeIdle();
 
-  UpstreamPool* pool_;
+  std::shared_ptr<UpstreamPool> pool_;  // keeps a retired pool alive until we close
   size_t server_index_;
   uv_loop_t* loop_;
   uv_tcp_t tcp_;

@@ -79,7 +79,7 @@ UpstreamConnection* UpstreamPool::acquire(size_t server, UpstreamHandler* handle
     c->attach(handler);
     return c;
   }
-  auto* c = new UpstreamConnection(this, server, loop_);
+  auto* c = new UpstreamConnection(shared_from_this(), server, loop_);
   live_++;
   c->connect(handler);
   return c;
@@ -87,7 +87,7 @@ UpstreamConnection* UpstreamPool::acquire(size_t server, UpstreamHandler* handle
 
 void UpstreamPool::release(UpstreamConnection* conn, bool reusable) {
   auto& list = idle_[conn->serverIndex()];
-  if (reusable && list.size() < config().keepalive_max_idle) {
+  if (reusable && !retired_ && list.size() < config().keepalive_max_idle) {
     conn->becomeIdle();
     list.push_back(conn);
   } else {
@@ -108,6 +108,11 @@ void UpstreamPool::closeIdle() {
     list.clear();
     for (auto* c : copy) c->close();
   }
+}
+
+void UpstreamPool::retire() {
+  retired_ = true;
+  closeIdle();
 }
 
 size_t UpstreamPool::idleCount() const {

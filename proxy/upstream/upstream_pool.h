@@ -3,6 +3,7 @@
 // budget. Health is read from (and reported to) the process-wide UpstreamCluster.
 #include <uv.h>
 
+#include <memory>
 #include <vector>
 
 #include "proxy/upstream/upstream_cluster.h"
@@ -10,7 +11,7 @@
 
 namespace sluice {
 
-class UpstreamPool {
+class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
  public:
   UpstreamPool(UpstreamClusterPtr cluster, uv_loop_t* loop);
   ~UpstreamPool();
@@ -33,6 +34,10 @@ class UpstreamPool {
   // Called by a connection once its handles are closed, right before it is deleted.
   void onConnectionClosed(UpstreamConnection* conn);
   void closeIdle();
+  // A reload replaced this pool: idle connections close now, busy ones close when released.
+  // Each connection holds the pool alive until it is closed.
+  void retire();
+  bool retired() const { return retired_; }
 
   // Envoy-style retry budget: retries in flight stay under a share of active requests.
   bool tryStartRetry();
@@ -48,6 +53,7 @@ class UpstreamPool {
   std::vector<int64_t> rr_current_;                     // smooth weighted round robin
   size_t rr_start_ = 0;
   size_t live_ = 0;
+  bool retired_ = false;
 };
 
 }  // namespace sluice
