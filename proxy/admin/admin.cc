@@ -48,13 +48,13 @@ std::string statusJson(Server* server) {
   snprintf(buf, sizeof(buf),
            "{\"version\":\"%s\",\"uptime_seconds\":%.3f,\"workers\":%zu,\"generation\":%llu,"
            "\"config_hash\":\"%s\",\"config_path\":\"%s\",\"requests_total\":%llu,"
-           "\"last_reload\":\"%s\"}",
+           "\"last_reload\":\"",
            SLUICE_VERSION, (wallMicros() - server->startedAtUs()) / 1e6, server->workerCount(),
            static_cast<unsigned long long>(gen->id), gen->config->hash.c_str(),
            jsonEscape(gen->config->source_path).c_str(),
-           static_cast<unsigned long long>(server->requestsServed()),
-           server->lastReloadResult().c_str());
-  return buf;
+           static_cast<unsigned long long>(server->requestsServed()));
+  // The reload result is a free-form, possibly long, multi-line message: escaped, not truncated.
+  return buf + jsonEscape(server->lastReloadResult()) + "\"}";
 }
 
 std::string upstreamsJson(Server* server) {

@@ -40,18 +40,40 @@ int HttpParser::fail(int status, const char* reason) {
 }
 
 bool HttpParser::scanHeadForObsFold(const char* p, size_t n) {
-  for (size_t i = 0; i < n && !head_scan_done_; i++) {
-    char c = p[i];
-    if (head_scan_state_ == 1) {
+  // Jumps from line end to line end with memchr: only the byte after each LF is inspected.
+  size_t i = 0;
+  while (i < n && !head_scan_done_) {
+    if (head_scan_state_ == 1) {  // at the first byte of a line
+      char c = p[i];
       if ((c == ' ' || c == '\t') && head_scan_line_) return false;
-      if ((c == '\r' || c == '\n') && head_scan_line_) {
-        head_scan_done_ = true;  // the blank line: what follows is body
+      if (c == '\r') {
+        head_scan_state_ = 2;  // maybe the blank line
+        i++;
+        continue;
+      }
+      if (c == '\n' && head_scan_line_) {
+        head_scan_done_ = true;
         break;
       }
-      if (c != '\r' && c != '\n') head_scan_state_ = 0;
+      head_scan_state_ = 0;
+      if (c != '\n') head_scan_line_ = true;
+    } else if (head_scan_state_ == 2) {  // a line that began with CR
+      if (p[i] == '\n' && head_scan_line_) {
+        head_scan_done_ = true;
+        break;
+      }
+      head_scan_state_ = 0;
+      head_scan_line_ = true;
     }
-    if (c == '\n') head_scan_state_ = 1;
-    else if (c != '\r') head_scan_line_ = true;
+    const void* lf = memchr(p + i, '\n', n - i);
+    if (!lf) {
+      if (i < n) head_scan_line_ = true;
+      break;
+    }
+    size_t at = static_cast<size_t>(static_cast<const char*>(lf) - p);
+    if (at > i) head_scan_line_ = true;
+    head_scan_state_ = 1;
+    i = at + 1;
   }
   return true;
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 
@@ -29,6 +30,25 @@ void appendJsonString(std::string* out, std::string_view s) {
   else out->append(jsonEscape(s));
   out->push_back('"');
 }
+void appendInt(std::string* out, int64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, static_cast<size_t>(r.ptr - buf));
+}
+
+// Microseconds as seconds with six decimals, without floating point.
+void appendSeconds(std::string* out, int64_t us) {
+  if (us < 0) us = 0;
+  appendInt(out, us / 1000000);
+  char frac[8] = {'.', 0, 0, 0, 0, 0, 0, 0};
+  int64_t f = us % 1000000;
+  for (int i = 6; i >= 1; i--) {
+    frac[i] = static_cast<char>('0' + f % 10);
+    f /= 10;
+  }
+  out->append(frac, 7);
+}
+
 }  // namespace
 
 int openAccessLogTarget(const std::string& target, std::string* err) {
@@ -61,15 +81,22 @@ void AccessLog::stop() {
 
 void AccessLog::write(const AccessLogEntry& e) {
   if (fd_ < 0) return;
-  char tbuf[64];
-  time_t secs = static_cast<time_t>(e.time_us / 1000000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  snprintf(tbuf, sizeof(tbuf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-           static_cast<int>((e.time_us / 1000) % 1000));
+  // The "YYYY-MM-DDTHH:MM:SS." prefix changes once a second: format it then, not per line.
+  int64_t secs = e.time_us / 1000000;
+  if (secs != cached_second_) {
+    time_t t = static_cast<time_t>(secs);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(cached_prefix_, sizeof(cached_prefix_), "%04d-%02d-%02dT%02d:%02d:%02d.",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    cached_second_ = secs;
+  }
   buf_ += "{\"time\":\"";
-  buf_ += tbuf;
+  buf_ += cached_prefix_;
+  int ms = static_cast<int>((e.time_us / 1000) % 1000);
+  char msbuf[5] = {static_cast<char>('0' + ms / 100), static_cast<char>('0' + ms / 10 % 10),
+                   static_cast<char>('0' + ms % 10), 'Z', 0};
+  buf_ += msbuf;
   buf_ += "\",\"request_id\":";
   appendJsonString(&buf_, e.request_id);
   buf_ += ",\"client_ip\":";
@@ -80,20 +107,20 @@ void AccessLog::write(const AccessLogEntry& e) {
   appendJsonString(&buf_, e.path);
   buf_ += ",\"route\":";
   appendJsonString(&buf_, e.route);
-  char nbuf[160];
-  snprintf(nbuf, sizeof(nbuf), ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,\"upstream\":",
-           e.status, static_cast<unsigned long long>(e.bytes_in),
-           static_cast<unsigned long long>(e.bytes_out));
-  buf_ += nbuf;
+  buf_ += ",\"status\":";
+  appendInt(&buf_, e.status);
+  buf_ += ",\"bytes_in\":";
+  appendInt(&buf_, static_cast<int64_t>(e.bytes_in));
+  buf_ += ",\"bytes_out\":";
+  appendInt(&buf_, static_cast<int64_t>(e.bytes_out));
+  buf_ += ",\"upstream\":";
   if (e.upstream.empty()) buf_ += "null";
   else appendJsonString(&buf_, e.upstream);
-  if (e.upstream_us >= 0)
-    snprintf(nbuf, sizeof(nbuf), ",\"upstream_time\":%.6f", e.upstream_us / 1e6);
-  else
-    snprintf(nbuf, sizeof(nbuf), ",\"upstream_time\":null");
-  buf_ += nbuf;
-  snprintf(nbuf, sizeof(nbuf), ",\"total_time\":%.6f", e.total_us / 1e6);
-  buf_ += nbuf;
+  buf_ += ",\"upstream_time\":";
+  if (e.upstream_us >= 0) appendSeconds(&buf_, e.upstream_us);
+  else buf_ += "null";
+  buf_ += ",\"total_time\":";
+  appendSeconds(&buf_, e.total_us);
   if (!e.error.empty()) {
     buf_ += ",\"error\":";
     appendJsonString(&buf_, e.error);

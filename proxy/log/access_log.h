@@ -45,6 +45,8 @@ class AccessLog {
   uv_timer_t* timer_;  // heap-allocated: freed by its close callback, so stop() then delete is safe
   bool timer_started_ = false;
   bool stopped_ = false;
+  int64_t cached_second_ = -1;
+  char cached_prefix_[32] = {0};
 };
 
 // Opens an access log target: "stdout", "stderr", "off" (returns -1) or a file path (appended).

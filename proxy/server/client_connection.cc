@@ -1,5 +1,6 @@
 #include "proxy/server/client_connection.h"
 
+#include <charconv>
 #include <cstring>
 
 #include "core/clock.h"
@@ -67,14 +68,16 @@ void removeConnectionListed(HeaderMap& headers) {
 
 void appendChunkHeader(std::string* out, size_t n) {
   char buf[24];
-  int k = snprintf(buf, sizeof(buf), "%zx\r\n", n);
-  out->append(buf, static_cast<size_t>(k));
+  auto r = std::to_chars(buf, buf + 20, n, 16);
+  *r.ptr++ = '\r';
+  *r.ptr++ = '\n';
+  out->append(buf, static_cast<size_t>(r.ptr - buf));
 }
 
 void appendUint(std::string* out, uint64_t v) {
   char buf[24];
-  int k = snprintf(buf, sizeof(buf), "%llu", static_cast<unsigned long long>(v));
-  out->append(buf, static_cast<size_t>(k));
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  out->append(buf, static_cast<size_t>(r.ptr - buf));
 }
 
 }  // namespace
@@ -85,9 +88,8 @@ ClientConnection::ClientConnection(Worker* worker, const ListenerConfig& listene
       admin_(admin),
       parser_(HTTP_REQUEST, limitsFrom(worker->current()->gen->config->client), this) {
   uv_tcp_init(worker_->loop(), &tcp_);
-  uv_timer_init(worker_->loop(), &timer_);
+  timer_.init(worker_->loop(), this, onTimer);
   tcp_.data = this;
-  timer_.data = this;
   handles_open_ = 2;
 }
 
@@ -278,8 +280,11 @@ void ClientConnection::resumeReading() {
 // Read + identify phases (parser callbacks)
 
 int ClientConnection::onMessageBegin() {
-  ex_ = std::make_unique<Exchange>();
+  if (spare_) ex_ = std::move(spare_);
+  else ex_ = std::make_unique<Exchange>();
   ex_->gen = worker_->current();
+  // A reload may have changed the client limits since this connection was accepted.
+  parser_.setLimits(limitsFrom(ex_->gen->gen->config->client));
   ex_->start_ns = SteadyClock::monotonicNanos();
   ex_->start_wall_us = wallMicros();
   requests_on_connection_++;
@@ -362,7 +367,8 @@ int ClientConnection::identify() {
   if (h.headers.get(cfg.request_id_header, &rid) && isValidRequestId(rid)) {
     ex_->request_id.assign(rid);
   } else {
-    ex_->request_id = randomHex128();
+    ex_->request_id.resize(32);
+    randomHex(ex_->request_id.data(), 32);
     ex_->request_id_generated = true;
   }
   std::string_view tp;
@@ -370,7 +376,7 @@ int ClientConnection::identify() {
     if (isValidTraceparent(tp)) ex_->traceparent.assign(tp);
   }
   if (ex_->traceparent.empty() && cfg.trace_start) {
-    ex_->traceparent = newTraceparent();
+    writeTraceparent(&ex_->traceparent);
     ex_->traceparent_generated = true;
   }
   if (admin_) return 0;
@@ -907,7 +913,8 @@ void ClientConnection::finishResponse() {
 
 void ClientConnection::finishExchange() {
   logExchange();
-  ex_.reset();
+  ex_->recycle();  // drops its generation reference too
+  spare_ = std::move(ex_);
   parser_paused_ = false;
   parser_.resume();
   if (pending_.empty()) armTimer(TimerKind::kKeepAlive, clientConfig().keepalive_timeout);
@@ -988,14 +995,14 @@ void ClientConnection::armTimer(TimerKind kind, Nanos timeout) {
   timer_kind_ = kind;
   if (kind == TimerKind::kNone || timeout <= 0) {
     timer_kind_ = TimerKind::kNone;
-    uv_timer_stop(&timer_);
+    timer_.clear();
     return;
   }
-  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(timeout / kMillis) + 1, 0);
+  timer_.set(toTimerMs(timeout));
 }
 
-void ClientConnection::onTimer(uv_timer_t* t) {
-  auto* self = static_cast<ClientConnection*>(t->data);
+void ClientConnection::onTimer(void* owner) {
+  auto* self = static_cast<ClientConnection*>(owner);
   if (self->closing_) {
     if (self->shutting_down_) self->forceCloseHandles();
     return;
@@ -1046,7 +1053,7 @@ void ClientConnection::closeAfterWrite() {
   if (reading_ && !peer_eof_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   // Give the last bytes send_timeout to leave, then close regardless.
   timer_kind_ = TimerKind::kNone;
-  uv_timer_start(&timer_, onTimer, static_cast<uint64_t>(clientConfig().send_timeout / kMillis) + 1, 0);
+  timer_.set(toTimerMs(clientConfig().send_timeout));
   auto* req = new uv_shutdown_t;
   req->data = this;
   if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
@@ -1091,8 +1098,10 @@ void ClientConnection::forceCloseHandles() {
   if (handles_closed_) return;
   handles_closed_ = true;
   closing_ = true;
-  uv_timer_stop(&timer_);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);
+  timer_.stop();
+  uv_close(timer_.handle(), [](uv_handle_t* h) {
+    onClose(static_cast<ClientConnection*>(LazyTimer::ownerOf(h))->tcpHandle());
+  });
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
 }
 

@@ -11,6 +11,7 @@
 #include "core/ip.h"
 #include "proxy/http/http_parser.h"
 #include "proxy/server/generation.h"
+#include "proxy/server/lazy_timer.h"
 #include "proxy/server/phases.h"
 #include "proxy/upstream/upstream_connection.h"
 
@@ -71,6 +72,20 @@ struct Exchange {
   Nanos upstream_start_ns = 0;
   Nanos upstream_ns = -1;
   Error error;
+
+  // Back to a fresh exchange, keeping the strings' capacity: a keep-alive connection then
+  // serves request after request without allocating.
+  void recycle() {
+    std::string* keep[] = {&request_id, &traceparent, &client_ip_str, &body_buffer, &retained_body,
+                           &upstream_addr};
+    std::string saved[6];
+    for (int i = 0; i < 6; i++) saved[i] = std::move(*keep[i]);
+    *this = Exchange();
+    for (int i = 0; i < 6; i++) {
+      saved[i].clear();
+      *keep[i] = std::move(saved[i]);
+    }
+  }
 };
 
 class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
@@ -88,8 +103,9 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
 
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void onWrite(uv_write_t* req, int status);
-  static void onTimer(uv_timer_t* t);
+  static void onTimer(void* owner);
   static void onClose(uv_handle_t* h);
+  uv_handle_t* tcpHandle() { return reinterpret_cast<uv_handle_t*>(&tcp_); }
   static void onShutdown(uv_shutdown_t* req, int status);
 
   // Input.
@@ -145,7 +161,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   ListenerConfig listener_;
   bool admin_;
   uv_tcp_t tcp_;
-  uv_timer_t timer_;
+  LazyTimer timer_;
   TimerKind timer_kind_ = TimerKind::kNone;
   int handles_open_ = 0;
   HttpParser parser_;
@@ -167,6 +183,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   bool handles_closed_ = false;
   uint32_t requests_on_connection_ = 0;
   std::unique_ptr<Exchange> ex_;
+  std::unique_ptr<Exchange> spare_;  // the previous exchange, recycled
   UpstreamConnection* upstream_ = nullptr;
   std::string out_;
 };

@@ -1,5 +1,7 @@
 #include "proxy/server/identify.h"
 
+#include <cstring>
+
 #include "core/random.h"
 #include "core/strings.h"
 
@@ -70,6 +72,18 @@ bool isValidTraceparent(std::string_view tp) {
   for (char c : flags)
     if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   return true;
+}
+
+void writeTraceparent(std::string* out) {
+  // "00-" + 32 hex trace id + "-" + 16 hex span id + "-01" (sampled: we start the trace so the
+  // storefront's spans join it).
+  out->resize(55);
+  char* p = out->data();
+  memcpy(p, "00-", 3);
+  randomHex(p + 3, 32);
+  p[35] = '-';
+  randomHex(p + 36, 16);
+  memcpy(p + 52, "-01", 3);
 }
 
 std::string newTraceparent() {

@@ -20,5 +20,7 @@ bool isValidRequestId(std::string_view id);
 // W3C traceparent "00-<32 hex>-<16 hex>-<2 hex>", with non-zero ids.
 bool isValidTraceparent(std::string_view tp);
 std::string newTraceparent();
+// The same into `out`, reusing its capacity.
+void writeTraceparent(std::string* out);
 
 }  // namespace sluice

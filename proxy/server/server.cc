@@ -161,6 +161,20 @@ bool Server::reload(std::string* message) {
   else if (next.admin.host != config_->admin.host || next.admin.port != config_->admin.port ||
            next.admin.enabled != config_->admin.enabled)
     restart = "admin.address";
+  std::string log_err;
+  if (restart.empty() && next.access_log.target != config_->access_log.target) {
+    // Prove the new access log opens here, as startup does, before any worker drops the old one.
+    int fd = openAccessLogTarget(next.access_log.target, &log_err);
+    if (fd > 2) ::close(fd);
+    if (fd >= 0 || next.access_log.target == "off") log_err.clear();
+  }
+  if (!log_err.empty()) {
+    *message = config_->source_path + ": " + log_err + " (nothing was reloaded)";
+    last_reload_ = "failed: " + *message;
+    reloads_failed_++;
+    LOG_ERROR("reload failed: %s", message->c_str());
+    return false;
+  }
   if (!restart.empty()) {
     *message = config_->source_path + ": " + restart + " changed; that needs a restart (nothing was reloaded)";
     last_reload_ = "failed: " + *message;

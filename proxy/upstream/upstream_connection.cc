@@ -22,9 +22,8 @@ UpstreamConnection::UpstreamConnection(std::shared_ptr<UpstreamPool> pool, size_
       loop_(loop),
       parser_(HTTP_RESPONSE, kUpstreamLimits, this) {
   uv_tcp_init(loop_, &tcp_);
-  uv_timer_init(loop_, &timer_);
+  timer_.init(loop_, this, onTimer);
   tcp_.data = this;
-  timer_.data = this;
   handles_open_ = 2;
 }
 
@@ -40,10 +39,10 @@ void UpstreamConnection::connect(UpstreamHandler* handler) {
   if (rc != 0) {
     // Report on the next loop turn, never from inside acquire(): the handler is mid-setup.
     connect_error_ = rc;
-    uv_timer_start(&timer_, onTimer, 0, 0);
+    timer_.set(0);
     return;
   }
-  uv_timer_start(&timer_, onTimer, pool_->config().connect_timeout / kMillis + 1, 0);
+  timer_.set(toTimerMs(pool_->config().connect_timeout));
 }
 
 void UpstreamConnection::attach(UpstreamHandler* handler) {
@@ -56,7 +55,7 @@ void UpstreamConnection::attach(UpstreamHandler* handler) {
   interim_paused_ = false;
   response_bytes_ = 0;
   keep_alive_ = true;
-  uv_timer_stop(&timer_);
+  timer_.clear();
   parser_.reset();
   if (!reading_) {
     uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), workerReadAlloc, onRead);
@@ -81,7 +80,7 @@ void UpstreamConnection::onConnect(uv_connect_t* req, int status) {
     return;
   }
   self->state_ = State::kActive;
-  uv_timer_stop(&self->timer_);
+  self->timer_.clear();
   uv_read_start(reinterpret_cast<uv_stream_t*>(&self->tcp_), workerReadAlloc, onRead);
   self->reading_ = true;
   if (self->handler_) self->handler_->onUpstreamConnected();
@@ -109,11 +108,11 @@ void UpstreamConnection::requestComplete() {
 void UpstreamConnection::armTimer() {
   if (state_ != State::kActive || tunnel_) return;
   if (writeQueueSize() > 0 && send_timeout_ > 0) {
-    uv_timer_start(&timer_, onTimer, send_timeout_ / kMillis + 1, 0);
+    timer_.set(toTimerMs(send_timeout_));
   } else if (request_complete_ && !response_complete_ && read_timeout_ > 0) {
-    uv_timer_start(&timer_, onTimer, read_timeout_ / kMillis + 1, 0);
+    timer_.set(toTimerMs(read_timeout_));
   } else {
-    uv_timer_stop(&timer_);
+    timer_.clear();
   }
 }
 
@@ -132,8 +131,8 @@ void UpstreamConnection::onWrite(uv_write_t* req, int status) {
     self->handler_->onUpstreamDrained();
 }
 
-void UpstreamConnection::onTimer(uv_timer_t* t) {
-  auto* self = static_cast<UpstreamConnection*>(t->data);
+void UpstreamConnection::onTimer(void* owner) {
+  auto* self = static_cast<UpstreamConnection*>(owner);
   switch (self->state_) {
     case State::kConnecting:
       if (self->connect_error_ != 0)
@@ -196,7 +195,7 @@ void UpstreamConnection::handleRead(const char* p, size_t n) {
   }
   response_bytes_ += n;
   if (request_complete_ && read_timeout_ > 0 && writeQueueSize() == 0)
-    uv_timer_start(&timer_, onTimer, read_timeout_ / kMillis + 1, 0);
+    timer_.set(toTimerMs(read_timeout_));
   auto r = parser_.execute(p, n);
   // An interim 1xx pauses too, so the final response behind it in the same read is parsed
   // (and screened for obs-fold) as a message of its own.
@@ -269,7 +268,7 @@ int UpstreamConnection::onMessageComplete() {
   if (parser_.head().status == 101) return 0;
   response_complete_ = true;
   keep_alive_ = parser_.head().keep_alive;
-  uv_timer_stop(&timer_);
+  timer_.clear();
   return HPE_PAUSED;
 }
 
@@ -289,7 +288,7 @@ void UpstreamConnection::resumeReading() {
 
 void UpstreamConnection::startTunnel() {
   tunnel_ = true;
-  uv_timer_stop(&timer_);
+  timer_.clear();
 }
 
 void UpstreamConnection::shutdownWrite() {
@@ -311,7 +310,7 @@ void UpstreamConnection::becomeIdle() {
     uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), workerReadAlloc, onRead);
     read_paused_ = false;
   }
-  uv_timer_start(&timer_, onTimer, pool_->config().keepalive_idle_timeout / kMillis + 1, 0);
+  timer_.set(toTimerMs(pool_->config().keepalive_idle_timeout));
 }
 
 void UpstreamConnection::fail(ErrorType type, const std::string& detail) {
@@ -340,8 +339,10 @@ void UpstreamConnection::close() {
   if (state_ == State::kClosing) return;
   state_ = State::kClosing;
   handler_ = nullptr;
-  uv_timer_stop(&timer_);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);
+  timer_.stop();
+  uv_close(timer_.handle(), [](uv_handle_t* h) {
+    onClose(static_cast<UpstreamConnection*>(LazyTimer::ownerOf(h))->tcpHandle());
+  });
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
 }
 

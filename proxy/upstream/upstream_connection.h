@@ -10,6 +10,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "proxy/http/http_parser.h"
+#include "proxy/server/lazy_timer.h"
 
 namespace sluice {
 
@@ -75,8 +76,9 @@ class UpstreamConnection : private HttpParserDelegate {
   static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void onWrite(uv_write_t* req, int status);
-  static void onTimer(uv_timer_t* t);
+  static void onTimer(void* self);
   static void onClose(uv_handle_t* h);
+  uv_handle_t* tcpHandle() { return reinterpret_cast<uv_handle_t*>(&tcp_); }
   static void onShutdown(uv_shutdown_t* req, int status);
 
   int onMessageBegin() override;
@@ -94,7 +96,7 @@ class UpstreamConnection : private HttpParserDelegate {
   size_t server_index_;
   uv_loop_t* loop_;
   uv_tcp_t tcp_;
-  uv_timer_t timer_;
+  LazyTimer timer_;
   uv_connect_t connect_req_;
   HttpParser parser_;
   UpstreamHandler* handler_ = nullptr;

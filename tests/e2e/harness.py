@@ -488,3 +488,52 @@ class CannedUpstream:
     def stop(self):
         self._stop = True
         self.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic helpers added for the reload suite (additions only).
+
+ADMIN_TOKEN = "e2e-admin-token"
+
+
+def write_config(sluice, text):
+    """Replaces the running sluice's config file atomically (a reload never sees half a file)."""
+    tmp = sluice.config_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, sluice.config_path)
+
+
+def admin_call(sluice, method, path, token=ADMIN_TOKEN, body=b""):
+    """One admin request; returns (status, headers, decoded JSON body or None if not JSON)."""
+    headers = {"Authorization": "Bearer %s" % token} if token else {}
+    status, hdrs, raw = http_get(sluice.admin_port, path, headers=headers, method=method,
+                                 body=body if method != "GET" else None)
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        decoded = None
+    return status, hdrs, decoded
+
+
+def admin_reload(sluice, token=ADMIN_TOKEN):
+    """POST /reload on the admin; returns (status, decoded JSON reply)."""
+    status, _, body = admin_call(sluice, "POST", "/reload", token=token)
+    return status, body
+
+
+def fd_count(pid):
+    """How many file descriptors the process has open (/proc/PID/fd)."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def fd_targets(pid):
+    """What each open file descriptor of the process points at (readlink of /proc/PID/fd/*)."""
+    out = []
+    base = "/proc/%d/fd" % pid
+    for name in os.listdir(base):
+        try:
+            out.append(os.readlink(os.path.join(base, name)))
+        except OSError:
+            pass
+    return out
