@@ -1,0 +1,130 @@
+#include "limiter/sliding_window.h"
+
+#include <catch2/catch.hpp>
+
+#include "core/clock.h"
+
+namespace sluice::limiter {
+namespace {
+
+SlidingWindowLimiter makeLimiter(uint64_t limit, Nanos window, bool countRejected = false) {
+  SlidingWindowParams p;
+  p.limit = limit;
+  p.window = window;
+  p.countRejected = countRejected;
+  REQUIRE(p.validate() == nullptr);
+  return SlidingWindowLimiter(p, std::make_shared<SlidingWindowTable>(1 << 16));
+}
+
+int takeMany(SlidingWindowLimiter& l, uint64_t key, Nanos now, int n) {
+  int allowed = 0;
+  for (int i = 0; i < n; ++i) allowed += !l.take(key, now, 1, nullptr).rejected();
+  return allowed;
+}
+
+constexpr Nanos kMinute = 60 * kSeconds;
+
+TEST_CASE("sliding window: exact limit in one window, clock not moving", "[limiter][sliding_window]") {
+  SlidingWindowLimiter l = makeLimiter(10, kMinute);
+  CHECK(takeMany(l, 1, 0, 10) == 10);
+  const RateDecision d = l.take(1, 0, 1, nullptr);
+  CHECK(d.rejected());
+  CHECK(d.remaining == 0);
+  CHECK(d.limit == 10);
+  CHECK(d.reset == kMinute);
+  CHECK(takeMany(l, 2, 0, 10) == 10);  // keys are independent
+}
+
+TEST_CASE("sliding window: no double burst at the window edge", "[limiter][sliding_window]") {
+  SlidingWindowLimiter l = makeLimiter(10, kMinute);
+  CHECK(takeMany(l, 1, 59 * kSeconds, 10) == 10);
+  // A fixed window would hand out 10 more at 60 s. Here 59/60 of the previous 10 still count.
+  CHECK(takeMany(l, 1, 61 * kSeconds, 10) == 0);
+  // Halfway through the next window half of them have slid out.
+  CHECK(takeMany(l, 1, 90 * kSeconds, 10) == 5);
+}
+
+TEST_CASE("sliding window: retry-after is when the request would pass", "[limiter][sliding_window]") {
+  SlidingWindowLimiter l = makeLimiter(10, kMinute);
+  CHECK(takeMany(l, 1, 0, 10) == 10);
+  // At 60 s: previous = 10 weighs 10 * 60/60. One request fits once 6 s have slid out.
+  const RateDecision d = l.take(1, kMinute, 1, nullptr);
+  REQUIRE(d.rejected());
+  CHECK(d.retryAfter == 6 * kSeconds);
+  CHECK(l.take(1, kMinute + 6 * kSeconds - 1, 1, nullptr).rejected());
+  CHECK_FALSE(l.take(1, kMinute + 6 * kSeconds, 1, nullptr).rejected());
+  // Inside the first window the whole quota is spent: retry in the next one.
+  SlidingWindowLimiter m = makeLimiter(4, kMinute);
+  CHECK(takeMany(m, 1, 30 * kSeconds, 4) == 4);
+  const RateDecision e = m.take(1, 30 * kSeconds, 1, nullptr);
+  REQUIRE(e.rejected());
+  // Next window, previous = 4: 4 * (60 - y) / 60 + 1 <= 4  ->  y >= 15 s; 30 s to the edge.
+  CHECK(e.retryAfter == 45 * kSeconds);
+  CHECK(m.take(1, 75 * kSeconds - 1, 1, nullptr).rejected());
+  CHECK_FALSE(m.take(1, 75 * kSeconds, 1, nullptr).rejected());
+}
+
+TEST_CASE("sliding window: huge gaps forget everything", "[limiter][sliding_window]") {
+  SlidingWindowLimiter l = makeLimiter(3, kMinute);
+  CHECK(takeMany(l, 1, 0, 5) == 3);
+  CHECK(takeMany(l, 1, 2 * kMinute, 5) == 3);
+  const Nanos decades = Nanos{20} * 365 * 24 * 3600 * kSeconds;
+  CHECK(takeMany(l, 1, decades, 5) == 3);
+}
+
+TEST_CASE("sliding window: counting rejected requests keeps a flood over quota",
+          "[limiter][sliding_window]") {
+  SlidingWindowLimiter strict = makeLimiter(10, kMinute, true);
+  SlidingWindowLimiter lenient = makeLimiter(10, kMinute, false);
+  CHECK(takeMany(strict, 1, 0, 100) == 10);
+  CHECK(takeMany(lenient, 1, 0, 100) == 10);
+  // 30 s into the next window: strict still weighs 100 * 1/2 = 50, lenient 10 * 1/2 = 5.
+  CHECK(takeMany(strict, 1, 90 * kSeconds, 10) == 0);
+  CHECK(takeMany(lenient, 1, 90 * kSeconds, 10) == 5);
+}
+
+TEST_CASE("sliding window: refund and limit change on reload", "[limiter][sliding_window]") {
+  SlidingWindowParams p;
+  p.limit = 2;
+  p.window = kMinute;
+  SlidingWindowTablePtr table = SlidingWindowLimiter::reuseOrCreateTable(nullptr, 0, p, 1 << 16);
+  SlidingWindowLimiter l(p, table);
+  ChargeReceipt r;
+  CHECK_FALSE(l.take(1, 0, 1, &r).rejected());
+  l.refund(r, 0);
+  CHECK(table->entries.liveEntries() == 0);
+  CHECK(takeMany(l, 1, 0, 3) == 2);
+  SlidingWindowParams raised = p;
+  raised.limit = 5;
+  SlidingWindowTablePtr kept = SlidingWindowLimiter::reuseOrCreateTable(table, p.window, raised, 1 << 16);
+  CHECK(kept == table);
+  SlidingWindowLimiter after(raised, kept);
+  CHECK(takeMany(after, 1, 0, 10) == 3);  // the 2 already counted stay counted
+  SlidingWindowParams hourly = raised;
+  hourly.window = 3600 * kSeconds;
+  CHECK(SlidingWindowLimiter::reuseOrCreateTable(table, p.window, hourly, 1 << 16) != table);
+}
+
+TEST_CASE("sliding window table: 20-byte entries, 6 per 128-byte set", "[limiter][sliding_window]") {
+  SlidingWindowTable table(16 << 20);
+  CHECK(sizeof(KeyTable<SlidingWindowState, 128>::Entry) == 20);
+  CHECK(KeyTable<SlidingWindowState, 128>::kWays == 6);
+  CHECK(table.entries.capacity() == 786432);
+  CHECK(table.entries.memoryBytes() == size_t{16} << 20);
+}
+
+TEST_CASE("sliding window: idle and estimate", "[limiter][sliding_window]") {
+  SlidingWindowParams p;
+  p.limit = 100;
+  p.window = kMinute;
+  SlidingWindowCounter c(p);
+  SlidingWindowState s;
+  for (int i = 0; i < 30; ++i) c.charge(s, i == 0, 10 * kSeconds, 1);
+  CHECK(c.estimate(s, 10 * kSeconds) == 30);
+  CHECK(c.estimate(s, 80 * kSeconds) == 20);  // 30 * 40/60
+  CHECK_FALSE(c.idle(s, 119 * kSeconds));
+  CHECK(c.idle(s, 120 * kSeconds));
+}
+
+}  // namespace
+}  // namespace sluice::limiter
