@@ -46,7 +46,7 @@ class AccessLog {
   bool timer_started_ = false;
   bool stopped_ = false;
   int64_t cached_second_ = -1;
-  char cached_prefix_[32] = {0};
+  char cached_prefix_[64] = {0};
 };
 
 // Opens an access log target: "stdout", "stderr", "off" (returns -1) or a file path (appended).
