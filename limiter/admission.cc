@@ -32,7 +32,13 @@ Admission admit(std::span<const RateRuleCheck> rateChecks,
     const RateRuleCheck& check = rateChecks[i];
     RateLimiter* limiter = check.limiter;
     if (out.rejected() && !limiter->countsRejected()) continue;  // never charged, never refunded
-    const RateDecision d = limiter->take(check.key, now, check.cost, &receipts[i]);
+    RateDecision d = limiter->take(check.key, now, check.cost, &receipts[i]);
+    if (d.verdict == Verdict::kDelay && check.maxDelay > 0 && d.delay > check.maxDelay) {
+      // Charged by take(); refunded below with the rest unless the rule counts rejections.
+      d.verdict = Verdict::kReject;
+      d.retryAfter = d.delay - check.maxDelay;
+      d.delay = 0;
+    }
     if (report) decisions[i] = d;
     const bool enforce = check.mode == RuleMode::kEnforce;
     if (d.rejected()) {

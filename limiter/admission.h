@@ -35,6 +35,9 @@ struct RateRuleCheck {
   uint64_t key = 0;  // hash64 of the rule's key for this request
   uint32_t cost = 1;
   RuleMode mode = RuleMode::kEnforce;
+  // The longest delay this rule may impose (0: no bound). A request it would hold longer is a
+  // rejection by this rule, uncharged like any other (retryAfter: when the delay would fit).
+  Nanos maxDelay = 0;
 };
 
 struct ConcurrencyRuleCheck {

@@ -5,6 +5,7 @@
 #include "core/clock.h"
 #include "core/strings.h"
 #include "proxy/router/router.h"
+#include "proxy/server/proxy_metrics.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
 
@@ -104,6 +105,12 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/status" && read) return json(200, statusJson(server));
   if (path == "/upstreams" && read) return json(200, upstreamsJson(server));
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
+  if (path == "/metrics" && read && server->metrics()) {
+    LocalResponse r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = server->metrics()->render();
+    return r;
+  }
   if (path == "/reload" && head.method == HTTP_POST) {
     std::string message;
     bool ok = server->reload(&message);

@@ -116,6 +116,63 @@ struct RouteConfig {
   // A route may answer locally instead of proxying (used for /healthz of the proxy itself etc).
   int direct_status = 0;                  // >0: answer with this status and direct_body
   std::string direct_body;
+  std::vector<std::string> limit_names;  // rule ids, in the order written
+  std::vector<int> limits;                // indexes into Config::limit_rules
+};
+
+// Limit rules (docs/limiting.md). A rule's key is one part or several (a composite key such as
+// member + item); each part names where its value comes from.
+enum class LimitKeyKind {
+  kIp,         // client IP (after trusted proxies); IPv6 grouped by `ipv6_prefix`
+  kUserAgent,  // User-Agent, lower-cased with version numbers dropped
+  kMember,     // `source` (default cookie:member)
+  kDevice,     // `source` (default cookie:device)
+  kItem,       // `source` (path:REGEX with one capture, query:NAME or header:NAME)
+  kRoute,      // the route name: one key per interface
+  kHeader,     // header:NAME
+  kCookie,     // cookie:NAME
+  kQuery,      // query:NAME
+  kGlobal,     // one key for everything the rule sees
+};
+
+struct LimitKeyPart {
+  LimitKeyKind kind = LimitKeyKind::kIp;
+  std::string source;                          // "cookie:NAME", "header:NAME", "query:NAME", "path:REGEX"
+  std::shared_ptr<const re2::RE2> path_regex;  // for path: sources
+};
+
+enum class LimitAlgorithm { kLeakyBucket, kSlidingWindow, kConcurrency };
+enum class LimitAction {
+  kReject,   // answer `status` (429) with Retry-After (and RateLimit headers)
+  kDelay,    // leaky bucket: hold the request up to `max_delay`, then forward; beyond, reject
+  kDegrade,  // answer the configured fallback body with `status` (200 by default)
+  kShadow,   // count and log only
+};
+
+struct LimitRuleConfig {
+  std::string id;
+  std::vector<LimitKeyPart> key;
+  std::string key_signature;  // canonical key definition: state survives a reload while equal
+  LimitAlgorithm algorithm = LimitAlgorithm::kLeakyBucket;
+  uint64_t requests = 0;      // leaky bucket: rate = requests per period
+  Nanos period = kSeconds;
+  uint32_t burst = 0;
+  uint32_t delay = 0;         // nginx delay=N
+  bool nodelay = false;
+  uint64_t limit = 0;         // sliding window: requests per window
+  Nanos window = 60 * kSeconds;
+  uint32_t max_active = 0;    // concurrency: in-flight requests per key
+  LimitAction action = LimitAction::kReject;
+  int status = 429;
+  std::string body;
+  std::string content_type = "application/json";
+  Nanos max_delay = 5 * kSeconds;
+  bool count_rejected = false;
+  uint64_t memory = 16 * 1024 * 1024;
+  bool skip_missing = true;   // a request without the key's value skips the rule...
+  std::string fallback_key;   // ...unless a fallback key is named
+  int ipv6_prefix = 64;
+  bool rate_limit_headers = true;
 };
 
 struct AccessLogConfig {
@@ -138,6 +195,7 @@ struct Config {
   AccessLogConfig access_log;
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;
+  std::vector<LimitRuleConfig> limit_rules;
 
   const UpstreamConfig* findUpstream(const std::string& name) const {
     for (const auto& u : upstreams)

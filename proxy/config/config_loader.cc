@@ -2,6 +2,7 @@
 
 #include <openssl/evp.h>
 #include <re2/re2.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -12,10 +13,13 @@
 #include <initializer_list>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string_view>
 #include <thread>
 
 #include "core/strings.h"
+#include "limiter/gcra.h"
+#include "limiter/sliding_window.h"
 
 namespace sluice {
 
@@ -408,12 +412,17 @@ class Loader {
   void loadRoutes(const Node& n, Config& cfg);
   void loadRoute(const Node& n, const std::string& path, RouteConfig& r);
   void loadMatch(const Node& n, const std::string& path, RouteConfig& r);
+  void loadLimits(const Node& n, Config& cfg);
+  bool loadLimitRule(const Node& n, const std::string& path, LimitRuleConfig& rule);
+  bool loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPart* part);
+  void resolveRouteLimits(Config& cfg);
 
   std::string file_;
   std::vector<ConfigError> errors_;
   // Every upstream name declared, even one whose body had errors, so that a route naming it
   // does not pile a second, misleading error on top.
   std::vector<std::string> upstream_names_;
+  std::vector<std::string> limit_ids_;
   // Listener addresses, to refuse an admin listener on the same socket.
   std::vector<std::pair<IpAddress, uint16_t>> listener_addrs_;
 };
@@ -426,7 +435,7 @@ void Loader::load(const Node& root, Config& cfg) {
   Mapping top = mapping(root, "",
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
-                         "routes"});
+                         "routes", "limits"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -458,7 +467,288 @@ void Loader::load(const Node& root, Config& cfg) {
   if (auto n = top.get("log")) loadLog(*n, cfg);
   // Upstreams before routes: routes refer to them by name.
   if (auto n = top.get("upstreams")) loadUpstreams(*n, cfg);
+  if (auto n = top.get("limits")) loadLimits(*n, cfg);
   if (auto n = top.get("routes")) loadRoutes(*n, cfg);
+  resolveRouteLimits(cfg);
+}
+
+// ---- limits
+
+namespace {
+
+// "10r/s", "30r/m", "5r/h", "2r/100ms": requests per period.
+bool parseRate(std::string_view s, uint64_t* requests, Nanos* period) {
+  size_t r = s.find("r/");
+  if (r == std::string_view::npos || r == 0) return false;
+  uint64_t n = 0;
+  for (char c : s.substr(0, r)) {
+    if (c < '0' || c > '9' || n > 1000000000ULL) return false;
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (n == 0) return false;
+  std::string_view unit = s.substr(r + 2);
+  Nanos p;
+  if (unit == "s") p = kSeconds;
+  else if (unit == "m") p = 60 * kSeconds;
+  else if (unit == "h") p = 3600 * kSeconds;
+  else if (unit == "d") p = 86400 * kSeconds;
+  else if (!parseDurationNanos(unit, &p) || p <= 0) return false;
+  *requests = n;
+  *period = p;
+  return true;
+}
+
+}  // namespace
+
+void Loader::loadLimits(const Node& n, Config& cfg) {
+  Mapping m = mapping(n, "limits", {"rules"});
+  if (!m.valid) return;
+  auto rules = m.get("rules");
+  if (!rules) return;
+  std::vector<Node> items;
+  if (!sequence(*rules, "limits.rules", &items)) return;
+  for (size_t i = 0; i < items.size(); i++) {
+    LimitRuleConfig rule;
+    std::string path = "limits.rules[" + std::to_string(i) + "]";
+    bool ok = loadLimitRule(items[i], path, rule);
+    if (rule.id.empty()) continue;
+    if (std::find(limit_ids_.begin(), limit_ids_.end(), rule.id) != limit_ids_.end()) {
+      fail(items[i], path + ": duplicate rule id '" + rule.id + "'");
+      continue;
+    }
+    // Every id declared, even a rule with errors: a route naming it must not pile a second,
+    // misleading "unknown limit rule" on top of the rule's own error.
+    limit_ids_.push_back(rule.id);
+    if (ok) cfg.limit_rules.push_back(std::move(rule));
+  }
+}
+
+bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPart* part) {
+  std::string text;
+  if (!readString(n, path, &text)) return false;
+  // "ip", "user_agent", "route", "global", "member", "device", "item" (default sources), or
+  // "member=cookie:uid", "item=path:^/api/items/([^/]+)", or a bare "header:X", "cookie:X",
+  // "query:X".
+  std::string kind = text, source;
+  size_t eq = text.find('=');
+  if (eq != std::string::npos) {
+    kind = text.substr(0, eq);
+    source = text.substr(eq + 1);
+  } else if (text.rfind("header:", 0) == 0 || text.rfind("cookie:", 0) == 0 ||
+             text.rfind("query:", 0) == 0) {
+    kind = text.substr(0, text.find(':'));
+    source = text;
+  }
+  static const std::pair<const char*, LimitKeyKind> kKinds[] = {
+      {"ip", LimitKeyKind::kIp},         {"user_agent", LimitKeyKind::kUserAgent},
+      {"member", LimitKeyKind::kMember}, {"device", LimitKeyKind::kDevice},
+      {"item", LimitKeyKind::kItem},     {"route", LimitKeyKind::kRoute},
+      {"header", LimitKeyKind::kHeader}, {"cookie", LimitKeyKind::kCookie},
+      {"query", LimitKeyKind::kQuery},   {"global", LimitKeyKind::kGlobal}};
+  bool found = false;
+  for (const auto& [name, k] : kKinds)
+    if (kind == name) {
+      part->kind = k;
+      found = true;
+    }
+  if (!found) {
+    std::vector<std::string> names;
+    for (const auto& kk : kKinds) names.push_back(kk.first);
+    fail(n, path + ": unknown key kind '" + kind + "'" + suggestion(kind, names) +
+                " (ip, user_agent, member, device, item, route, global, header:NAME, cookie:NAME, query:NAME)");
+    return false;
+  }
+  if (source.empty()) {
+    if (part->kind == LimitKeyKind::kMember) source = "cookie:member";
+    if (part->kind == LimitKeyKind::kDevice) source = "cookie:device";
+    if (part->kind == LimitKeyKind::kItem) source = "path:^/(?:api/)?items?/([^/?]+)";
+  }
+  bool needs_source = part->kind == LimitKeyKind::kMember || part->kind == LimitKeyKind::kDevice ||
+                      part->kind == LimitKeyKind::kItem || part->kind == LimitKeyKind::kHeader ||
+                      part->kind == LimitKeyKind::kCookie || part->kind == LimitKeyKind::kQuery;
+  if (!needs_source && !source.empty()) {
+    fail(n, path + ": '" + kind + "' takes no source");
+    return false;
+  }
+  if (needs_source) {
+    size_t colon = source.find(':');
+    std::string where = colon == std::string::npos ? "" : source.substr(0, colon);
+    std::string what = colon == std::string::npos ? "" : source.substr(colon + 1);
+    if ((where != "header" && where != "cookie" && where != "query" && where != "path") ||
+        what.empty()) {
+      fail(n, path + ": source '" + source +
+                  "' must be header:NAME, cookie:NAME, query:NAME or path:REGEX");
+      return false;
+    }
+    if (where == "path") {
+      auto re = std::make_shared<re2::RE2>(what, re2::RE2::Quiet);
+      if (!re->ok()) {
+        fail(n, path + ": invalid regex '" + what + "': " + re->error());
+        return false;
+      }
+      if (re->NumberOfCapturingGroups() < 1) {
+        fail(n, path + ": regex '" + what + "' needs a capture group for the value");
+        return false;
+      }
+      part->path_regex = re;
+    }
+  }
+  part->source = source;
+  return true;
+}
+
+bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConfig& rule) {
+  Mapping m = mapping(n, path,
+                      {"id", "key", "algorithm", "rate", "burst", "delay", "nodelay", "limit",
+                       "window", "max_active", "action", "status", "body", "content_type",
+                       "max_delay", "count_rejected", "memory", "missing_key", "ipv6_prefix",
+                       "rate_limit_headers"});
+  if (!m.valid) return false;
+  std::string id;
+  if (auto v = m.get("id")) {
+    if (readString(*v, m.child("id"), &id) && !isName(id)) {
+      fail(*v, m.child("id") + ": invalid id '" + id +
+                   "' (letters, digits, '_', '-' and '.', at most 64 characters)");
+      id.clear();
+    }
+  } else {
+    fail(n, path + ": missing required key 'id'");
+  }
+  bool ok = !id.empty();
+  if (auto v = m.get("key")) {
+    std::vector<Node> parts;
+    if (sequence(*v, m.child("key"), &parts, /*allow_scalar=*/true)) {
+      for (size_t i = 0; i < parts.size(); i++) {
+        LimitKeyPart part;
+        if (loadLimitKeyPart(parts[i], m.child("key") + "[" + std::to_string(i) + "]", &part)) {
+          rule.key.push_back(part);
+          if (!rule.key_signature.empty()) rule.key_signature += "+";
+          rule.key_signature += parts[i].Scalar();
+        } else {
+          ok = false;
+        }
+      }
+      if (parts.empty()) {
+        fail(*v, m.child("key") + ": at least one key part is required");
+        ok = false;
+      }
+    } else {
+      ok = false;
+    }
+  } else {
+    fail(n, path + ": missing required key 'key'");
+    ok = false;
+  }
+  if (auto v = m.get("algorithm")) {
+    std::string a;
+    if (scalar(*v, m.child("algorithm"), "an algorithm", &a)) {
+      if (a == "leaky_bucket") rule.algorithm = LimitAlgorithm::kLeakyBucket;
+      else if (a == "sliding_window") rule.algorithm = LimitAlgorithm::kSlidingWindow;
+      else if (a == "concurrency") rule.algorithm = LimitAlgorithm::kConcurrency;
+      else {
+        fail(*v, m.child("algorithm") + ": unknown algorithm '" + a + "'" +
+                     suggestion(a, std::vector<std::string>{"leaky_bucket", "sliding_window", "concurrency"}));
+        ok = false;
+      }
+    }
+  }
+  if (auto v = m.get("rate")) {
+    std::string r;
+    if (scalar(*v, m.child("rate"), "a rate like 10r/s", &r) && !parseRate(r, &rule.requests, &rule.period)) {
+      fail(*v, m.child("rate") + ": expected a rate like 10r/s, 30r/m or 5r/h, got '" + r + "'");
+      ok = false;
+    }
+  }
+  if (auto v = m.get("burst")) readInt(*v, m.child("burst"), 0, 1000000, &rule.burst);
+  if (auto v = m.get("delay")) readInt(*v, m.child("delay"), 0, 1000000, &rule.delay);
+  if (auto v = m.get("nodelay")) readBool(*v, m.child("nodelay"), &rule.nodelay);
+  if (auto v = m.get("limit")) readInt(*v, m.child("limit"), 1, 4000000000LL, &rule.limit);
+  if (auto v = m.get("window")) readDuration(*v, m.child("window"), &rule.window);
+  if (auto v = m.get("max_active")) readInt(*v, m.child("max_active"), 1, 10000000, &rule.max_active);
+  if (auto v = m.get("action")) {
+    std::string a;
+    if (scalar(*v, m.child("action"), "an action", &a)) {
+      if (a == "reject") rule.action = LimitAction::kReject;
+      else if (a == "delay") rule.action = LimitAction::kDelay;
+      else if (a == "degrade") rule.action = LimitAction::kDegrade, rule.status = 200;
+      else if (a == "shadow") rule.action = LimitAction::kShadow;
+      else {
+        fail(*v, m.child("action") + ": unknown action '" + a + "'" +
+                     suggestion(a, std::vector<std::string>{"reject", "delay", "degrade", "shadow"}));
+        ok = false;
+      }
+    }
+  }
+  if (auto v = m.get("status")) readInt(*v, m.child("status"), 200, 599, &rule.status);
+  if (auto v = m.get("body")) scalar(*v, m.child("body"), "a string", &rule.body);
+  if (auto v = m.get("content_type")) readString(*v, m.child("content_type"), &rule.content_type);
+  if (auto v = m.get("max_delay")) readDuration(*v, m.child("max_delay"), &rule.max_delay);
+  if (auto v = m.get("count_rejected")) readBool(*v, m.child("count_rejected"), &rule.count_rejected);
+  if (auto v = m.get("memory")) readSize(*v, m.child("memory"), &rule.memory, 64 * 1024);
+  if (auto v = m.get("missing_key")) {
+    std::string mk;
+    if (scalar(*v, m.child("missing_key"), "skip or fallback:NAME", &mk)) {
+      if (mk == "skip") rule.skip_missing = true;
+      else if (mk.rfind("fallback:", 0) == 0 && mk.size() > 9) {
+        rule.skip_missing = false;
+        rule.fallback_key = mk.substr(9);
+      } else {
+        fail(*v, m.child("missing_key") + ": expected 'skip' or 'fallback:NAME', got '" + mk + "'");
+      }
+    }
+  }
+  if (auto v = m.get("ipv6_prefix")) readInt(*v, m.child("ipv6_prefix"), 1, 128, &rule.ipv6_prefix);
+  if (auto v = m.get("rate_limit_headers")) readBool(*v, m.child("rate_limit_headers"), &rule.rate_limit_headers);
+
+  // Each algorithm needs its own numbers, and only those.
+  switch (rule.algorithm) {
+    case LimitAlgorithm::kLeakyBucket:
+      if (!m.get("rate")) fail(n, path + ": a leaky_bucket rule needs 'rate' (e.g. 10r/s)"), ok = false;
+      break;
+    case LimitAlgorithm::kSlidingWindow:
+      if (!m.get("limit")) fail(n, path + ": a sliding_window rule needs 'limit' (requests per window)"), ok = false;
+      break;
+    case LimitAlgorithm::kConcurrency:
+      if (!m.get("max_active")) fail(n, path + ": a concurrency rule needs 'max_active'"), ok = false;
+      if (rule.action == LimitAction::kDelay) fail(n, path + ": a concurrency rule cannot 'delay'"), ok = false;
+      break;
+  }
+  // What the limiter itself refuses (a 1 ns interval, a bucket deeper than 100 years whose
+  // arithmetic would overflow, a sub-millisecond window) is refused here, at the rule.
+  const char* invalid = nullptr;
+  if (ok && rule.algorithm == LimitAlgorithm::kLeakyBucket && rule.requests > 0) {
+    limiter::GcraParams p;
+    p.requests = rule.requests;
+    p.period = rule.period;
+    p.burst = std::max(rule.burst, rule.delay);  // delay=N shares the burst's arithmetic
+    invalid = p.validate();
+  } else if (ok && rule.algorithm == LimitAlgorithm::kSlidingWindow) {
+    limiter::SlidingWindowParams p;
+    p.limit = rule.limit;
+    p.window = rule.window;
+    invalid = p.validate();
+  }
+  if (invalid) {
+    fail(n, path + ": " + invalid);
+    ok = false;
+  }
+  if (rule.action == LimitAction::kDelay && rule.algorithm == LimitAlgorithm::kSlidingWindow) {
+    fail(n, path + ": action 'delay' needs algorithm leaky_bucket");
+    ok = false;
+  }
+  rule.id = id;
+  return ok;
+}
+
+void Loader::resolveRouteLimits(Config& cfg) {
+  for (auto& r : cfg.routes) {
+    for (const auto& name : r.limit_names) {
+      int idx = -1;
+      for (size_t i = 0; i < cfg.limit_rules.size(); i++)
+        if (cfg.limit_rules[i].id == name) idx = static_cast<int>(i);
+      if (idx >= 0) r.limits.push_back(idx);
+    }
+  }
 }
 
 void Loader::loadWorkers(const Node& n, Config& cfg) {
@@ -803,7 +1093,7 @@ void Loader::loadRoutes(const Node& n, Config& cfg) {
 void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   Mapping m = mapping(n, path,
                       {"name", "match", "upstream", "connect_timeout", "send_timeout",
-                       "read_timeout", "max_body_size", "direct_response"});
+                       "read_timeout", "max_body_size", "direct_response", "limits"});
   if (!m.valid) return;
   if (auto v = m.get("name")) {
     std::string name;
@@ -858,6 +1148,27 @@ void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   if (auto v = m.get("max_body_size")) {
     uint64_t size = 0;
     if (readSize(*v, m.child("max_body_size"), &size, 0)) r.max_body_size = size;
+  }
+  if (auto v = m.get("limits")) {
+    std::vector<Node> ids;
+    if (sequence(*v, m.child("limits"), &ids, /*allow_scalar=*/true)) {
+      for (size_t i = 0; i < ids.size(); i++) {
+        std::string id;
+        std::string p = m.child("limits") + "[" + std::to_string(i) + "]";
+        if (!readString(ids[i], p, &id)) continue;
+        if (std::find(limit_ids_.begin(), limit_ids_.end(), id) == limit_ids_.end()) {
+          fail(ids[i], p + ": unknown limit rule '" + id + "'" + suggestion(id, limit_ids_));
+          continue;
+        }
+        if (std::find(r.limit_names.begin(), r.limit_names.end(), id) != r.limit_names.end()) {
+          fail(ids[i], p + ": rule '" + id + "' listed twice");
+          continue;
+        }
+        r.limit_names.push_back(id);
+      }
+      if (r.limit_names.size() > 16)
+        fail(*v, m.child("limits") + ": at most 16 limit rules per route");
+    }
   }
 }
 
@@ -944,6 +1255,24 @@ void Loader::loadMatch(const Node& n, const std::string& path, RouteConfig& r) {
   }
 }
 
+// Where each document of a YAML stream starts; the events inside are not needed.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& m) override { marks.push_back(m); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 ConfigLoadResult finish(Loader& loader, std::shared_ptr<Config> cfg) {
   ConfigLoadResult result;
   auto& errors = loader.errors();
@@ -964,12 +1293,25 @@ ConfigLoadResult loadConfigString(const std::string& yaml, const std::string& na
   cfg->source_path = name;
   cfg->hash = sha256Hex(yaml);
   try {
-    std::vector<Node> docs = YAML::LoadAll(yaml);
+    // Not YAML::LoadAll: yaml-cpp 0.7 never returns (and allocates without end) on a stream
+    // where a node starts with ',' (jbeder/yaml-cpp#1040, found by tests/fuzz config). Count at
+    // most two documents; one starting where the previous one did means the parser is stuck.
+    DocumentStarts starts;
+    std::istringstream in(yaml);
+    YAML::Parser parser(in);
+    while (starts.marks.size() < 2 && parser.HandleNextDocument(starts)) {
+    }
+    const auto& docs = starts.marks;
     if (docs.empty()) {
       loader.failNoPos("the configuration is empty; at least one listener is required");
+    } else if (docs.size() > 1 && docs[1].pos == docs[0].pos) {
+      size_t at = static_cast<size_t>(docs[0].pos);
+      loader.fail(docs[0], at < yaml.size() ? "YAML syntax error: unexpected '" +
+                                                  std::string(1, yaml[at]) + "'"
+                                            : std::string("YAML syntax error"));
     } else {
       if (docs.size() > 1) loader.fail(docs[1], "only one YAML document per file is allowed");
-      loader.load(docs[0], *cfg);
+      loader.load(YAML::Load(yaml), *cfg);
     }
   } catch (const YAML::ParserException& e) {
     loader.fail(e.mark, "YAML syntax error: " + e.msg);

@@ -1,6 +1,7 @@
 #include "proxy/server/client_connection.h"
 
 #include <charconv>
+#include <cmath>
 #include <cstring>
 
 #include "core/clock.h"
@@ -333,6 +334,12 @@ int ClientConnection::onHeadersComplete() {
   if (max_body > 0 && h.has_content_length && h.content_length > max_body)
     return parser_.reject(413, "request body too large");
 
+  int ui = ex_->gen->gen->route_upstream[ex_->route];
+  if (ui >= 0) ex_->pool = ex_->gen->pools[ui].get();
+  int limited = route.limits.empty() ? 0 : limitPhase(route);
+  if (closing_) return -1;
+  if (limited == 1) return 0;  // answered; the rest of the body is read and dropped
+
   std::string_view expect;
   if (h.headers.get("expect", &expect)) {
     if (!equalsIgnoreCase(trim(expect), "100-continue")) {
@@ -352,9 +359,138 @@ int ClientConnection::onHeadersComplete() {
     return closing_ ? -1 : 0;
   }
 
+  if (limited == 2) {
+    // Held like nginx's limit_req delay: the body may arrive meanwhile and waits in
+    // body_buffer; the delay timer starts the content phase.
+    ex_->delayed = true;
+    armTimer(TimerKind::kDelay, ex_->admission.delay);
+    return 0;
+  }
   armTimer(ex_->request_has_body ? TimerKind::kBody : TimerKind::kNone, cfg.client.body_timeout);
   startContent();
   return closing_ ? -1 : 0;
+}
+
+int ClientConnection::limitPhase(const RouteConfig& route) {
+  ex_->phase = Phase::kLimit;
+  auto& limits = *ex_->gen->gen->limits;
+  const auto& h = parser_.head();
+  limiter::RateRuleCheck rate[limiter::kMaxRateRules];
+  int rate_rule[limiter::kMaxRateRules];
+  size_t nr = 0;
+  limiter::ConcurrencyRuleCheck conc[limiter::kMaxConcurrencyRules];
+  int conc_rule[limiter::kMaxConcurrencyRules];
+  size_t nc = 0;
+  LimitRequestView view{&ex_->client_ip, route.name, h.target, &h.headers};
+  for (int idx : route.limits) {
+    auto& rt = limits.rule(static_cast<size_t>(idx));
+    const auto& rc = *rt.config;
+    uint64_t key;
+    if (!LimitSet::keyFor(rc, view, &key)) {
+      rt.skipped.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    auto mode = rc.action == LimitAction::kShadow ? limiter::RuleMode::kShadow : limiter::RuleMode::kEnforce;
+    if (rt.rate && nr < limiter::kMaxRateRules) {
+      // Past max_delay a delay is a rejection by that rule, uncharged like any other.
+      rate[nr] = limiter::RateRuleCheck{rt.rate.get(), key, 1, mode, rc.max_delay};
+      rate_rule[nr++] = idx;
+    } else if (rt.concurrency && nc < limiter::kMaxConcurrencyRules) {
+      conc[nc] = limiter::ConcurrencyRuleCheck{rt.concurrency.get(), key, mode};
+      conc_rule[nc++] = idx;
+    }
+  }
+  limiter::RateDecision decisions[limiter::kMaxRateRules];
+  Nanos now = SteadyClock::monotonicNanos();
+  ex_->admission = limiter::admit(std::span<const limiter::RateRuleCheck>(rate, nr),
+                                  std::span<const limiter::ConcurrencyRuleCheck>(conc, nc), now,
+                                  std::span<limiter::RateDecision>(decisions, nr));
+  auto& adm = ex_->admission;
+
+  if (adm.shadowRejects) {
+    ex_->decisions.append("\"limit_shadow\":[");
+    bool first = true;
+    auto note = [&](int idx) {
+      auto& rt = limits.rule(static_cast<size_t>(idx));
+      rt.shadow_rejected.fetch_add(1, std::memory_order_relaxed);
+      if (!first) ex_->decisions.push_back(',');
+      first = false;
+      ex_->decisions.append("\"" + rt.config->id + "\"");
+    };
+    for (size_t i = 0; i < nr; i++)
+      if (adm.shadowRejects & (1u << i)) note(rate_rule[i]);
+    for (size_t j = 0; j < nc; j++)
+      if (adm.shadowRejects & (1u << (16 + j))) note(conc_rule[j]);
+    ex_->decisions.push_back(']');
+  }
+
+  if (adm.rejected()) {
+    bool by_rate = adm.rejectedBy == limiter::RuleKind::kRate;
+    int idx = by_rate ? rate_rule[adm.rejectedIndex] : conc_rule[adm.rejectedIndex];
+    auto& rt = limits.rule(static_cast<size_t>(idx));
+    const auto& rc = *rt.config;
+    bool degrade = rc.action == LimitAction::kDegrade;
+    (degrade ? rt.degraded : rt.rejected).fetch_add(1, std::memory_order_relaxed);
+    if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+    ex_->decisions.append("\"limit\":{\"rule\":\"" + rc.id + "\",\"action\":\"" +
+                          (degrade ? "degrade" : "reject") + "\"}");
+    LocalResponse r;
+    r.status = rc.status;
+    r.content_type = rc.content_type;
+    if (!rc.body.empty() || degrade) {
+      r.body = rc.body;
+    } else {
+      r.body = "{\"error\":\"too many requests\",\"rule\":\"" + rc.id + "\",\"request_id\":\"" +
+               ex_->request_id + "\"}\n";
+    }
+    if (!degrade) {
+      Nanos ra = by_rate ? adm.retryAfter : kSeconds;
+      int64_t secs = std::max<int64_t>(1, (ra + kSeconds - 1) / kSeconds);
+      r.headers.emplace_back("Retry-After", std::to_string(secs));
+      if (by_rate && rc.rate_limit_headers) {
+        const auto& d = decisions[adm.rejectedIndex];
+        // The window of q=limit: a sliding window's own; for a leaky bucket the time its
+        // burst + 1 requests take to refill, so q/w is its rate (1r/m burst 2: q=3;w=180).
+        double w = rc.algorithm == LimitAlgorithm::kSlidingWindow
+                       ? static_cast<double>(rc.window)
+                       : static_cast<double>(rc.period) / static_cast<double>(rc.requests) *
+                             static_cast<double>(d.limit);
+        auto window = static_cast<int64_t>(std::ceil(w / static_cast<double>(kSeconds) - 1e-9));
+        r.headers.emplace_back("RateLimit-Policy", "\"" + rc.id + "\";q=" + std::to_string(d.limit) +
+                                                       ";w=" + std::to_string(std::max<int64_t>(1, window)));
+        r.headers.emplace_back("RateLimit", "\"" + rc.id + "\";r=" + std::to_string(std::max<int64_t>(0, d.remaining)) +
+                                                ";t=" + std::to_string((d.reset + kSeconds - 1) / kSeconds));
+      }
+    }
+    adm = limiter::Admission();  // a rejected request holds no slots
+    respondLocal(r, false);
+    return 1;
+  }
+
+  for (size_t i = 0; i < nr; i++)
+    if (!(adm.shadowRejects & (1u << i)))
+      limits.rule(static_cast<size_t>(rate_rule[i])).allowed.fetch_add(1, std::memory_order_relaxed);
+  for (size_t j = 0; j < nc; j++)
+    if (!(adm.shadowRejects & (1u << (16 + j))))
+      limits.rule(static_cast<size_t>(conc_rule[j])).allowed.fetch_add(1, std::memory_order_relaxed);
+
+  if (adm.verdict == limiter::Verdict::kDelay && adm.delay > 0) {
+    // The longest delay came from some enforcing rule (each within its max_delay: admit()
+    // turned longer ones into rejections); the log names it.
+    int worst = -1;
+    for (size_t i = 0; i < nr; i++)
+      if (rate[i].mode == limiter::RuleMode::kEnforce &&
+          decisions[i].verdict == limiter::Verdict::kDelay &&
+          (worst < 0 || decisions[i].delay > decisions[worst].delay))
+        worst = static_cast<int>(i);
+    auto& rt = limits.rule(static_cast<size_t>(rate_rule[worst < 0 ? 0 : worst]));
+    rt.delayed.fetch_add(1, std::memory_order_relaxed);
+    if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+    ex_->decisions.append("\"limit\":{\"rule\":\"" + rt.config->id + "\",\"action\":\"delay\",\"delay_ms\":" +
+                          std::to_string(adm.delay / kMillis) + "}");
+    return 2;
+  }
+  return 0;
 }
 
 int ClientConnection::identify() {
@@ -439,6 +575,7 @@ void ClientConnection::startContent() {
     return;
   }
   ex_->pool = ex_->gen->pools[ui].get();
+  ex_->delayed = false;
   ex_->pool->cluster().active_requests.fetch_add(1, std::memory_order_relaxed);
   ex_->counted_active = true;
   connectUpstream();
@@ -797,6 +934,8 @@ void ClientConnection::retryOrFail(const Error& err) {
   if (can && !ex_->retrying && !pool.tryStartRetry()) can = false;
   if (can) {
     ex_->retrying = true;
+    if (const WorkerMetrics* m = ex_->gen->metrics)
+      m->upstreams[ex_->gen->gen->route_upstream[ex_->route]].retries.inc();
     LOG_INFO("request %s: retrying after %s from %s: %s", ex_->request_id.c_str(),
              errorTypeName(err.type), ex_->upstream_addr.c_str(), err.detail.c_str());
     connectUpstream();
@@ -928,6 +1067,23 @@ void ClientConnection::logExchange() {
   if (!ex_ || ex_->logged) return;
   ex_->logged = true;
   worker_->countRequest();
+  // A proxied response already read the clock when it completed: reuse that reading.
+  Nanos end_ns = ex_->upstream_ns >= 0 ? ex_->upstream_start_ns + ex_->upstream_ns
+                                       : SteadyClock::monotonicNanos();
+  Nanos total_ns = end_ns - ex_->start_ns;
+  if (const WorkerMetrics* m = ex_->gen->metrics; m && !admin_) {
+    // Handles bound for this exchange's generation: a few relaxed stores into this worker's
+    // own cells, no lookup.
+    const RouteMetrics& r = ex_->route >= 0 ? m->routes[ex_->route] : m->unmatched;
+    r.requests[statusClassIndex(ex_->status)].inc();
+    r.duration.observe(total_ns);
+    r.request_body_bytes.inc(ex_->bytes_in);
+    r.response_body_bytes.inc(ex_->bytes_out);
+    if (ex_->upstream_ns >= 0 && ex_->route >= 0) {
+      int ui = ex_->gen->gen->route_upstream[ex_->route];
+      if (ui >= 0) m->upstreams[ui].response_duration.observe(ex_->upstream_ns);
+    }
+  }
   AccessLog* log = worker_->accessLog();
   if (!log || !log->enabled()) return;
   const auto& cfg = *ex_->gen->gen->config;
@@ -946,7 +1102,8 @@ void ClientConnection::logExchange() {
   e.bytes_out = ex_->bytes_out;
   e.upstream = ex_->upstream_addr;
   e.upstream_us = ex_->upstream_ns >= 0 ? ex_->upstream_ns / 1000 : -1;
-  e.total_us = (SteadyClock::monotonicNanos() - ex_->start_ns) / 1000;
+  e.total_us = total_ns / 1000;
+  e.decisions = ex_->decisions;
   std::string err;
   if (!ex_->error.ok()) {
     err = std::string(errorTypeName(ex_->error.type)) + ": " + ex_->error.detail;
@@ -1033,6 +1190,15 @@ void ClientConnection::onTimer(void* owner) {
                                  "send to client timed out"};
       }
       self->closeNow();
+      break;
+    case TimerKind::kDelay:
+      if (self->ex_ && self->ex_->delayed && !self->ex_->response_started) {
+        self->armTimer(self->ex_->request_complete ? TimerKind::kNone : TimerKind::kBody,
+                       self->clientConfig().body_timeout);
+        self->startContent();
+        if (self->upstream_) self->upstream_->flush();
+        self->flush();
+      }
       break;
     case TimerKind::kNone:
       break;

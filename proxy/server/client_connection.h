@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/ip.h"
+#include "limiter/admission.h"
 #include "proxy/http/http_parser.h"
 #include "proxy/server/generation.h"
 #include "proxy/server/lazy_timer.h"
@@ -72,16 +73,22 @@ struct Exchange {
   Nanos upstream_start_ns = 0;
   Nanos upstream_ns = -1;
   Error error;
+  // Limit phase: the admission holds concurrency slots until the exchange ends (declared after
+  // `gen`, so it is destroyed first: the limiters it points into outlive it).
+  limiter::Admission admission;
+  bool delayed = false;
+  std::string decisions;  // JSON members for the access log ("limit":{...})
 
   // Back to a fresh exchange, keeping the strings' capacity: a keep-alive connection then
   // serves request after request without allocating.
   void recycle() {
+    admission = limiter::Admission();  // slots back before `gen` (and its limiters) may go
     std::string* keep[] = {&request_id, &traceparent, &client_ip_str, &body_buffer, &retained_body,
-                           &upstream_addr};
-    std::string saved[6];
-    for (int i = 0; i < 6; i++) saved[i] = std::move(*keep[i]);
+                           &upstream_addr, &decisions};
+    std::string saved[7];
+    for (int i = 0; i < 7; i++) saved[i] = std::move(*keep[i]);
     *this = Exchange();
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
       saved[i].clear();
       *keep[i] = std::move(saved[i]);
     }
@@ -99,7 +106,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   void forceClose() { closeNow(); }
 
  private:
-  enum class TimerKind { kNone, kHeader, kBody, kKeepAlive, kSend };
+  enum class TimerKind { kNone, kHeader, kBody, kKeepAlive, kSend, kDelay };
 
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void onWrite(uv_write_t* req, int status);
@@ -124,6 +131,8 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
 
   // Phases.
   int identify();
+  // 0: go on; 1: answered locally (rejected/degraded); 2: delayed (a timer resumes it).
+  int limitPhase(const RouteConfig& route);
   void startContent();
   void connectUpstream();
   void sendRequestHead();

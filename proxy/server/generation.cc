@@ -8,8 +8,13 @@ namespace {
 std::atomic<uint64_t> g_next_generation{1};
 }
 
-Generation::Generation(ConfigPtr cfg, const Generation* previous)
-    : config(std::move(cfg)), router(*config), id(g_next_generation.fetch_add(1)) {
+Generation::Generation(ConfigPtr cfg, const Generation* previous,
+                       std::shared_ptr<ProxyMetrics> metrics)
+    : config(std::move(cfg)),
+      router(*config),
+      id(g_next_generation.fetch_add(1)),
+      metrics_owner(std::move(metrics)) {
+  if (metrics_owner) this->metrics = metrics_owner->bind(*config);
   for (const auto& u : config->upstreams) {
     const UpstreamCluster* old = nullptr;
     if (previous)
@@ -17,6 +22,7 @@ Generation::Generation(ConfigPtr cfg, const Generation* previous)
         if (c->config().name == u.name) old = c.get();
     clusters.push_back(std::make_shared<UpstreamCluster>(u, old));
   }
+  limits = std::make_shared<LimitSet>(*config, previous ? previous->limits.get() : nullptr);
   for (const auto& r : config->routes) {
     int idx = -1;
     for (size_t i = 0; i < config->upstreams.size(); i++)
@@ -25,8 +31,13 @@ Generation::Generation(ConfigPtr cfg, const Generation* previous)
   }
 }
 
-WorkerGeneration::WorkerGeneration(GenerationPtr g, uv_loop_t* loop) : gen(std::move(g)) {
-  for (const auto& c : gen->clusters) pools.push_back(std::make_shared<UpstreamPool>(c, loop));
+WorkerGeneration::WorkerGeneration(GenerationPtr g, uv_loop_t* loop, size_t metrics_shard)
+    : gen(std::move(g)) {
+  if (metrics_shard < gen->metrics.size()) metrics = &gen->metrics[metrics_shard];
+  for (size_t i = 0; i < gen->clusters.size(); i++) {
+    pools.push_back(std::make_shared<UpstreamPool>(gen->clusters[i], loop));
+    if (metrics) pools.back()->setIdleGauge(metrics->upstreams[i].idle_connections);
+  }
 }
 
 }  // namespace sluice

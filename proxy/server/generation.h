@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "proxy/config/config.h"
+#include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
+#include "proxy/server/proxy_metrics.h"
 #include "proxy/upstream/upstream_cluster.h"
 #include "proxy/upstream/upstream_pool.h"
 
@@ -16,19 +18,26 @@ namespace sluice {
 struct Generation {
   // `previous` (may be null) lends its servers' health state to servers that stay, so a
   // reload neither forgets an ejection nor resets a server's counters.
-  Generation(ConfigPtr cfg, const Generation* previous = nullptr);
+  // `metrics` (may be null) gets this config's route and upstream series bound per worker.
+  Generation(ConfigPtr cfg, const Generation* previous = nullptr,
+             std::shared_ptr<ProxyMetrics> metrics = nullptr);
   ConfigPtr config;
   Router router;
   std::vector<UpstreamClusterPtr> clusters;  // same order as config->upstreams
   std::vector<int> route_upstream;           // route index -> cluster index, -1 for direct routes
+  std::shared_ptr<LimitSet> limits;          // limit rules' state, carried over reloads
   uint64_t id = 0;
+  std::shared_ptr<ProxyMetrics> metrics_owner;  // keeps the cells `metrics` points into alive
+  std::vector<WorkerMetrics> metrics;           // per shard (ProxyMetrics::shardOf); empty if off
 };
 using GenerationPtr = std::shared_ptr<const Generation>;
 
 struct WorkerGeneration {
-  WorkerGeneration(GenerationPtr g, uv_loop_t* loop);
+  // `metrics_shard`: where this worker's metrics go (ProxyMetrics::shardOf its id).
+  WorkerGeneration(GenerationPtr g, uv_loop_t* loop, size_t metrics_shard = 0);
   GenerationPtr gen;
   std::vector<std::shared_ptr<UpstreamPool>> pools;  // same order as gen->clusters
+  const WorkerMetrics* metrics = nullptr;            // this worker's handles; null if off
 };
 using WorkerGenerationPtr = std::shared_ptr<WorkerGeneration>;
 

@@ -27,7 +27,8 @@ uint64_t Server::requestsServed() const {
 int Server::run() {
   started_us_ = wallMicros();
   signal(SIGPIPE, SIG_IGN);
-  generation_ = std::make_shared<Generation>(config_);
+  metrics_ = std::make_shared<ProxyMetrics>(static_cast<size_t>(config_->workers), this);
+  generation_ = std::make_shared<Generation>(config_, nullptr, metrics_);
   const Config& cfg = *config_;
 
   control_ = std::make_unique<Worker>(this, -1, true);
@@ -188,7 +189,7 @@ bool Server::reload(std::string* message) {
     reloads_ok_++;
     return true;
   }
-  auto gen = std::make_shared<Generation>(result.config, generation_.get());
+  auto gen = std::make_shared<Generation>(result.config, generation_.get(), metrics_);
   health_->stop();
   health_ = std::make_unique<HealthChecker>(control_->loop(), gen->clusters);
   health_->start();

@@ -35,12 +35,15 @@ class Server {
   std::string lastReloadResult() const { return last_reload_; }
   uint64_t reloadsOk() const { return reloads_ok_; }
   uint64_t reloadsFailed() const { return reloads_failed_; }
+  // The metrics registry (GET /metrics renders it); null before run().
+  ProxyMetrics* metrics() const { return metrics_.get(); }
 
  private:
   static void onSignal(uv_signal_t* s, int signum);
   void shutdown(bool graceful);
 
   ConfigPtr config_;
+  std::shared_ptr<ProxyMetrics> metrics_;  // before the workers: outlives their pools
   GenerationPtr generation_;
   std::unique_ptr<Worker> control_;
   std::vector<std::unique_ptr<Worker>> workers_;

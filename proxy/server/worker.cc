@@ -75,12 +75,16 @@ Worker::~Worker() {
 }
 
 void Worker::setGeneration(GenerationPtr gen) {
-  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_);
+  if (gen->metrics_owner && !control_) {
+    accepted_counter_ = gen->metrics_owner->connectionsAccepted(ProxyMetrics::shardOf(id_));
+    open_gauge_ = gen->metrics_owner->connectionsOpen(ProxyMetrics::shardOf(id_));
+  }
+  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_, ProxyMetrics::shardOf(id_));
 }
 
 void Worker::swapGeneration(GenerationPtr gen) {
   auto old = current_;
-  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_);
+  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_, ProxyMetrics::shardOf(id_));
   if (old) {
     for (auto& p : old->pools) p->retire();
     const auto& before = old->gen->config->access_log.target;
@@ -203,7 +207,8 @@ void Worker::onDrainTimer(uv_timer_t* t) {
 }
 
 void Worker::onConnectionClosed(ClientConnection* c) {
-  connections_.erase(c);
+  // Only connections that were opened (a failed accept closes one that never was).
+  if (connections_.erase(c) && open_gauge_.bound()) open_gauge_.dec();
   maybeFinish();
 }
 

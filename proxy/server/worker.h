@@ -64,7 +64,10 @@ class Worker {
   uint64_t requestsServed() const { return requests_served_.load(std::memory_order_relaxed); }
   void countRequest() { requests_served_.fetch_add(1, std::memory_order_relaxed); }
 
-  void onConnectionOpened(ClientConnection* c) { connections_.insert(c); }
+  void onConnectionOpened(ClientConnection* c) {
+    connections_.insert(c);
+    if (open_gauge_.bound()) open_gauge_.inc(), accepted_counter_.inc();
+  }
   void onConnectionClosed(ClientConnection* c);
 
   // Hook for the control worker's own handles (signals, health checks) to close at shutdown.
@@ -102,6 +105,9 @@ class Worker {
   bool finished_ = false;
   bool async_closed_ = false;  // guarded by posted_mu_
   std::atomic<uint64_t> requests_served_{0};
+  // Client connection metrics (data workers only: admin connections are not proxy traffic).
+  CounterShard accepted_counter_;
+  GaugeShard open_gauge_;
 };
 
 }  // namespace sluice

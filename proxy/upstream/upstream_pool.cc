@@ -75,6 +75,7 @@ UpstreamConnection* UpstreamPool::acquire(size_t server, UpstreamHandler* handle
   while (!list.empty()) {
     UpstreamConnection* c = list.back();
     list.pop_back();
+    idleChanged(-1);
     if (c->state() != UpstreamConnection::State::kIdle) continue;
     c->attach(handler);
     return c;
@@ -90,6 +91,7 @@ void UpstreamPool::release(UpstreamConnection* conn, bool reusable) {
   if (reusable && !retired_ && list.size() < config().keepalive_max_idle) {
     conn->becomeIdle();
     list.push_back(conn);
+    idleChanged(1);
   } else {
     conn->close();
   }
@@ -98,7 +100,10 @@ void UpstreamPool::release(UpstreamConnection* conn, bool reusable) {
 void UpstreamPool::onConnectionClosed(UpstreamConnection* conn) {
   auto& list = idle_[conn->serverIndex()];
   auto it = std::find(list.begin(), list.end(), conn);
-  if (it != list.end()) list.erase(it);
+  if (it != list.end()) {
+    list.erase(it);
+    idleChanged(-1);
+  }
   live_--;
 }
 
@@ -106,6 +111,7 @@ void UpstreamPool::closeIdle() {
   for (auto& list : idle_) {
     auto copy = list;
     list.clear();
+    idleChanged(-static_cast<int64_t>(copy.size()));
     for (auto* c : copy) c->close();
   }
 }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/metrics.h"
 #include "proxy/upstream/upstream_cluster.h"
 #include "proxy/upstream/upstream_connection.h"
 
@@ -45,6 +46,9 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
 
   size_t idleCount() const;
   size_t liveConnections() const { return live_; }
+  // This worker's cell of sluice_upstream_pool_idle_connections: moved with every change to the
+  // idle lists, so a retired pool and its successor add up without double counting.
+  void setIdleGauge(GaugeShard g) { idle_gauge_ = g; }
 
  private:
   UpstreamClusterPtr cluster_;
@@ -54,6 +58,10 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
   size_t rr_start_ = 0;
   size_t live_ = 0;
   bool retired_ = false;
+  GaugeShard idle_gauge_;
+  void idleChanged(int64_t d) {
+    if (idle_gauge_.bound()) idle_gauge_.add(d);
+  }
 };
 
 }  // namespace sluice

@@ -102,6 +102,43 @@ TEST_CASE("the longest delay wins and the tightest rule is reported", "[limiter]
   CHECK(second.tightestRateRule == 0);  // both have 4 left; the first one found is kept
 }
 
+TEST_CASE("a delay past the rule's maxDelay is an uncharged rejection by that rule",
+          "[limiter][admission]") {
+  GcraLimiter member = gcra(nodelay(1, 10));
+  GcraLimiter spaced = gcra(GcraParams::perSecond(2, 10));  // 500 ms interval, delays
+  RateRuleCheck checks[] = {{&member, 1}, {&spaced, 1, 1, RuleMode::kEnforce, 600 * kMs}};
+  CHECK(admit(checks, {}, 0).verdict == Verdict::kAllow);
+  const Admission second = admit(checks, {}, 0);
+  CHECK(second.verdict == Verdict::kDelay);
+  CHECK(second.delay == 500 * kMs);
+  RateDecision d[2];
+  for (int i = 0; i < 3; ++i) {
+    const Admission a = admit(checks, {}, 0, d);
+    CHECK(a.rejected());
+    CHECK(a.rejectedBy == RuleKind::kRate);
+    CHECK(a.rejectedIndex == 1);
+    CHECK(a.retryAfter == 400 * kMs);  // a 1 s delay fits 600 ms once 400 ms have passed
+    CHECK(a.delay == 0);
+    CHECK(d[1].rejected());
+  }
+  // Nothing of the refused requests was kept: at 400 ms the next one is delayed 600 ms, and
+  // the member rule spent 2 of its 11.
+  CHECK(admit(checks, {}, 400 * kMs).delay == 600 * kMs);
+  int allowed = 0;
+  for (int i = 0; i < 20; ++i) allowed += !member.take(1, 400 * kMs, 1, nullptr).rejected();
+  CHECK(allowed == 8);
+  // A rule that counts rejected requests keeps paying for them; no bound: no rejection.
+  GcraParams penal = GcraParams::perSecond(2, 10);
+  penal.countRejected = true;
+  GcraLimiter counting = gcra(penal);
+  const RateRuleCheck c2[] = {{&counting, 1, 1, RuleMode::kEnforce, 600 * kMs}};
+  for (int i = 0; i < 2; ++i) CHECK_FALSE(admit(c2, {}, 0).rejected());
+  CHECK(admit(c2, {}, 0).rejected());
+  CHECK(admit(c2, {}, 0).retryAfter == 900 * kMs);  // the refused one before cost 500 ms
+  const RateRuleCheck unbounded[] = {{&spaced, 2}};
+  for (int i = 0; i < 5; ++i) CHECK(admit(unbounded, {}, 0).delay == 500 * kMs * i);
+}
+
 TEST_CASE("concurrency rules are acquired after rate rules and roll everything back",
           "[limiter][admission]") {
   GcraLimiter rate = gcra(nodelay(1, 10));

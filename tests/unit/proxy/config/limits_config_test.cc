@@ -1,0 +1,471 @@
+// The `limits:` section and per-route `limits:` lists (proxy/config/config_loader.cc): the happy
+// path fills LimitRuleConfig as docs/configuration.md says, and every mistake is one error at the
+// offending node, as file:line:col.
+#include <catch2/catch.hpp>
+#include <string>
+#include <vector>
+
+#include "proxy/config/config_loader.h"
+
+namespace sluice {
+namespace {
+
+// Lines 1-4; the limits section starts on line 5, its first rule's "- id" on line 7.
+const char* kHead = R"(listeners: [{address: 127.0.0.1:8080}]
+upstreams:
+  app:
+    servers: [{address: 127.0.0.1:9080}]
+limits:
+  rules:
+)";
+
+std::string joinErrors(const std::vector<ConfigError>& errors) {
+  std::string out;
+  for (const auto& e : errors) out += e.format() + "\n";
+  return out;
+}
+
+ConfigPtr loadOk(const std::string& yaml) {
+  ConfigLoadResult r = loadConfigString(yaml, "test.yaml");
+  INFO(joinErrors(r.errors));
+  REQUIRE(r.ok());
+  return r.config;
+}
+
+// The one error a broken config is expected to produce.
+ConfigError loadError(const std::string& yaml) {
+  ConfigLoadResult r = loadConfigString(yaml, "test.yaml");
+  INFO(joinErrors(r.errors));
+  REQUIRE_FALSE(r.ok());
+  REQUIRE(r.config == nullptr);
+  REQUIRE(r.errors.size() == 1);
+  return r.errors[0];
+}
+
+// kHead + `rules` (each line indented under `rules:`) + a route using them.
+std::string withRules(const std::string& rules, const std::string& route_limits = "") {
+  std::string y = std::string(kHead) + rules + "routes:\n  - name: api\n    upstream: app\n";
+  if (!route_limits.empty()) y += "    limits: " + route_limits + "\n";
+  return y;
+}
+
+const LimitRuleConfig& ruleNamed(const Config& c, const std::string& id) {
+  for (const auto& r : c.limit_rules)
+    if (r.id == id) return r;
+  FAIL("no rule " << id);
+  return c.limit_rules.front();
+}
+
+TEST_CASE("limits: the documented example loads with every field", "[config][limits]") {
+  ConfigPtr c = loadOk(withRules(R"y(    - id: per-ip
+      key: ip
+      rate: 5r/s
+      burst: 2
+      nodelay: true
+    - id: member-item
+      key: [member, item]
+      algorithm: sliding_window
+      limit: 3
+      window: 1m
+    - id: ua-shadow
+      key: user_agent
+      rate: 1r/m
+      action: shadow
+    - id: active
+      key: route
+      algorithm: concurrency
+      max_active: 1
+    - id: custom
+      key: [member=header:X-Member, item=query:id, "item=path:^/p/([^/]+)", header:X-Api-Key, cookie:sid, query:q, device, global]
+      rate: 2r/100ms
+      delay: 3
+      action: delay
+      max_delay: 250ms
+      count_rejected: true
+      memory: 1m
+      missing_key: fallback:anon
+      ipv6_prefix: 48
+      rate_limit_headers: false
+      status: 503
+      body: '{"busy":true}'
+      content_type: application/problem+json
+    - id: fallback
+      key: global
+      rate: 100r/s
+      action: degrade
+      body: cached
+)y",
+                                 "[member-item, per-ip, ua-shadow, active]"));
+  REQUIRE(c->limit_rules.size() == 6);
+
+  const auto& ip = ruleNamed(*c, "per-ip");
+  CHECK(ip.algorithm == LimitAlgorithm::kLeakyBucket);  // the default
+  REQUIRE(ip.key.size() == 1);
+  CHECK(ip.key[0].kind == LimitKeyKind::kIp);
+  CHECK(ip.key_signature == "ip");
+  CHECK(ip.requests == 5);
+  CHECK(ip.period == kSeconds);
+  CHECK(ip.burst == 2);
+  CHECK(ip.nodelay);
+  CHECK(ip.delay == 0);
+  // Defaults of config.h.
+  CHECK(ip.action == LimitAction::kReject);
+  CHECK(ip.status == 429);
+  CHECK(ip.body.empty());
+  CHECK(ip.content_type == "application/json");
+  CHECK(ip.max_delay == 5 * kSeconds);
+  CHECK_FALSE(ip.count_rejected);
+  CHECK(ip.memory == 16 * 1024 * 1024);
+  CHECK(ip.skip_missing);
+  CHECK(ip.fallback_key.empty());
+  CHECK(ip.ipv6_prefix == 64);
+  CHECK(ip.rate_limit_headers);
+
+  const auto& mi = ruleNamed(*c, "member-item");
+  CHECK(mi.algorithm == LimitAlgorithm::kSlidingWindow);
+  REQUIRE(mi.key.size() == 2);
+  CHECK(mi.key[0].kind == LimitKeyKind::kMember);
+  CHECK(mi.key[0].source == "cookie:member");  // default member source
+  CHECK(mi.key[1].kind == LimitKeyKind::kItem);
+  CHECK_THAT(mi.key[1].source, Catch::StartsWith("path:"));  // default item source: a path capture
+  CHECK(mi.key[1].path_regex != nullptr);
+  CHECK(mi.key_signature == "member+item");
+  CHECK(mi.limit == 3);
+  CHECK(mi.window == 60 * kSeconds);
+
+  const auto& ua = ruleNamed(*c, "ua-shadow");
+  CHECK(ua.key[0].kind == LimitKeyKind::kUserAgent);
+  CHECK(ua.requests == 1);
+  CHECK(ua.period == 60 * kSeconds);
+  CHECK(ua.action == LimitAction::kShadow);
+
+  const auto& act = ruleNamed(*c, "active");
+  CHECK(act.algorithm == LimitAlgorithm::kConcurrency);
+  CHECK(act.key[0].kind == LimitKeyKind::kRoute);
+  CHECK(act.max_active == 1);
+
+  const auto& cu = ruleNamed(*c, "custom");
+  REQUIRE(cu.key.size() == 8);
+  CHECK(cu.key[0].kind == LimitKeyKind::kMember);
+  CHECK(cu.key[0].source == "header:X-Member");
+  CHECK(cu.key[1].kind == LimitKeyKind::kItem);
+  CHECK(cu.key[1].source == "query:id");
+  CHECK(cu.key[1].path_regex == nullptr);
+  CHECK(cu.key[2].kind == LimitKeyKind::kItem);
+  CHECK(cu.key[2].source == "path:^/p/([^/]+)");
+  REQUIRE(cu.key[2].path_regex != nullptr);
+  CHECK(cu.key[3].kind == LimitKeyKind::kHeader);
+  CHECK(cu.key[3].source == "header:X-Api-Key");
+  CHECK(cu.key[4].kind == LimitKeyKind::kCookie);
+  CHECK(cu.key[4].source == "cookie:sid");
+  CHECK(cu.key[5].kind == LimitKeyKind::kQuery);
+  CHECK(cu.key[5].source == "query:q");
+  CHECK(cu.key[6].kind == LimitKeyKind::kDevice);
+  CHECK(cu.key[6].source == "cookie:device");
+  CHECK(cu.key[7].kind == LimitKeyKind::kGlobal);
+  CHECK(cu.requests == 2);
+  CHECK(cu.period == 100 * kMillis);
+  CHECK(cu.delay == 3);
+  CHECK_FALSE(cu.nodelay);
+  CHECK(cu.action == LimitAction::kDelay);
+  CHECK(cu.max_delay == 250 * kMillis);
+  CHECK(cu.count_rejected);
+  CHECK(cu.memory == 1024 * 1024);
+  CHECK_FALSE(cu.skip_missing);
+  CHECK(cu.fallback_key == "anon");
+  CHECK(cu.ipv6_prefix == 48);
+  CHECK_FALSE(cu.rate_limit_headers);
+  CHECK(cu.status == 503);
+  CHECK(cu.body == "{\"busy\":true}");
+  CHECK(cu.content_type == "application/problem+json");
+
+  const auto& fb = ruleNamed(*c, "fallback");
+  CHECK(fb.action == LimitAction::kDegrade);
+  CHECK(fb.status == 200);  // degrade answers 200 unless told otherwise
+  CHECK(fb.body == "cached");
+
+  // The route's list, in the order written, resolved to indexes into limit_rules.
+  REQUIRE(c->routes.size() == 1);
+  const auto& route = c->routes[0];
+  CHECK(route.limit_names == std::vector<std::string>{"member-item", "per-ip", "ua-shadow", "active"});
+  REQUIRE(route.limits.size() == 4);
+  for (size_t i = 0; i < route.limits.size(); i++)
+    CHECK(c->limit_rules[static_cast<size_t>(route.limits[i])].id == route.limit_names[i]);
+}
+
+TEST_CASE("limits: rates in every unit, a single route limit as a scalar", "[config][limits]") {
+  ConfigPtr c = loadOk(withRules(R"(    - {id: s, key: ip, rate: 10r/s}
+    - {id: m, key: ip, rate: 30r/m}
+    - {id: h, key: ip, rate: 5r/h}
+    - {id: d, key: ip, rate: 1000r/d}
+    - {id: ms, key: ip, rate: 3r/250ms}
+)",
+                                 "s"));
+  CHECK(ruleNamed(*c, "s").period == kSeconds);
+  CHECK(ruleNamed(*c, "m").requests == 30);
+  CHECK(ruleNamed(*c, "m").period == 60 * kSeconds);
+  CHECK(ruleNamed(*c, "h").period == 3600 * kSeconds);
+  CHECK(ruleNamed(*c, "d").period == 86400 * kSeconds);
+  CHECK(ruleNamed(*c, "ms").requests == 3);
+  CHECK(ruleNamed(*c, "ms").period == 250 * kMillis);
+  CHECK(c->routes[0].limit_names == std::vector<std::string>{"s"});
+  CHECK(c->routes[0].limits == std::vector<int>{0});
+}
+
+TEST_CASE("limits: a config without limits has no rules and routes have none", "[config][limits]") {
+  ConfigPtr c = loadOk(
+      "listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  app:\n"
+      "    servers: [{address: 127.0.0.1:9080}]\nroutes:\n  - name: api\n    upstream: app\n");
+  CHECK(c->limit_rules.empty());
+  CHECK(c->routes[0].limits.empty());
+}
+
+TEST_CASE("limits: the key signature follows the key definition", "[config][limits]") {
+  ConfigPtr c = loadOk(withRules(R"(    - {id: a, key: [member, item], rate: 1r/s}
+    - {id: b, key: "member=header:X-Member", rate: 1r/s}
+    - {id: c, key: [ip], rate: 1r/s}
+)"));
+  CHECK(ruleNamed(*c, "a").key_signature == "member+item");
+  CHECK(ruleNamed(*c, "b").key_signature == "member=header:X-Member");
+  CHECK(ruleNamed(*c, "c").key_signature == "ip");  // a one-element list is the scalar
+}
+
+TEST_CASE("limits: an unknown key kind is an error at the part, with a suggestion",
+          "[config][limits]") {
+  ConfigError e = loadError(withRules(R"(    - id: ua
+      key: usr_agent
+      rate: 1r/s
+)"));
+  CHECK(e.format() ==
+        "test.yaml:8:12: limits.rules[0].key[0]: unknown key kind 'usr_agent' (did you mean "
+        "'user_agent'?) (ip, user_agent, member, device, item, route, global, header:NAME, "
+        "cookie:NAME, query:NAME)");
+
+  // In a composite key: the position of the part; nothing close, no suggestion.
+  ConfigError far = loadError(withRules(R"(    - id: mi
+      key: [member, sku]
+      rate: 1r/s
+)"));
+  CHECK(far.line == 8);
+  CHECK(far.col == 21);
+  CHECK(far.message ==
+        "limits.rules[0].key[1]: unknown key kind 'sku' (ip, user_agent, member, device, item, "
+        "route, global, header:NAME, cookie:NAME, query:NAME)");
+}
+
+TEST_CASE("limits: key sources are validated", "[config][limits]") {
+  ConfigError src = loadError(withRules("    - {id: m, key: \"member=body:x\", rate: 1r/s}\n"));
+  CHECK(src.format() ==
+        "test.yaml:7:20: limits.rules[0].key[0]: source 'body:x' must be header:NAME, "
+        "cookie:NAME, query:NAME or path:REGEX");
+  ConfigError empty_name = loadError(withRules("    - {id: m, key: \"header:\", rate: 1r/s}\n"));
+  CHECK_THAT(empty_name.message, Catch::Contains("source 'header:' must be header:NAME"));
+  ConfigError no_source = loadError(withRules("    - {id: m, key: \"ip=header:X\", rate: 1r/s}\n"));
+  CHECK(no_source.message == "limits.rules[0].key[0]: 'ip' takes no source");
+  ConfigError empty_key = loadError(withRules("    - {id: m, key: [], rate: 1r/s}\n"));
+  CHECK(empty_key.format() == "test.yaml:7:20: limits.rules[0].key: at least one key part is required");
+  ConfigError missing_key = loadError(withRules("    - {id: m, rate: 1r/s}\n"));
+  CHECK(missing_key.format() == "test.yaml:7:7: limits.rules[0]: missing required key 'key'");
+}
+
+TEST_CASE("limits: a bad path regex or one without a capture is an error at the part",
+          "[config][limits]") {
+  ConfigError bad = loadError(withRules(R"(    - id: item
+      key: "item=path:^/p/(["
+      rate: 1r/s
+)"));
+  CHECK(bad.line == 8);
+  CHECK(bad.col == 12);
+  CHECK_THAT(bad.message, Catch::StartsWith("limits.rules[0].key[0]: invalid regex '^/p/([': "));
+  CHECK_THAT(bad.message, Catch::Contains("missing ]"));
+
+  ConfigError nocap = loadError(withRules(R"(    - id: item
+      key: ["item=path:^/p/[^/]+"]
+      rate: 1r/s
+)"));
+  CHECK(nocap.format() ==
+        "test.yaml:8:13: limits.rules[0].key[0]: regex '^/p/[^/]+' needs a capture group for "
+        "the value");
+}
+
+TEST_CASE("limits: a bad rate is an error at the value", "[config][limits]") {
+  ConfigError e = loadError(withRules(R"(    - id: ip
+      key: ip
+      rate: 10/s
+)"));
+  CHECK(e.format() ==
+        "test.yaml:9:13: limits.rules[0].rate: expected a rate like 10r/s, 30r/m or 5r/h, got "
+        "'10/s'");
+  for (const char* bad : {"0r/s", "r/s", "10r/", "10r/fortnight", "10r/0s", "-1r/s", "ten r/s"}) {
+    INFO(bad);
+    ConfigError b = loadError(withRules(std::string("    - {id: ip, key: ip, rate: \"") + bad + "\"}\n"));
+    CHECK_THAT(b.message, Catch::StartsWith("limits.rules[0].rate: expected a rate like 10r/s"));
+  }
+  ConfigError list = loadError(withRules("    - {id: ip, key: ip, rate: [10r/s]}\n"));
+  CHECK_THAT(list.message, Catch::StartsWith("limits.rules[0].rate: "));
+}
+
+TEST_CASE("limits: each algorithm needs its own numbers", "[config][limits]") {
+  ConfigError rate = loadError(withRules(R"(    - id: ip
+      key: ip
+      burst: 5
+)"));
+  CHECK(rate.format() == "test.yaml:7:7: limits.rules[0]: a leaky_bucket rule needs 'rate' (e.g. 10r/s)");
+
+  ConfigError limit = loadError(withRules(R"(    - id: quota
+      key: member
+      algorithm: sliding_window
+      window: 1h
+)"));
+  CHECK(limit.format() ==
+        "test.yaml:7:7: limits.rules[0]: a sliding_window rule needs 'limit' (requests per window)");
+
+  ConfigError active = loadError(withRules(R"(    - id: act
+      key: route
+      algorithm: concurrency
+)"));
+  CHECK(active.format() == "test.yaml:7:7: limits.rules[0]: a concurrency rule needs 'max_active'");
+
+  ConfigError algo = loadError(withRules(R"(    - id: ip
+      key: ip
+      algorithm: leaky-bucket
+      rate: 1r/s
+)"));
+  CHECK(algo.format() ==
+        "test.yaml:9:18: limits.rules[0].algorithm: unknown algorithm 'leaky-bucket' (did you "
+        "mean 'leaky_bucket'?)");
+}
+
+TEST_CASE("limits: numbers the limiter cannot represent are refused at the rule",
+          "[config][limits]") {
+  // (burst + 1) x 1 day is over 100 years of nanoseconds: the bucket arithmetic would overflow.
+  ConfigError deep = loadError(withRules("    - {id: r, key: ip, rate: 1r/d, burst: 1000000}\n"));
+  CHECK(deep.format() ==
+        "test.yaml:7:7: limits.rules[0]: burst times the request interval exceeds 100 years");
+  CHECK(loadError(withRules("    - {id: r, key: ip, rate: 1r/d, delay: 1000000}\n")).message ==
+        "limits.rules[0]: burst times the request interval exceeds 100 years");
+  CHECK(loadError(withRules("    - {id: r, key: ip, rate: 2r/1ns}\n")).message ==
+        "limits.rules[0]: rate above 1 request per nanosecond");
+  CHECK(loadError(withRules("    - {id: r, key: ip, algorithm: sliding_window, limit: 5, "
+                            "window: 500us}\n"))
+            .message == "limits.rules[0]: window must be at least 1ms");
+  // The edges that are fine.
+  loadOk(withRules("    - {id: r, key: ip, rate: 1r/d, burst: 36000}\n"
+                   "    - {id: s, key: ip, rate: 1000000000r/s}\n"
+                   "    - {id: t, key: ip, algorithm: sliding_window, limit: 4000000000, window: 1ms}\n"));
+}
+
+TEST_CASE("limits: delay is for leaky buckets only", "[config][limits]") {
+  ConfigError conc = loadError(withRules(R"(    - id: act
+      key: route
+      algorithm: concurrency
+      max_active: 2
+      action: delay
+)"));
+  CHECK(conc.format() == "test.yaml:7:7: limits.rules[0]: a concurrency rule cannot 'delay'");
+
+  ConfigError window = loadError(withRules(R"(    - id: quota
+      key: member
+      algorithm: sliding_window
+      limit: 10
+      action: delay
+)"));
+  CHECK(window.format() == "test.yaml:7:7: limits.rules[0]: action 'delay' needs algorithm leaky_bucket");
+
+  ConfigError action = loadError(withRules("    - {id: ip, key: ip, rate: 1r/s, action: rejet}\n"));
+  CHECK(action.message ==
+        "limits.rules[0].action: unknown action 'rejet' (did you mean 'reject'?)");
+}
+
+TEST_CASE("limits: other fields are type- and range-checked at the value", "[config][limits]") {
+  auto one = [](const std::string& fields) {
+    return loadError(withRules("    - {id: ip, key: ip, rate: 1r/s, " + fields + "}\n"));
+  };
+  CHECK_THAT(one("burst: -1").message, Catch::StartsWith("limits.rules[0].burst: "));
+  CHECK_THAT(one("nodelay: yes").message, Catch::StartsWith("limits.rules[0].nodelay: "));
+  CHECK_THAT(one("status: 99").message, Catch::StartsWith("limits.rules[0].status: "));
+  CHECK_THAT(one("max_delay: 5").message,
+             Catch::Contains("limits.rules[0].max_delay: expected a duration like 250ms or 5s"));
+  CHECK_THAT(one("memory: 1k").message, Catch::StartsWith("limits.rules[0].memory: "));
+  CHECK_THAT(one("ipv6_prefix: 129").message, Catch::StartsWith("limits.rules[0].ipv6_prefix: "));
+  CHECK(one("missing_key: \"fallback:\"").message ==
+        "limits.rules[0].missing_key: expected 'skip' or 'fallback:NAME', got 'fallback:'");
+  CHECK(one("missing_key: ignore").format() ==
+        "test.yaml:7:50: limits.rules[0].missing_key: expected 'skip' or 'fallback:NAME', got "
+        "'ignore'");
+  ConfigError unknown = one("brust: 5");
+  CHECK(unknown.message == "unknown key 'brust' in limits.rules[0] (did you mean 'burst'?)");
+  ConfigError id = loadError(withRules("    - {id: \"per ip\", key: ip, rate: 1r/s}\n"));
+  CHECK_THAT(id.message, Catch::StartsWith("limits.rules[0].id: invalid id 'per ip'"));
+  ConfigError noid = loadError(withRules("    - {key: ip, rate: 1r/s}\n"));
+  CHECK(noid.format() == "test.yaml:7:7: limits.rules[0]: missing required key 'id'");
+  ConfigError section = loadError(std::string(kHead) + "    - {id: a, key: ip, rate: 1r/s}\n  rule: []\n");
+  CHECK(section.message == "unknown key 'rule' in limits (did you mean 'rules'?)");
+}
+
+TEST_CASE("limits: a duplicate rule id is an error at the second rule", "[config][limits]") {
+  ConfigError e = loadError(withRules(R"(    - id: per-ip
+      key: ip
+      rate: 5r/s
+    - id: per-ip
+      key: user_agent
+      rate: 1r/s
+)"));
+  CHECK(e.format() == "test.yaml:10:7: limits.rules[1]: duplicate rule id 'per-ip'");
+}
+
+TEST_CASE("limits: a route naming an unknown rule points at the name", "[config][limits]") {
+  ConfigLoadResult r = loadConfigString(
+      withRules("    - {id: per-ip, key: ip, rate: 5r/s}\n", "[per-ip, perip]"), "test.yaml");
+  REQUIRE(r.errors.size() == 1);
+  // routes: line 8, "  - name: api" 9, "    upstream: app" 10, "    limits: [per-ip, perip]" 11.
+  CHECK(r.errors[0].format() ==
+        "test.yaml:11:22: routes[0].limits[1]: unknown limit rule 'perip' (did you mean "
+        "'per-ip'?)");
+
+  ConfigError far = loadError(withRules("    - {id: per-ip, key: ip, rate: 5r/s}\n"
+                                        "    - {id: member, key: member, rate: 5r/s}\n",
+                                        "checkout-quota"));
+  CHECK(far.format() == "test.yaml:12:13: routes[0].limits[0]: unknown limit rule 'checkout-quota'");
+
+  // Block-style list: the position of the item.
+  std::string block = std::string(kHead) +
+                      "    - {id: per-ip, key: ip, rate: 5r/s}\n"
+                      "routes:\n  - name: api\n    upstream: app\n    limits:\n"
+                      "      - per-ip\n      - nope\n";
+  ConfigError blk = loadError(block);
+  CHECK(blk.format() == "test.yaml:13:9: routes[0].limits[1]: unknown limit rule 'nope'");
+}
+
+TEST_CASE("limits: a rule listed twice on one route is an error at the second", "[config][limits]") {
+  ConfigError e = loadError(withRules("    - {id: per-ip, key: ip, rate: 5r/s}\n",
+                                      "[per-ip, per-ip]"));
+  CHECK(e.format() == "test.yaml:11:22: routes[0].limits[1]: rule 'per-ip' listed twice");
+}
+
+TEST_CASE("limits: a route naming a broken rule gets no second, misleading error",
+          "[config][limits]") {
+  // The rule's own error is the one to fix; "unknown limit rule" on top would send the operator
+  // looking for a rule that is right there.
+  ConfigError e = loadError(withRules(R"(    - id: per-ip
+      key: ip
+      rate: 10/s
+)",
+                                      "[per-ip]"));
+  CHECK(e.message ==
+        "limits.rules[0].rate: expected a rate like 10r/s, 30r/m or 5r/h, got '10/s'");
+}
+
+TEST_CASE("limits: at most 16 rules per route", "[config][limits]") {
+  std::string rules, names;
+  for (int i = 0; i < 17; i++) {
+    rules += "    - {id: r" + std::to_string(i) + ", key: ip, rate: 1r/s}\n";
+    names += (i ? ", r" : "r") + std::to_string(i);
+  }
+  ConfigError e = loadError(withRules(rules, "[" + names + "]"));
+  CHECK(e.message == "routes[0].limits: at most 16 limit rules per route");
+  loadOk(withRules(rules, "[" + names.substr(0, names.rfind(',')) + "]"));
+}
+
+}  // namespace
+}  // namespace sluice
