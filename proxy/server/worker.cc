@@ -65,6 +65,12 @@ Worker::Worker(Server* server, int id, bool control) : server_(server), id_(id),
 
 Worker::~Worker() {
   join();
+  // A worker that never ran (sluice refused to start) still has its handles open: close them as
+  // a drain would, or uv_loop_close fails and the loop leaks (found by make test-asan).
+  if (!finished_) {
+    draining_ = true;
+    maybeFinish();
+  }
   // Everything was closed by the drain; run once more so close callbacks complete, then free.
   uv_run(&loop_, UV_RUN_NOWAIT);
   current_.reset();

@@ -8,6 +8,7 @@ ctest sets (SLUICE_BIN, SLUICE_DEMO_BIN); run by hand with those set, e.g.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,7 +66,8 @@ class Process:
         return self.proc.returncode
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:  # stop() closes it; the file stays readable
+            self.log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
@@ -136,6 +138,11 @@ class Sluice(Process):
         self.proc = subprocess.Popen([SLUICE_BIN, "-c", self.config_path], stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=tmpdir)
         wait_port(port, proc=self.proc)
+        # The admin listener starts on the control thread after the workers' listeners: under
+        # a sanitizer that gap is long enough for a test's first admin call to be refused.
+        if admin_port and not re.search(r"^admin:\n(?:  .*\n)*?  enabled: (?:false|no)\b",
+                                        config_text, re.M):
+            wait_port(admin_port, proc=self.proc)
 
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.port, path)
@@ -244,6 +251,33 @@ def header(headers, name):
     return None
 
 
+# What ASan, UBSan, LSan and TSan print (make test-asan / make test-tsan): any of these in a
+# process's log fails the test that ran it, even if every assertion passed.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer")
+# Exits no test asks for: a crash, or a sanitizer's exit code at the end of the run.
+CRASH_SIGNALS = (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
+
+
+def sanitizer_problems(proc, rc):
+    """Why `proc` (stopped, exit status `rc`) fails its test: a sanitizer report in its log, a
+    crash, or a non-zero exit of its own. Empty when all is well."""
+    problems = []
+    try:
+        text = proc.output()
+    except Exception:  # noqa: BLE001 - no log, nothing to judge
+        text = ""
+    for marker in SANITIZER_MARKERS:
+        at = text.find(marker)
+        if at >= 0:
+            line = text[at:].split("\n", 1)[0]
+            problems.append("%s: %s" % (os.path.basename(proc.log_path), line[:300]))
+            break
+    if rc is not None and (rc > 0 or -rc in CRASH_SIGNALS):
+        problems.append("%s: process exited with status %d" % (os.path.basename(proc.log_path), rc))
+    return problems
+
+
 class ProxyTestCase(unittest.TestCase):
     """Base class: self.tmp (a temp dir), self.start_demo(), self.start_sluice()."""
 
@@ -253,15 +287,19 @@ class ProxyTestCase(unittest.TestCase):
         self._procs = []
 
     def tearDown(self):
+        problems = []
         for p in reversed(self._procs):
-            p.stop(signal.SIGKILL if not p.alive() else signal.SIGTERM, timeout=10)
-        if self._failed():
+            rc = p.stop(signal.SIGKILL if not p.alive() else signal.SIGTERM, timeout=10)
+            problems += sanitizer_problems(p, rc)
+        if self._failed() or problems:
             for p in self._procs:
                 try:
                     print("---- %s ----\n%s" % (p.log_path, p.output()[-4000:]))
                 except Exception:
                     pass
         self._tmp.cleanup()
+        if problems:
+            self.fail("; ".join(problems))
 
     def _failed(self):
         # Python 3.11+ records errors on the result as they happen; older ones on the outcome.

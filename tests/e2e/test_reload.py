@@ -634,8 +634,11 @@ class ReloadLeakTest(ReloadTestCase):
         self.assertLessEqual(fds100, fds10, "fds after 100 reloads: %s" % sorted(fd_targets(s.pid)))
         logs = [t for t in fd_targets(s.pid) if t.endswith(".log") and "access" in t]
         self.assertEqual(sorted(set(logs)), [os.path.join(self.tmp, "access-A.log")], logs)
-        self.assertLess(rss100 - rss10, 5 * 1024,
-                        "RSS grew %d kB between reload 10 and 100" % (rss100 - rss10))
+        # Under ASan freed memory waits in a quarantine, so RSS proves nothing there; LeakSanitizer
+        # checks the process at exit instead (make test-asan, docs/security.md).
+        if not os.environ.get("SLUICE_SANITIZER"):
+            self.assertLess(rss100 - rss10, 5 * 1024,
+                            "RSS grew %d kB between reload 10 and 100" % (rss100 - rss10))
         print("\n  100 reloads (2 workers): RSS %d kB after 10, %d kB after 100 (%+d kB); fds %d at "
               "start, %d after 10, %d after 100" % (rss10, rss100, rss100 - rss10, fds_start,
                                                     fds10, fds100))
