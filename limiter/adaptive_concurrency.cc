@@ -25,21 +25,7 @@ GradientConcurrencyLimit::GradientConcurrencyLimit(const GradientParams& params,
 }
 
 AcquireResult GradientConcurrencyLimit::tryAcquire(uint64_t, Nanos) {
-  AcquireResult r;
-  r.limit = limit_.load(std::memory_order_relaxed);
-  uint32_t current = inFlight_.load(std::memory_order_relaxed);
-  do {
-    if (current >= r.limit) {
-      r.status = AcquireStatus::kAtLimit;
-      r.inFlight = current;
-      return r;
-    }
-  } while (!inFlight_.compare_exchange_weak(current, current + 1, std::memory_order_acquire,
-                                            std::memory_order_relaxed));
-  r.status = AcquireStatus::kAcquired;
-  r.inFlight = current + 1;
-  r.slot = ConcurrencySlot(this, 0);
-  return r;
+  return acquireBelow(inFlight_, limit_.load(std::memory_order_relaxed), this);
 }
 
 void GradientConcurrencyLimit::recordLatency(Nanos latency, Nanos now) {

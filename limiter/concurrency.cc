@@ -2,10 +2,10 @@
 
 namespace sluice::limiter {
 
-AcquireResult ConcurrencyLimiter::tryAcquire(uint64_t, Nanos) {
+AcquireResult acquireBelow(std::atomic<uint32_t>& inFlight, uint32_t limit, SlotOwner* owner) {
   AcquireResult r;
-  r.limit = limit_.load(std::memory_order_relaxed);
-  uint32_t current = inFlight_.load(std::memory_order_relaxed);
+  r.limit = limit;
+  uint32_t current = inFlight.load(std::memory_order_relaxed);
   // CAS rather than add-then-undo: the count never overshoots, so readers see an honest figure.
   do {
     if (current >= r.limit) {
@@ -13,12 +13,16 @@ AcquireResult ConcurrencyLimiter::tryAcquire(uint64_t, Nanos) {
       r.inFlight = current;
       return r;
     }
-  } while (!inFlight_.compare_exchange_weak(current, current + 1, std::memory_order_acquire,
-                                            std::memory_order_relaxed));
+  } while (!inFlight.compare_exchange_weak(current, current + 1, std::memory_order_acquire,
+                                           std::memory_order_relaxed));
   r.status = AcquireStatus::kAcquired;
   r.inFlight = current + 1;
-  r.slot = ConcurrencySlot(this, 0);
+  r.slot = ConcurrencySlot(owner, 0);
   return r;
+}
+
+AcquireResult ConcurrencyLimiter::tryAcquire(uint64_t, Nanos) {
+  return acquireBelow(inFlight_, limit_.load(std::memory_order_relaxed), this);
 }
 
 AcquireResult KeyedConcurrencyLimiter::tryAcquire(uint64_t key, Nanos) {

@@ -77,6 +77,10 @@ struct AcquireResult {
 
 // Anything that admits by concurrency: per route, per pool, per key, adaptive. `key` is ignored by
 // unkeyed gates; `now` is for adaptive ones.
+// Takes a slot on an unkeyed in-flight counter when it is below `limit`; the slot gives itself
+// back to `owner`. Shared by the fixed and the adaptive limits.
+AcquireResult acquireBelow(std::atomic<uint32_t>& inFlight, uint32_t limit, SlotOwner* owner);
+
 class ConcurrencyGate {
  public:
   virtual ~ConcurrencyGate() = default;
