@@ -104,10 +104,12 @@ class FlakyKeepAliveUpstream:
                         self.dropped += 1
                     return  # close without answering
                 body = b"conn %d\n" % n
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Served-By: flaky\r\n\r\n%s"
-                             % (len(body), body))
+                # Count before sending: the client may read the answer and assert on the count
+                # before this thread runs again.
                 with self._lock:
                     self.answered += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Served-By: flaky\r\n\r\n%s"
+                             % (len(body), body))
         except OSError:
             pass
         finally:
