@@ -1,0 +1,15 @@
+# Writes scripts_embedded.cc: one `extern const char* const kScript_<name>` per scripts/<name>.lua,
+# each a raw string literal holding the file byte for byte.
+file(GLOB files ${DIR}/*.lua)
+list(SORT files)
+set(out "// Generated from core/redis/scripts/*.lua by embed_scripts.cmake. Do not edit.\n")
+string(APPEND out "namespace sluice::redis::embedded {\n")
+foreach(f ${files})
+  get_filename_component(name ${f} NAME_WE)
+  file(READ ${f} body)
+  string(APPEND out "extern const char* const kScript_${name};\n")
+  string(APPEND out "const char* const kScript_${name} = R\"sluice_lua(${body})sluice_lua\";\n")
+endforeach()
+string(APPEND out "}  // namespace sluice::redis::embedded\n")
+file(WRITE ${OUT}.tmp "${out}")
+file(COPY_FILE ${OUT}.tmp ${OUT} ONLY_IF_DIFFERENT)
