@@ -120,7 +120,9 @@ double HeavyHitterSketch::spanSeconds(Nanos now) const {
   Nanos span = static_cast<Nanos>(params_.subWindows - 1) * subLength_ + (now - currentStart);
   const Nanos first = firstRecord_.load(std::memory_order_relaxed);
   if (first != INT64_MIN && now - first < span) span = now - first;
-  span = std::max(span, subLength_ / 4 > 0 ? subLength_ / 4 : Nanos{1});
+  // ...but never less than one sub-window: a handful of requests in the first milliseconds after
+  // a start (or a long quiet spell) is not a rate, and must not mark an item hot.
+  span = std::max(span, subLength_ > 0 ? subLength_ : Nanos{1});
   return static_cast<double>(span) / kSeconds;
 }
 

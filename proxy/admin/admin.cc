@@ -4,6 +4,7 @@
 
 #include "core/clock.h"
 #include "core/strings.h"
+#include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
 #include "proxy/server/proxy_metrics.h"
 #include "proxy/server/server.h"
@@ -85,6 +86,76 @@ std::string upstreamsJson(Server* server) {
   return out;
 }
 
+const char* algorithmName(LimitAlgorithm a) {
+  switch (a) {
+    case LimitAlgorithm::kLeakyBucket: return "leaky_bucket";
+    case LimitAlgorithm::kSlidingWindow: return "sliding_window";
+    case LimitAlgorithm::kConcurrency: return "concurrency";
+  }
+  return "?";
+}
+
+const char* actionName(LimitAction a) {
+  switch (a) {
+    case LimitAction::kReject: return "reject";
+    case LimitAction::kDelay: return "delay";
+    case LimitAction::kDegrade: return "degrade";
+    case LimitAction::kShadow: return "shadow";
+  }
+  return "?";
+}
+
+// GET /limits: every rule of the serving generation with its live keys and decision counters
+// (counters are cumulative since the process started, across reloads).
+std::string limitsJson(Server* server) {
+  auto gen = server->generation();
+  Nanos now = SteadyClock::monotonicNanos();
+  std::string out = "{\"rules\":[";
+  for (size_t i = 0; i < gen->limits->size(); i++) {
+    const auto& rt = gen->limits->rule(i);
+    const auto& rc = *rt.config;
+    if (i) out += ',';
+    out += "{\"id\":\"" + jsonEscape(rc.id) + "\",\"key\":\"" + jsonEscape(rc.key_signature) +
+           "\",\"algorithm\":\"" + algorithmName(rc.algorithm) + "\",\"action\":\"" +
+           actionName(rc.action) + "\",\"live_keys\":" + std::to_string(rt.liveKeys(now)) +
+           ",\"memory_bytes\":" + std::to_string(rc.memory) + ",\"decisions\":{";
+    for (int a = 0; a < 6; a++) {
+      uint64_t n = server->metrics() ? server->metrics()->limitDecisions(rc.id, kLimitActions[a]) : 0;
+      out += std::string(a ? "," : "") + "\"" + kLimitActions[a] + "\":" + std::to_string(n);
+    }
+    out += "}}";
+  }
+  out += "]}";
+  return out;
+}
+
+// GET /limits/hot-items: what the hot-item sketch marks hot now, hottest first, and the other
+// candidates it tracks (an operator watches items approach the threshold).
+std::string hotItemsJson(Server* server) {
+  auto gen = server->generation();
+  const auto* sketch = gen->limits->hotItems();
+  if (!sketch) return "{\"enabled\":false,\"hot\":[],\"candidates\":[]}";
+  Nanos now = SteadyClock::monotonicNanos();
+  auto list = [](const std::vector<limiter::HotItem>& items) {
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); i++) {
+      char buf[96];
+      snprintf(buf, sizeof(buf), "\",\"rate\":%.2f,\"count\":%llu}", items[i].rate,
+               static_cast<unsigned long long>(items[i].count));
+      out += std::string(i ? "," : "") + "{\"item\":\"" + jsonEscape(items[i].item) + buf;
+    }
+    return out + "]";
+  };
+  const auto& p = sketch->params();
+  char head[160];
+  snprintf(head, sizeof(head), "{\"enabled\":true,\"hot_rate\":%.2f,\"window_seconds\":%.3f,\"hot\":",
+           p.hotRate, static_cast<double>(p.window) / kSeconds);
+  std::vector<limiter::HotItem> cold;
+  for (auto& it : sketch->topK(now))
+    if (!it.hot) cold.push_back(it);
+  return head + list(sketch->hotList(now)) + ",\"candidates\":" + list(cold) + "}";
+}
+
 }  // namespace
 
 LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
@@ -104,6 +175,8 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   }
   if (path == "/status" && read) return json(200, statusJson(server));
   if (path == "/upstreams" && read) return json(200, upstreamsJson(server));
+  if (path == "/limits" && read) return json(200, limitsJson(server));
+  if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
   if (path == "/metrics" && read && server->metrics()) {
     LocalResponse r;

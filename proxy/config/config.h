@@ -133,20 +133,49 @@ enum class LimitKeyKind {
   kCookie,     // cookie:NAME
   kQuery,      // query:NAME
   kGlobal,     // one key for everything the rule sees
+  kUpstream,   // the route's upstream pool name (circuit breakers per pool)
 };
 
 struct LimitKeyPart {
   LimitKeyKind kind = LimitKeyKind::kIp;
-  std::string source;                          // "cookie:NAME", "header:NAME", "query:NAME", "path:REGEX"
+  std::string source;  // "cookie:NAME", "header:NAME", "query:NAME", "path:REGEX", "jwt:CLAIM"
   std::shared_ptr<const re2::RE2> path_regex;  // for path: sources
 };
 
-enum class LimitAlgorithm { kLeakyBucket, kSlidingWindow, kConcurrency };
+enum class LimitAlgorithm { kLeakyBucket, kSlidingWindow, kConcurrency, kCircuitBreaker };
 enum class LimitAction {
-  kReject,   // answer `status` (429) with Retry-After (and RateLimit headers)
-  kDelay,    // leaky bucket: hold the request up to `max_delay`, then forward; beyond, reject
-  kDegrade,  // answer the configured fallback body with `status` (200 by default)
-  kShadow,   // count and log only
+  kReject,    // answer `status` (429) with Retry-After (and RateLimit headers)
+  kDelay,     // leaky bucket: hold the request up to `max_delay`, then forward; beyond, reject
+  kDegrade,   // answer the configured fallback body with `status` (200 by default), or the last
+              // good cached response of a GET when the route caches (`degrade_from_cache`)
+  kShadow,    // count and log only
+  kRedirect,  // answer `status` (302) with Location: `location` (a queue or sold-out page)
+};
+
+enum class RateLimitHeaders {
+  kOff,
+  kDraft,   // RateLimit-Policy / RateLimit (IETF httpapi ratelimit-headers, structured form)
+  kLegacy,  // RateLimit-Limit / RateLimit-Remaining / RateLimit-Reset (the older draft)
+};
+
+// An item with its own limit instead of the rule's default (`items:` of an item-keyed rule).
+struct LimitItemOverride {
+  std::string item;
+  uint64_t requests = 0;  // leaky bucket
+  Nanos period = kSeconds;
+  uint32_t burst = 0;
+  uint64_t limit = 0;     // sliding window
+};
+
+// A circuit breaker rule's numbers (algorithm: circuit_breaker; Sentinel's degrade rule).
+struct BreakerRuleConfig {
+  bool slow_calls = false;       // strategy: slow-call ratio instead of error ratio
+  double threshold = 0.5;        // bad-call ratio that opens it
+  Nanos slow_call = kSeconds;    // a call slower than this is bad (slow_calls)
+  uint32_t min_requests = 10;
+  Nanos window = 10 * kSeconds;  // statistics window
+  Nanos cooldown = 5 * kSeconds;
+  uint32_t half_open_probes = 1;
 };
 
 struct LimitRuleConfig {
@@ -172,7 +201,33 @@ struct LimitRuleConfig {
   bool skip_missing = true;   // a request without the key's value skips the rule...
   std::string fallback_key;   // ...unless a fallback key is named
   int ipv6_prefix = 64;
-  bool rate_limit_headers = true;
+  RateLimitHeaders rate_limit_headers = RateLimitHeaders::kDraft;
+  bool nginx_resolution = false;  // `resolution: nginx`: nginx limit_req's ms integer arithmetic
+  std::string location;           // redirect target
+  std::vector<LimitItemOverride> items;
+  bool only_hot = false;          // apply only to items the hot-item sketch marks hot
+  BreakerRuleConfig breaker;
+};
+
+// Automatic hot-item detection (limits.hot_items): a heavy-hitter sketch over a sliding window.
+struct HotItemsConfig {
+  bool enabled = false;
+  LimitKeyPart source;       // where the item id comes from (the `item` key's default)
+  Nanos window = 10 * kSeconds;
+  uint32_t sub_windows = 5;
+  double hot_rate = 100.0;   // requests per second at which an item is hot
+  uint32_t top_k = 32;
+};
+
+// Bearer tokens whose claims can key limits (`jwt:CLAIM` sources). With a key configured the
+// signature (HS256 / RS256) and exp/nbf are verified and a bad token counts as no token; without
+// one, claims are read unverified (fine for grouping, not for trust: see docs/limiting.md).
+struct JwtConfig {
+  std::string token_source = "header:authorization";  // "header:NAME" (Bearer) or "cookie:NAME"
+  std::string hs256_secret;                            // inline or from hs256_secret_file
+  std::string rs256_public_key_pem;                    // read from rs256_public_key_file
+  Nanos leeway = 30 * kSeconds;
+  bool verify() const { return !hs256_secret.empty() || !rs256_public_key_pem.empty(); }
 };
 
 struct AccessLogConfig {
@@ -196,6 +251,8 @@ struct Config {
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;
   std::vector<LimitRuleConfig> limit_rules;
+  HotItemsConfig hot_items;
+  JwtConfig jwt;
 
   const UpstreamConfig* findUpstream(const std::string& name) const {
     for (const auto& u : upstreams)

@@ -18,7 +18,11 @@
 #include <thread>
 
 #include "core/strings.h"
+#include "core/jwt.h"
+#include "limiter/admission.h"
+#include "limiter/circuit_breaker.h"
 #include "limiter/gcra.h"
+#include "limiter/heavy_hitters.h"
 #include "limiter/sliding_window.h"
 
 namespace sluice {
@@ -33,6 +37,8 @@ namespace {
 using YAML::Node;
 
 constexpr int kMaxWorkers = 256;
+// The item id in the demo storefront's (and most storefronts') paths: /item/{id}, /api/items/{id}/...
+constexpr const char* kDefaultItemPattern = "^/(?:api/)?items?/([^/?]+)";
 
 // Optimal-string-alignment distance: a transposed pair ("hots" for "host") costs one edit,
 // which is the most common typo in hand-written keys.
@@ -388,6 +394,24 @@ class Loader {
     }
   }
 
+  // The whole file at `file` (relative to the working directory, like every path given to the
+  // binary); false after reporting at `n` when it cannot be read.
+  bool readFile(const Node& n, const std::string& path, const std::string& file, std::string* out) {
+    FILE* f = fopen(file.c_str(), "rb");
+    if (!f) {
+      fail(n, path + ": cannot read '" + file + "': " + strerror(errno));
+      return false;
+    }
+    out->clear();
+    char buf[4096];
+    size_t r;
+    while ((r = fread(buf, 1, sizeof(buf), f)) > 0) out->append(buf, r);
+    bool read_error = ferror(f);
+    fclose(f);
+    if (read_error) fail(n, path + ": cannot read '" + file + "'");
+    return !read_error;
+  }
+
   bool readAddress(const Node& n, const std::string& path, HostPort* out) {
     std::string s;
     if (!scalar(n, path, "an address like 127.0.0.1:8080", &s)) return false;
@@ -413,6 +437,8 @@ class Loader {
   void loadRoute(const Node& n, const std::string& path, RouteConfig& r);
   void loadMatch(const Node& n, const std::string& path, RouteConfig& r);
   void loadLimits(const Node& n, Config& cfg);
+  void loadHotItems(const Node& n, Config& cfg);
+  void loadJwt(const Node& n, Config& cfg);
   bool loadLimitRule(const Node& n, const std::string& path, LimitRuleConfig& rule);
   bool loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPart* part);
   void resolveRouteLimits(Config& cfg);
@@ -435,7 +461,7 @@ void Loader::load(const Node& root, Config& cfg) {
   Mapping top = mapping(root, "",
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
-                         "routes", "limits"});
+                         "routes", "limits", "jwt"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -467,6 +493,7 @@ void Loader::load(const Node& root, Config& cfg) {
   if (auto n = top.get("log")) loadLog(*n, cfg);
   // Upstreams before routes: routes refer to them by name.
   if (auto n = top.get("upstreams")) loadUpstreams(*n, cfg);
+  if (auto n = top.get("jwt")) loadJwt(*n, cfg);
   if (auto n = top.get("limits")) loadLimits(*n, cfg);
   if (auto n = top.get("routes")) loadRoutes(*n, cfg);
   resolveRouteLimits(cfg);
@@ -501,8 +528,9 @@ bool parseRate(std::string_view s, uint64_t* requests, Nanos* period) {
 }  // namespace
 
 void Loader::loadLimits(const Node& n, Config& cfg) {
-  Mapping m = mapping(n, "limits", {"rules"});
+  Mapping m = mapping(n, "limits", {"rules", "hot_items"});
   if (!m.valid) return;
+  if (auto h = m.get("hot_items")) loadHotItems(*h, cfg);
   auto rules = m.get("rules");
   if (!rules) return;
   std::vector<Node> items;
@@ -523,6 +551,78 @@ void Loader::loadLimits(const Node& n, Config& cfg) {
   }
 }
 
+void Loader::loadHotItems(const Node& n, Config& cfg) {
+  auto& h = cfg.hot_items;
+  h.enabled = true;
+  h.source.kind = LimitKeyKind::kItem;
+  h.source.source = std::string("path:") + kDefaultItemPattern;
+  h.source.path_regex = std::make_shared<re2::RE2>(kDefaultItemPattern);
+  Mapping m = mapping(n, "limits.hot_items", {"enabled", "item", "window", "sub_windows", "hot_rate", "top_k"});
+  if (!m.valid) return;
+  if (auto v = m.get("enabled")) readBool(*v, m.child("enabled"), &h.enabled);
+  if (auto v = m.get("item")) {
+    // The same spelling as a rule's key part: "item" or "item=query:sku".
+    std::string text;
+    if (readString(*v, m.child("item"), &text)) {
+      LimitKeyPart part;
+      if (loadLimitKeyPart(*v, m.child("item"), &part)) {
+        if (part.kind != LimitKeyKind::kItem)
+          fail(*v, m.child("item") + ": expected 'item' or 'item=SOURCE', got '" + text + "'");
+        else
+          h.source = part;
+      }
+    }
+  }
+  if (auto v = m.get("window")) readDuration(*v, m.child("window"), &h.window);
+  if (auto v = m.get("sub_windows")) readInt(*v, m.child("sub_windows"), 2, 60, &h.sub_windows);
+  if (auto v = m.get("hot_rate")) readNumber(*v, m.child("hot_rate"), 0.001, 1e9, &h.hot_rate);
+  if (auto v = m.get("top_k")) readInt(*v, m.child("top_k"), 1, 1024, &h.top_k);
+  limiter::HeavyHitterParams p;
+  p.window = h.window;
+  p.subWindows = h.sub_windows;
+  p.hotRate = h.hot_rate;
+  p.topK = h.top_k;
+  if (const char* invalid = p.validate()) fail(n, std::string("limits.hot_items: ") + invalid);
+}
+
+void Loader::loadJwt(const Node& n, Config& cfg) {
+  auto& j = cfg.jwt;
+  Mapping m = mapping(n, "jwt", {"token", "hs256_secret", "hs256_secret_file", "rs256_public_key_file", "leeway"});
+  if (!m.valid) return;
+  if (auto v = m.get("token")) {
+    std::string t;
+    if (readString(*v, m.child("token"), &t)) {
+      if ((t.rfind("header:", 0) == 0 && t.size() > 7) || (t.rfind("cookie:", 0) == 0 && t.size() > 7))
+        j.token_source = t;
+      else
+        fail(*v, m.child("token") + ": expected header:NAME (a Bearer token) or cookie:NAME, got '" + t + "'");
+    }
+  }
+  auto secret = m.get("hs256_secret");
+  auto secret_file = m.get("hs256_secret_file");
+  if (secret && secret_file) {
+    fail(*secret_file, "jwt: hs256_secret and hs256_secret_file are mutually exclusive; keep one");
+  } else if (secret) {
+    readString(*secret, m.child("hs256_secret"), &j.hs256_secret);
+  } else if (secret_file) {
+    std::string file;
+    if (readString(*secret_file, m.child("hs256_secret_file"), &file) &&
+        readFile(*secret_file, m.child("hs256_secret_file"), file, &j.hs256_secret)) {
+      j.hs256_secret = trimAll(j.hs256_secret);
+      if (j.hs256_secret.empty()) fail(*secret_file, "jwt.hs256_secret_file: '" + file + "' is empty");
+    }
+  }
+  if (auto v = m.get("rs256_public_key_file")) {
+    std::string file;
+    if (readString(*v, m.child("rs256_public_key_file"), &file) &&
+        readFile(*v, m.child("rs256_public_key_file"), file, &j.rs256_public_key_pem)) {
+      std::string err = checkRsaPublicKey(j.rs256_public_key_pem);
+      if (!err.empty()) fail(*v, "jwt.rs256_public_key_file: '" + file + "': " + err);
+    }
+  }
+  if (auto v = m.get("leeway")) readDuration(*v, m.child("leeway"), &j.leeway, /*allow_zero=*/true);
+}
+
 bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPart* part) {
   std::string text;
   if (!readString(n, path, &text)) return false;
@@ -535,7 +635,7 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
     kind = text.substr(0, eq);
     source = text.substr(eq + 1);
   } else if (text.rfind("header:", 0) == 0 || text.rfind("cookie:", 0) == 0 ||
-             text.rfind("query:", 0) == 0) {
+             text.rfind("query:", 0) == 0 || text.rfind("jwt:", 0) == 0) {
     kind = text.substr(0, text.find(':'));
     source = text;
   }
@@ -543,8 +643,10 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
       {"ip", LimitKeyKind::kIp},         {"user_agent", LimitKeyKind::kUserAgent},
       {"member", LimitKeyKind::kMember}, {"device", LimitKeyKind::kDevice},
       {"item", LimitKeyKind::kItem},     {"route", LimitKeyKind::kRoute},
+      {"jwt", LimitKeyKind::kMember},
       {"header", LimitKeyKind::kHeader}, {"cookie", LimitKeyKind::kCookie},
-      {"query", LimitKeyKind::kQuery},   {"global", LimitKeyKind::kGlobal}};
+      {"query", LimitKeyKind::kQuery},   {"global", LimitKeyKind::kGlobal},
+      {"upstream", LimitKeyKind::kUpstream}};
   bool found = false;
   for (const auto& [name, k] : kKinds)
     if (kind == name) {
@@ -555,13 +657,14 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
     std::vector<std::string> names;
     for (const auto& kk : kKinds) names.push_back(kk.first);
     fail(n, path + ": unknown key kind '" + kind + "'" + suggestion(kind, names) +
-                " (ip, user_agent, member, device, item, route, global, header:NAME, cookie:NAME, query:NAME)");
+                " (ip, user_agent, member, device, item, route, upstream, global, header:NAME, cookie:NAME, "
+                "query:NAME, jwt:CLAIM)");
     return false;
   }
   if (source.empty()) {
     if (part->kind == LimitKeyKind::kMember) source = "cookie:member";
     if (part->kind == LimitKeyKind::kDevice) source = "cookie:device";
-    if (part->kind == LimitKeyKind::kItem) source = "path:^/(?:api/)?items?/([^/?]+)";
+    if (part->kind == LimitKeyKind::kItem) source = std::string("path:") + kDefaultItemPattern;
   }
   bool needs_source = part->kind == LimitKeyKind::kMember || part->kind == LimitKeyKind::kDevice ||
                       part->kind == LimitKeyKind::kItem || part->kind == LimitKeyKind::kHeader ||
@@ -574,10 +677,11 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
     size_t colon = source.find(':');
     std::string where = colon == std::string::npos ? "" : source.substr(0, colon);
     std::string what = colon == std::string::npos ? "" : source.substr(colon + 1);
-    if ((where != "header" && where != "cookie" && where != "query" && where != "path") ||
+    if ((where != "header" && where != "cookie" && where != "query" && where != "path" &&
+         where != "jwt") ||
         what.empty()) {
       fail(n, path + ": source '" + source +
-                  "' must be header:NAME, cookie:NAME, query:NAME or path:REGEX");
+                  "' must be header:NAME, cookie:NAME, query:NAME, path:REGEX or jwt:CLAIM");
       return false;
     }
     if (where == "path") {
@@ -602,7 +706,9 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
                       {"id", "key", "algorithm", "rate", "burst", "delay", "nodelay", "limit",
                        "window", "max_active", "action", "status", "body", "content_type",
                        "max_delay", "count_rejected", "memory", "missing_key", "ipv6_prefix",
-                       "rate_limit_headers"});
+                       "rate_limit_headers", "resolution", "location", "items", "only_hot",
+                       "strategy", "threshold", "slow_call", "min_requests", "cooldown",
+                       "half_open_probes"});
   if (!m.valid) return false;
   std::string id;
   if (auto v = m.get("id")) {
@@ -645,9 +751,11 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
       if (a == "leaky_bucket") rule.algorithm = LimitAlgorithm::kLeakyBucket;
       else if (a == "sliding_window") rule.algorithm = LimitAlgorithm::kSlidingWindow;
       else if (a == "concurrency") rule.algorithm = LimitAlgorithm::kConcurrency;
+      else if (a == "circuit_breaker") rule.algorithm = LimitAlgorithm::kCircuitBreaker;
       else {
         fail(*v, m.child("algorithm") + ": unknown algorithm '" + a + "'" +
-                     suggestion(a, std::vector<std::string>{"leaky_bucket", "sliding_window", "concurrency"}));
+                     suggestion(a, std::vector<std::string>{"leaky_bucket", "sliding_window",
+                                                            "concurrency", "circuit_breaker"}));
         ok = false;
       }
     }
@@ -672,9 +780,10 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
       else if (a == "delay") rule.action = LimitAction::kDelay;
       else if (a == "degrade") rule.action = LimitAction::kDegrade, rule.status = 200;
       else if (a == "shadow") rule.action = LimitAction::kShadow;
+      else if (a == "redirect") rule.action = LimitAction::kRedirect, rule.status = 302;
       else {
         fail(*v, m.child("action") + ": unknown action '" + a + "'" +
-                     suggestion(a, std::vector<std::string>{"reject", "delay", "degrade", "shadow"}));
+                     suggestion(a, std::vector<std::string>{"reject", "delay", "degrade", "shadow", "redirect"}));
         ok = false;
       }
     }
@@ -698,7 +807,98 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
     }
   }
   if (auto v = m.get("ipv6_prefix")) readInt(*v, m.child("ipv6_prefix"), 1, 128, &rule.ipv6_prefix);
-  if (auto v = m.get("rate_limit_headers")) readBool(*v, m.child("rate_limit_headers"), &rule.rate_limit_headers);
+  if (auto v = m.get("rate_limit_headers")) {
+    // true/false, or which draft: "draft" (RateLimit-Policy + RateLimit) or "legacy"
+    // (RateLimit-Limit / -Remaining / -Reset, still what many clients parse).
+    std::string h;
+    if (scalar(*v, m.child("rate_limit_headers"), "true, false, draft or legacy", &h)) {
+      std::string l = toLower(h);
+      if (l == "true" || l == "draft") rule.rate_limit_headers = RateLimitHeaders::kDraft;
+      else if (l == "false" || l == "off") rule.rate_limit_headers = RateLimitHeaders::kOff;
+      else if (l == "legacy") rule.rate_limit_headers = RateLimitHeaders::kLegacy;
+      else fail(*v, m.child("rate_limit_headers") + ": expected true, false, draft or legacy, got '" + h + "'");
+    }
+  }
+  if (auto v = m.get("resolution")) {
+    std::string r;
+    if (readEnum(*v, m.child("resolution"), {"ns", "nginx"}, &r)) rule.nginx_resolution = r == "nginx";
+  }
+  if (auto v = m.get("location")) {
+    if (readString(*v, m.child("location"), &rule.location)) {
+      // It goes into a response header as written: no CR/LF/NUL smuggled into the head.
+      bool clean = !rule.location.empty();
+      for (char c : rule.location)
+        if (c == '\r' || c == '\n' || c == '\0') clean = false;
+      if (!clean) fail(*v, m.child("location") + ": must be a non-empty URL on one line"), ok = false;
+    }
+  }
+  if (rule.action == LimitAction::kRedirect && rule.location.empty()) {
+    fail(n, path + ": action 'redirect' needs 'location'");
+    ok = false;
+  }
+  if (auto v = m.get("only_hot")) readBool(*v, m.child("only_hot"), &rule.only_hot);
+  bool has_item = false;
+  for (const auto& part : rule.key)
+    if (part.kind == LimitKeyKind::kItem) has_item = true;
+  if (auto v = m.get("items")) {
+    if (!has_item) {
+      fail(*v, m.child("items") + ": per-item limits need an 'item' part in the rule's key");
+      ok = false;
+    } else if (!v->IsMap()) {
+      fail(*v, m.child("items") + ": expected a mapping of item id -> {rate, burst} or {limit}");
+      ok = false;
+    } else {
+      for (auto it = v->begin(); it != v->end(); ++it) {
+        Node k = it->first;
+        Node val = it->second;
+        LimitItemOverride o;
+        o.item = k.Scalar();
+        std::string ip = m.child("items") + "." + o.item;
+        Mapping om = mapping(val, ip, {"rate", "burst", "limit"});
+        if (!om.valid) {
+          ok = false;
+          continue;
+        }
+        if (auto r = om.get("rate")) {
+          std::string rs;
+          if (scalar(*r, om.child("rate"), "a rate like 10r/s", &rs) && !parseRate(rs, &o.requests, &o.period)) {
+            fail(*r, om.child("rate") + ": expected a rate like 10r/s, 30r/m or 5r/h, got '" + rs + "'");
+            ok = false;
+          }
+        }
+        if (auto b = om.get("burst")) readInt(*b, om.child("burst"), 0, 1000000, &o.burst);
+        if (auto l = om.get("limit")) readInt(*l, om.child("limit"), 1, 4000000000LL, &o.limit);
+        bool bucket = rule.algorithm == LimitAlgorithm::kLeakyBucket;
+        if (bucket ? o.requests == 0 : o.limit == 0) {
+          fail(val, ip + (bucket ? ": needs 'rate'" : ": needs 'limit'"));
+          ok = false;
+        }
+        rule.items.push_back(o);
+      }
+    }
+  }
+  if (rule.only_hot && !has_item) {
+    fail(n, path + ": only_hot needs an 'item' part in the rule's key");
+    ok = false;
+  }
+  // Circuit breaker numbers.
+  auto& b = rule.breaker;
+  if (auto v = m.get("strategy")) {
+    std::string st;
+    if (readEnum(*v, m.child("strategy"), {"error_ratio", "slow_call_ratio"}, &st)) b.slow_calls = st == "slow_call_ratio";
+  }
+  if (auto v = m.get("threshold")) readNumber(*v, m.child("threshold"), 0.000001, 1.0, &b.threshold);
+  if (auto v = m.get("slow_call")) readDuration(*v, m.child("slow_call"), &b.slow_call);
+  if (auto v = m.get("min_requests")) readInt(*v, m.child("min_requests"), 1, 1000000, &b.min_requests);
+  if (auto v = m.get("cooldown")) readDuration(*v, m.child("cooldown"), &b.cooldown);
+  if (auto v = m.get("half_open_probes")) readInt(*v, m.child("half_open_probes"), 1, 1000, &b.half_open_probes);
+  bool breaker_only = false;
+  for (const char* k : {"strategy", "threshold", "slow_call", "min_requests", "cooldown", "half_open_probes"})
+    if (m.get(k) && rule.algorithm != LimitAlgorithm::kCircuitBreaker) {
+      fail(*m.get(k), m.child(k) + ": only a circuit_breaker rule takes '" + k + "'");
+      breaker_only = true;
+    }
+  if (breaker_only) ok = false;
 
   // Each algorithm needs its own numbers, and only those.
   switch (rule.algorithm) {
@@ -712,6 +912,25 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
       if (!m.get("max_active")) fail(n, path + ": a concurrency rule needs 'max_active'"), ok = false;
       if (rule.action == LimitAction::kDelay) fail(n, path + ": a concurrency rule cannot 'delay'"), ok = false;
       break;
+    case LimitAlgorithm::kCircuitBreaker: {
+      // One breaker per route or per upstream pool: the key says which.
+      if (rule.key.size() != 1 ||
+          (rule.key[0].kind != LimitKeyKind::kRoute && rule.key[0].kind != LimitKeyKind::kUpstream)) {
+        fail(n, path + ": a circuit_breaker rule's key is 'route' or 'upstream'");
+        ok = false;
+      }
+      if (rule.action == LimitAction::kDelay) fail(n, path + ": a circuit_breaker rule cannot 'delay'"), ok = false;
+      if (!m.get("action")) rule.status = 503;  // an open breaker refuses with 503 by default
+      if (m.get("window")) b.window = rule.window;
+      limiter::CircuitBreakerParams p;
+      p.threshold = b.threshold;
+      p.minRequests = b.min_requests;
+      p.statWindow = b.window;
+      p.cooldown = b.cooldown;
+      p.halfOpenProbes = b.half_open_probes;
+      if (const char* invalid = p.validate()) fail(n, path + ": " + invalid), ok = false;
+      break;
+    }
   }
   // What the limiter itself refuses (a 1 ns interval, a bucket deeper than 100 years whose
   // arithmetic would overflow, a sub-millisecond window) is refused here, at the rule.
@@ -742,12 +961,19 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
 
 void Loader::resolveRouteLimits(Config& cfg) {
   for (auto& r : cfg.routes) {
+    size_t concurrency = 0;
     for (const auto& name : r.limit_names) {
       int idx = -1;
       for (size_t i = 0; i < cfg.limit_rules.size(); i++)
         if (cfg.limit_rules[i].id == name) idx = static_cast<int>(i);
-      if (idx >= 0) r.limits.push_back(idx);
+      if (idx < 0) continue;
+      r.limits.push_back(idx);
+      if (cfg.limit_rules[static_cast<size_t>(idx)].algorithm == LimitAlgorithm::kConcurrency) concurrency++;
     }
+    // admit() takes at most this many concurrency gates per request (limiter/admission.h).
+    if (concurrency > limiter::kMaxConcurrencyRules)
+      failNoPos("routes." + r.name + ".limits: at most " + std::to_string(limiter::kMaxConcurrencyRules) +
+                " concurrency rules per route");
   }
 }
 
@@ -841,24 +1067,10 @@ void Loader::loadAdmin(const Node& n, Config& cfg) {
   } else if (token) {
     readString(*token, m.child("token"), &a.token);
   } else if (token_file) {
-    if (readString(*token_file, m.child("token_file"), &a.token_file)) {
-      // Relative to the working directory, like every other path given to the binary.
-      FILE* f = fopen(a.token_file.c_str(), "rb");
-      if (!f) {
-        fail(*token_file, "admin.token_file: cannot read '" + a.token_file + "': " + strerror(errno));
-      } else {
-        std::string content;
-        char buf[4096];
-        size_t r;
-        while ((r = fread(buf, 1, sizeof(buf), f)) > 0) content.append(buf, r);
-        bool read_error = ferror(f);
-        fclose(f);
-        a.token = trimAll(content);
-        if (read_error)
-          fail(*token_file, "admin.token_file: cannot read '" + a.token_file + "'");
-        else if (a.token.empty())
-          fail(*token_file, "admin.token_file: '" + a.token_file + "' is empty");
-      }
+    if (readString(*token_file, m.child("token_file"), &a.token_file) &&
+        readFile(*token_file, "admin.token_file", a.token_file, &a.token)) {
+      a.token = trimAll(a.token);
+      if (a.token.empty()) fail(*token_file, "admin.token_file: '" + a.token_file + "' is empty");
     }
   }
   if (auto v = m.get("allow")) readCidrs(*v, m.child("allow"), &a.allow);

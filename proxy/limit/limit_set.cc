@@ -4,6 +4,7 @@
 
 #include "core/hash.h"
 #include "core/strings.h"
+#include "proxy/http/header_map.h"
 #include "proxy/router/router.h"
 #include "proxy/upstream/balance_key.h"
 
@@ -19,6 +20,7 @@ limiter::GcraParams gcraParams(const LimitRuleConfig& r) {
   p.delay = r.delay;
   p.nodelay = r.nodelay;
   p.countRejected = r.count_rejected;
+  p.resolution = r.nginx_resolution ? limiter::GcraResolution::kNginxMillis : limiter::GcraResolution::kNanos;
   return p;
 }
 
@@ -41,22 +43,21 @@ const LimitRuleRuntime* findPrevious(const LimitSet* previous, const LimitRuleCo
   return nullptr;
 }
 
-// The value of a "header:X" / "cookie:X" / "query:X" / "path:RE" source; false if absent.
-bool sourceValue(const LimitKeyPart& part, const LimitRequestView& req, std::string_view* out) {
-  const std::string& s = part.source;
-  if (s.rfind("header:", 0) == 0) return req.headers->get(std::string_view(s).substr(7), out) && !out->empty();
-  if (s.rfind("cookie:", 0) == 0) return findCookie(*req.headers, std::string_view(s).substr(7), out) && !out->empty();
-  std::string_view path, query;
-  splitTarget(req.target, &path, &query);
-  if (s.rfind("query:", 0) == 0) return findQueryArg(query, std::string_view(s).substr(6), out) && !out->empty();
-  if (part.path_regex) {
-    re2::StringPiece capture;
-    if (!RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *part.path_regex, &capture))
-      return false;
-    *out = std::string_view(capture.data(), capture.size());
-    return !out->empty();
-  }
-  return false;
+bool sameHotParams(const HotItemsConfig& a, const HotItemsConfig& b) {
+  return a.window == b.window && a.sub_windows == b.sub_windows && a.hot_rate == b.hot_rate &&
+         a.top_k == b.top_k;
+}
+
+// The raw token named by jwt.token: a cookie, or a header holding "Bearer <token>".
+bool jwtToken(const JwtConfig& cfg, const HeaderMap& headers, std::string_view* out) {
+  std::string_view src = cfg.token_source;
+  if (src.rfind("cookie:", 0) == 0) return findCookie(headers, src.substr(7), out) && !out->empty();
+  std::string_view v;
+  if (!headers.get(src.substr(7), &v)) return false;
+  v = trim(v);
+  if (v.size() > 7 && equalsIgnoreCase(v.substr(0, 7), "bearer ")) v = trim(v.substr(7));
+  *out = v;
+  return !v.empty();
 }
 
 }  // namespace
@@ -77,6 +78,23 @@ void normaliseUserAgent(std::string_view ua, std::string* out) {
 }
 
 LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
+  if (config.hot_items.enabled) {
+    hot_items_config_ = config.hot_items;
+    if (previous && previous->hot_items_ && sameHotParams(previous->hot_items_config_, config.hot_items)) {
+      hot_items_ = previous->hot_items_;  // the hot list survives a reload
+    } else {
+      limiter::HeavyHitterParams p;
+      p.window = config.hot_items.window;
+      p.subWindows = config.hot_items.sub_windows;
+      p.hotRate = config.hot_items.hot_rate;
+      p.topK = config.hot_items.top_k;
+      hot_items_ = std::make_shared<limiter::HeavyHitterSketch>(p);
+    }
+  }
+  if (config.jwt.verify() || !config.jwt.token_source.empty()) {
+    JwtKeys keys{config.jwt.hs256_secret, config.jwt.rs256_public_key_pem};
+    jwt_ = std::make_shared<JwtVerifier>(keys);
+  }
   for (const auto& rc : config.limit_rules) {
     auto rt = std::make_unique<LimitRuleRuntime>();
     rt->config = &rc;
@@ -86,14 +104,31 @@ LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
         auto params = gcraParams(rc);
         rt->gcra_table = limiter::GcraLimiter::reuseOrCreateTable(
             old ? old->gcra_table : nullptr, params, rc.memory);
-        rt->rate = std::make_shared<limiter::GcraLimiter>(params, rt->gcra_table);
+        rt->gcra = std::make_shared<limiter::GcraLimiter>(params, rt->gcra_table);
+        rt->rate = rt->gcra;
+        for (const auto& o : rc.items) {
+          auto ip = params;
+          ip.requests = o.requests;
+          ip.period = o.period;
+          ip.burst = o.burst;
+          // An item's own numbers on the rule's table: its keys already differ by item.
+          if (ip.validate() == nullptr)
+            rt->item_limits.push_back({hash64(o.item), std::make_shared<limiter::GcraLimiter>(ip, rt->gcra_table)});
+        }
         break;
       }
       case LimitAlgorithm::kSlidingWindow: {
         auto params = windowParams(rc);
         rt->window_table = limiter::SlidingWindowLimiter::reuseOrCreateTable(
             old ? old->window_table : nullptr, old ? old->config->window : 0, params, rc.memory);
-        rt->rate = std::make_shared<limiter::SlidingWindowLimiter>(params, rt->window_table);
+        rt->window = std::make_shared<limiter::SlidingWindowLimiter>(params, rt->window_table);
+        rt->rate = rt->window;
+        for (const auto& o : rc.items) {
+          auto ip = params;
+          ip.limit = o.limit;
+          if (ip.validate() == nullptr)
+            rt->item_limits.push_back({hash64(o.item), std::make_shared<limiter::SlidingWindowLimiter>(ip, rt->window_table)});
+        }
         break;
       }
       case LimitAlgorithm::kConcurrency:
@@ -106,13 +141,65 @@ LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
               std::make_shared<limiter::KeyedConcurrencyLimiter>(rc.max_active, rc.memory);
         }
         break;
+      case LimitAlgorithm::kCircuitBreaker: {
+        limiter::CircuitBreakerParams p;
+        p.strategy = rc.breaker.slow_calls ? limiter::BreakerStrategy::kSlowCallRatio
+                                           : limiter::BreakerStrategy::kErrorRatio;
+        p.threshold = rc.breaker.threshold;
+        p.slowCallThreshold = rc.breaker.slow_call;
+        p.minRequests = rc.breaker.min_requests;
+        p.statWindow = rc.breaker.window;
+        p.cooldown = rc.breaker.cooldown;
+        p.halfOpenProbes = rc.breaker.half_open_probes;
+        size_t n = rc.key[0].kind == LimitKeyKind::kUpstream ? config.upstreams.size() : config.routes.size();
+        for (size_t i = 0; i < n; i++) rt->breakers.push_back(std::make_unique<limiter::CircuitBreaker>(p));
+        break;
+      }
     }
     rules_.push_back(std::move(rt));
   }
 }
 
-bool LimitSet::keyFor(const LimitRuleConfig& rule, const LimitRequestView& req, uint64_t* key) {
+size_t LimitRuleRuntime::liveKeys(Nanos now) const {
+  if (gcra) return gcra->activeKeys(now);
+  if (window) return window->activeKeys(now);
+  if (concurrency) return concurrency->keysInFlight();
+  return 0;
+}
+
+bool LimitSet::sourceValue(const LimitKeyPart& part, const LimitRequestView& req, std::string_view* out) {
+  const std::string& s = part.source;
+  if (s.rfind("header:", 0) == 0) return req.headers->get(std::string_view(s).substr(7), out) && !out->empty();
+  if (s.rfind("cookie:", 0) == 0) return findCookie(*req.headers, std::string_view(s).substr(7), out) && !out->empty();
+  if (s.rfind("jwt:", 0) == 0) {
+    if (!req.jwt || !req.jwt_config) return false;
+    if (req.jwt_state == 0) {
+      std::string_view token;
+      bool ok = jwtToken(*req.jwt_config, *req.headers, &token) &&
+                req.jwt->decode(token, req.now_unix, req.jwt_config->leeway / kSeconds, &req.jwt_claims);
+      req.jwt_state = ok ? 1 : -1;
+    }
+    if (req.jwt_state < 0 || !jwtClaim(req.jwt_claims, std::string_view(s).substr(4), &req.scratch)) return false;
+    *out = req.scratch;
+    return !out->empty();
+  }
+  std::string_view path, query;
+  splitTarget(req.target, &path, &query);
+  if (s.rfind("query:", 0) == 0) return findQueryArg(query, std::string_view(s).substr(6), out) && !out->empty();
+  if (part.path_regex) {
+    re2::StringPiece capture;
+    if (!RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *part.path_regex, &capture))
+      return false;
+    *out = std::string_view(capture.data(), capture.size());
+    return !out->empty();
+  }
+  return false;
+}
+
+bool LimitSet::keyFor(const LimitRuleConfig& rule, const LimitRequestView& req, uint64_t* key,
+                      uint64_t* item_hash) {
   uint64_t h = 0x5b1ce;
+  if (item_hash) *item_hash = 0;
   for (const auto& part : rule.key) {
     switch (part.kind) {
       case LimitKeyKind::kIp: {
@@ -140,11 +227,16 @@ bool LimitSet::keyFor(const LimitRuleConfig& rule, const LimitRequestView& req, 
       case LimitKeyKind::kGlobal:
         h = hash64("*", h);
         break;
+      case LimitKeyKind::kUpstream:
+        h = hash64(req.upstream, h);
+        break;
       default: {
         std::string_view v;
         if (!sourceValue(part, req, &v)) {
           if (rule.skip_missing) return false;
           v = rule.fallback_key;
+        } else if (item_hash && part.kind == LimitKeyKind::kItem) {
+          *item_hash = hash64(v);
         }
         // Oversized values are hashed like any other: nothing of the key is stored.
         h = hash64(v, h);

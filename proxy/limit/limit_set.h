@@ -10,9 +10,12 @@
 #include <vector>
 
 #include "core/ip.h"
+#include "core/jwt.h"
 #include "limiter/admission.h"
+#include "limiter/circuit_breaker.h"
 #include "limiter/concurrency.h"
 #include "limiter/gcra.h"
+#include "limiter/heavy_hitters.h"
 #include "limiter/sliding_window.h"
 #include "proxy/config/config.h"
 #include "proxy/http/header_map.h"
@@ -21,17 +24,33 @@ namespace sluice {
 
 struct LimitRuleRuntime {
   const LimitRuleConfig* config = nullptr;
-  std::shared_ptr<limiter::RateLimiter> rate;  // leaky bucket or sliding window
+  std::shared_ptr<limiter::RateLimiter> rate;  // leaky bucket or sliding window: one of
+  std::shared_ptr<limiter::GcraLimiter> gcra;  //   these two, by algorithm
+  std::shared_ptr<limiter::SlidingWindowLimiter> window;
   limiter::GcraTablePtr gcra_table;
   limiter::SlidingWindowTablePtr window_table;
   std::shared_ptr<limiter::KeyedConcurrencyLimiter> concurrency;
-  // Decision counters, for the admin API and metrics.
-  std::atomic<uint64_t> allowed{0};
-  std::atomic<uint64_t> rejected{0};
-  std::atomic<uint64_t> delayed{0};
-  std::atomic<uint64_t> degraded{0};
-  std::atomic<uint64_t> shadow_rejected{0};
-  std::atomic<uint64_t> skipped{0};  // requests without the key's value
+  // Items with their own limit (`items:`), by hash64 of the item id; same table as `rate`.
+  struct ItemLimit {
+    uint64_t item_hash;
+    std::shared_ptr<limiter::RateLimiter> rate;
+  };
+  std::vector<ItemLimit> item_limits;
+  // circuit_breaker rules: one breaker per route (key route, indexed like config.routes) or per
+  // upstream pool (key upstream, indexed like config.upstreams).
+  std::vector<std::unique_ptr<limiter::CircuitBreaker>> breakers;
+
+  // The limiter for a request whose item hashes to `item_hash` (the rule's own, or the item's).
+  limiter::RateLimiter* rateFor(uint64_t item_hash) const {
+    for (const auto& il : item_limits)
+      if (il.item_hash == item_hash) return il.rate.get();
+    return rate.get();
+  }
+  // Keys holding state right now (non-idle buckets and windows, keys with requests in flight).
+  // Scans the table: for scrapes and the admin API, not the data path.
+  size_t liveKeys(Nanos now) const;
+  // Decision counters are metrics series (ProxyMetrics, sluice_limit_decisions_total), bound per
+  // worker and keyed by rule id, so they survive reloads and cost no shared cache line.
 };
 
 // What the request offers to key functions: all read-only views valid during the limit phase.
@@ -40,6 +59,14 @@ struct LimitRequestView {
   std::string_view route;
   std::string_view target;  // request-target (path + query)
   const HeaderMap* headers = nullptr;
+  std::string_view upstream;  // the route's upstream pool name ("" for direct routes)
+  // jwt:CLAIM sources: the verifier and its config; the token is decoded at most once per request.
+  const JwtVerifier* jwt = nullptr;
+  const JwtConfig* jwt_config = nullptr;
+  int64_t now_unix = 0;
+  mutable int jwt_state = 0;  // 0 not tried, 1 decoded, -1 absent or invalid
+  mutable std::string jwt_claims;
+  mutable std::string scratch;  // a claim's value while it is hashed
 };
 
 class LimitSet {
@@ -50,11 +77,23 @@ class LimitSet {
   const LimitRuleRuntime& rule(size_t i) const { return *rules_[i]; }
 
   // The key hash of `rule` for this request; false when the request lacks the key's value and
-  // the rule skips such requests.
-  static bool keyFor(const LimitRuleConfig& rule, const LimitRequestView& req, uint64_t* key);
+  // the rule skips such requests. `item_hash` (optional) gets hash64 of the item part's value
+  // (0 when the key has no item part or the item was missing).
+  static bool keyFor(const LimitRuleConfig& rule, const LimitRequestView& req, uint64_t* key,
+                     uint64_t* item_hash = nullptr);
+  // The value of a source ("header:X", "cookie:X", "query:X", "path:RE", "jwt:CLAIM"); false
+  // if the request has none (or it is empty).
+  static bool sourceValue(const LimitKeyPart& part, const LimitRequestView& req, std::string_view* out);
+
+  // Hot-item detection (limits.hot_items), or null. Carried over reloads while its numbers stay.
+  limiter::HeavyHitterSketch* hotItems() const { return hot_items_.get(); }
+  const JwtVerifier* jwt() const { return jwt_.get(); }
 
  private:
   std::vector<std::unique_ptr<LimitRuleRuntime>> rules_;
+  std::shared_ptr<limiter::HeavyHitterSketch> hot_items_;
+  HotItemsConfig hot_items_config_;
+  JwtVerifierPtr jwt_;
 };
 
 // "Mozilla/5.0 (X11) Chrome/120.0.6099.71" -> "mozilla/#.# (x##) chrome/#.#.#.#": one bucket per

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/clock.h"
+#include "core/hash.h"
 #include "core/log.h"
 #include "core/random.h"
 #include "core/strings.h"
@@ -336,6 +337,7 @@ int ClientConnection::onHeadersComplete() {
 
   int ui = ex_->gen->gen->route_upstream[ex_->route];
   if (ui >= 0) ex_->pool = ex_->gen->pools[ui].get();
+  recordHotItem();
   int limited = route.limits.empty() ? 0 : limitPhase(route);
   if (closing_) return -1;
   if (limited == 1) return 0;  // answered; the rest of the body is read and dropped
@@ -371,29 +373,144 @@ int ClientConnection::onHeadersComplete() {
   return closing_ ? -1 : 0;
 }
 
+namespace {
+
+// Retry-After in whole seconds, rounded up, at least 1.
+std::string retryAfterSeconds(Nanos ra) {
+  return std::to_string(std::max<int64_t>(1, (ra + kSeconds - 1) / kSeconds));
+}
+
+}  // namespace
+
+LocalResponse ClientConnection::limitResponse(const LimitRuleConfig& rc, Nanos retry_after,
+                                              const limiter::RateDecision* d) {
+  LocalResponse r;
+  r.status = rc.status;
+  r.content_type = rc.content_type;
+  switch (rc.action) {
+    case LimitAction::kDegrade:
+      r.body = rc.body;
+      return r;
+    case LimitAction::kRedirect:
+      r.headers.emplace_back("Location", rc.location);
+      r.body = rc.body;
+      return r;
+    default:
+      break;
+  }
+  if (!rc.body.empty()) {
+    r.body = rc.body;
+  } else {
+    r.body = "{\"error\":\"too many requests\",\"rule\":\"" + rc.id + "\",\"request_id\":\"" +
+             ex_->request_id + "\"}\n";
+  }
+  r.headers.emplace_back("Retry-After", retryAfterSeconds(retry_after));
+  if (d && rc.rate_limit_headers != RateLimitHeaders::kOff) {
+    // The window of q=limit: a sliding window's own; for a leaky bucket the time its
+    // burst + 1 requests take to refill, so q/w is its rate (1r/m burst 2: q=3;w=180).
+    double w = rc.algorithm == LimitAlgorithm::kSlidingWindow
+                   ? static_cast<double>(rc.window)
+                   : static_cast<double>(rc.period) / static_cast<double>(rc.requests) *
+                         static_cast<double>(d->limit);
+    int64_t window = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(w / static_cast<double>(kSeconds) - 1e-9)));
+    int64_t remaining = std::max<int64_t>(0, d->remaining);
+    int64_t reset = (d->reset + kSeconds - 1) / kSeconds;
+    if (rc.rate_limit_headers == RateLimitHeaders::kDraft) {
+      r.headers.emplace_back("RateLimit-Policy", "\"" + rc.id + "\";q=" + std::to_string(d->limit) +
+                                                     ";w=" + std::to_string(window));
+      r.headers.emplace_back("RateLimit", "\"" + rc.id + "\";r=" + std::to_string(remaining) +
+                                              ";t=" + std::to_string(reset));
+    } else {
+      r.headers.emplace_back("RateLimit-Limit", std::to_string(d->limit));
+      r.headers.emplace_back("RateLimit-Remaining", std::to_string(remaining));
+      r.headers.emplace_back("RateLimit-Reset", std::to_string(reset));
+    }
+  }
+  return r;
+}
+
+void ClientConnection::noteDecision(const LimitRuleConfig& rc, const char* action) {
+  if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+  ex_->decisions.append("\"limit\":{\"rule\":\"" + rc.id + "\",\"action\":\"" + action + "\"}");
+}
+
 int ClientConnection::limitPhase(const RouteConfig& route) {
   ex_->phase = Phase::kLimit;
   auto& limits = *ex_->gen->gen->limits;
+  const auto& cfg = *ex_->gen->gen->config;
   const auto& h = parser_.head();
+  Nanos now = SteadyClock::monotonicNanos();
   limiter::RateRuleCheck rate[limiter::kMaxRateRules];
   int rate_rule[limiter::kMaxRateRules];
   size_t nr = 0;
   limiter::ConcurrencyRuleCheck conc[limiter::kMaxConcurrencyRules];
   int conc_rule[limiter::kMaxConcurrencyRules];
   size_t nc = 0;
-  LimitRequestView view{&ex_->client_ip, route.name, h.target, &h.headers};
+  int ui = ex_->gen->gen->route_upstream[ex_->route];
+  LimitRequestView view{&ex_->client_ip, route.name, h.target, &h.headers,
+                        ui >= 0 ? std::string_view(cfg.upstreams[ui].name) : std::string_view()};
+  view.jwt = limits.jwt();
+  view.jwt_config = &cfg.jwt;
+  view.now_unix = ex_->start_wall_us / 1000000;
+  // Decision counters: this worker's cells, or a sink when metrics are off (unit tests).
+  static const LimitRuleMetrics kNoMetrics{};
+  const WorkerMetrics* wm = ex_->gen->metrics;
+  auto counters = [&](int idx) -> const LimitRuleMetrics& {
+    return wm ? wm->limits[static_cast<size_t>(idx)] : kNoMetrics;
+  };
+  auto count = [](const CounterShard& c) {
+    if (c.bound()) c.inc();
+  };
+  std::string shadow;  // ids of shadow rules that would have refused
+  auto noteShadow = [&](int idx) {
+    count(counters(idx).shadow_rejected);
+    if (!shadow.empty()) shadow.push_back(',');
+    shadow.append("\"" + limits.rule(static_cast<size_t>(idx)).config->id + "\"");
+  };
+  auto flushShadow = [&] {
+    if (shadow.empty()) return;
+    if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+    ex_->decisions.append("\"limit_shadow\":[" + shadow + "]");
+  };
+
   for (int idx : route.limits) {
     auto& rt = limits.rule(static_cast<size_t>(idx));
     const auto& rc = *rt.config;
-    uint64_t key;
-    if (!LimitSet::keyFor(rc, view, &key)) {
-      rt.skipped.fetch_add(1, std::memory_order_relaxed);
+    if (rc.algorithm == LimitAlgorithm::kCircuitBreaker) {
+      // Breakers first: an open breaker answers before any bucket is charged.
+      int bi = rc.key[0].kind == LimitKeyKind::kUpstream ? ui : ex_->route;
+      if (bi < 0 || static_cast<size_t>(bi) >= rt.breakers.size()) continue;
+      limiter::BreakerPermit permit = rt.breakers[static_cast<size_t>(bi)]->tryPass(now);
+      if (permit.admitted()) {
+        if (ex_->breaker_count < Exchange::kMaxBreakers) ex_->breakers[ex_->breaker_count++] = std::move(permit);
+        count(counters(idx).allowed);
+        continue;
+      }
+      if (rc.action == LimitAction::kShadow) {
+        noteShadow(idx);
+        continue;
+      }
+      bool degrade = rc.action == LimitAction::kDegrade;
+      count(degrade ? counters(idx).degraded : counters(idx).rejected);
+      flushShadow();
+      noteDecision(rc, degrade ? "degrade" : rc.action == LimitAction::kRedirect ? "redirect" : "reject");
+      releaseBreakers();
+      respondLocal(limitResponse(rc, rc.breaker.cooldown, nullptr), false);
+      return 1;
+    }
+    uint64_t key, item_hash;
+    if (!LimitSet::keyFor(rc, view, &key, &item_hash)) {
+      count(counters(idx).skipped);
       continue;
     }
+    // A hot-only rule governs an item only while the sketch marks it hot.
+    if (rc.only_hot && (!limits.hotItems() || item_hash == 0 || !limits.hotItems()->isHot(item_hash)))
+      continue;
     auto mode = rc.action == LimitAction::kShadow ? limiter::RuleMode::kShadow : limiter::RuleMode::kEnforce;
     if (rt.rate && nr < limiter::kMaxRateRules) {
       // Past max_delay a delay is a rejection by that rule, uncharged like any other.
-      rate[nr] = limiter::RateRuleCheck{rt.rate.get(), key, 1, mode, rc.max_delay};
+      limiter::RateLimiter* rl = rt.item_limits.empty() ? rt.rate.get() : rt.rateFor(item_hash);
+      rate[nr] = limiter::RateRuleCheck{rl, key, 1, mode, rc.max_delay};
       rate_rule[nr++] = idx;
     } else if (rt.concurrency && nc < limiter::kMaxConcurrencyRules) {
       conc[nc] = limiter::ConcurrencyRuleCheck{rt.concurrency.get(), key, mode};
@@ -401,78 +518,38 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
     }
   }
   limiter::RateDecision decisions[limiter::kMaxRateRules];
-  Nanos now = SteadyClock::monotonicNanos();
   ex_->admission = limiter::admit(std::span<const limiter::RateRuleCheck>(rate, nr),
                                   std::span<const limiter::ConcurrencyRuleCheck>(conc, nc), now,
                                   std::span<limiter::RateDecision>(decisions, nr));
   auto& adm = ex_->admission;
 
   if (adm.shadowRejects) {
-    ex_->decisions.append("\"limit_shadow\":[");
-    bool first = true;
-    auto note = [&](int idx) {
-      auto& rt = limits.rule(static_cast<size_t>(idx));
-      rt.shadow_rejected.fetch_add(1, std::memory_order_relaxed);
-      if (!first) ex_->decisions.push_back(',');
-      first = false;
-      ex_->decisions.append("\"" + rt.config->id + "\"");
-    };
     for (size_t i = 0; i < nr; i++)
-      if (adm.shadowRejects & (1u << i)) note(rate_rule[i]);
+      if (adm.shadowRejects & (1u << i)) noteShadow(rate_rule[i]);
     for (size_t j = 0; j < nc; j++)
-      if (adm.shadowRejects & (1u << (16 + j))) note(conc_rule[j]);
-    ex_->decisions.push_back(']');
+      if (adm.shadowRejects & (1u << (16 + j))) noteShadow(conc_rule[j]);
   }
+  flushShadow();
 
   if (adm.rejected()) {
     bool by_rate = adm.rejectedBy == limiter::RuleKind::kRate;
     int idx = by_rate ? rate_rule[adm.rejectedIndex] : conc_rule[adm.rejectedIndex];
-    auto& rt = limits.rule(static_cast<size_t>(idx));
-    const auto& rc = *rt.config;
+    const auto& rc = *limits.rule(static_cast<size_t>(idx)).config;
     bool degrade = rc.action == LimitAction::kDegrade;
-    (degrade ? rt.degraded : rt.rejected).fetch_add(1, std::memory_order_relaxed);
-    if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
-    ex_->decisions.append("\"limit\":{\"rule\":\"" + rc.id + "\",\"action\":\"" +
-                          (degrade ? "degrade" : "reject") + "\"}");
-    LocalResponse r;
-    r.status = rc.status;
-    r.content_type = rc.content_type;
-    if (!rc.body.empty() || degrade) {
-      r.body = rc.body;
-    } else {
-      r.body = "{\"error\":\"too many requests\",\"rule\":\"" + rc.id + "\",\"request_id\":\"" +
-               ex_->request_id + "\"}\n";
-    }
-    if (!degrade) {
-      Nanos ra = by_rate ? adm.retryAfter : kSeconds;
-      int64_t secs = std::max<int64_t>(1, (ra + kSeconds - 1) / kSeconds);
-      r.headers.emplace_back("Retry-After", std::to_string(secs));
-      if (by_rate && rc.rate_limit_headers) {
-        const auto& d = decisions[adm.rejectedIndex];
-        // The window of q=limit: a sliding window's own; for a leaky bucket the time its
-        // burst + 1 requests take to refill, so q/w is its rate (1r/m burst 2: q=3;w=180).
-        double w = rc.algorithm == LimitAlgorithm::kSlidingWindow
-                       ? static_cast<double>(rc.window)
-                       : static_cast<double>(rc.period) / static_cast<double>(rc.requests) *
-                             static_cast<double>(d.limit);
-        auto window = static_cast<int64_t>(std::ceil(w / static_cast<double>(kSeconds) - 1e-9));
-        r.headers.emplace_back("RateLimit-Policy", "\"" + rc.id + "\";q=" + std::to_string(d.limit) +
-                                                       ";w=" + std::to_string(std::max<int64_t>(1, window)));
-        r.headers.emplace_back("RateLimit", "\"" + rc.id + "\";r=" + std::to_string(std::max<int64_t>(0, d.remaining)) +
-                                                ";t=" + std::to_string((d.reset + kSeconds - 1) / kSeconds));
-      }
-    }
+    count(degrade ? counters(idx).degraded : counters(idx).rejected);
+    noteDecision(rc, degrade ? "degrade" : rc.action == LimitAction::kRedirect ? "redirect" : "reject");
+    Nanos ra = by_rate ? adm.retryAfter : kSeconds;
+    LocalResponse r = limitResponse(rc, ra, by_rate ? &decisions[adm.rejectedIndex] : nullptr);
     adm = limiter::Admission();  // a rejected request holds no slots
+    releaseBreakers();
     respondLocal(r, false);
     return 1;
   }
 
   for (size_t i = 0; i < nr; i++)
-    if (!(adm.shadowRejects & (1u << i)))
-      limits.rule(static_cast<size_t>(rate_rule[i])).allowed.fetch_add(1, std::memory_order_relaxed);
+    if (!(adm.shadowRejects & (1u << i))) count(counters(rate_rule[i]).allowed);
   for (size_t j = 0; j < nc; j++)
-    if (!(adm.shadowRejects & (1u << (16 + j))))
-      limits.rule(static_cast<size_t>(conc_rule[j])).allowed.fetch_add(1, std::memory_order_relaxed);
+    if (!(adm.shadowRejects & (1u << (16 + j)))) count(counters(conc_rule[j]).allowed);
 
   if (adm.verdict == limiter::Verdict::kDelay && adm.delay > 0) {
     // The longest delay came from some enforcing rule (each within its max_delay: admit()
@@ -483,14 +560,52 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
           decisions[i].verdict == limiter::Verdict::kDelay &&
           (worst < 0 || decisions[i].delay > decisions[worst].delay))
         worst = static_cast<int>(i);
-    auto& rt = limits.rule(static_cast<size_t>(rate_rule[worst < 0 ? 0 : worst]));
-    rt.delayed.fetch_add(1, std::memory_order_relaxed);
+    int delayed_idx = rate_rule[worst < 0 ? 0 : worst];
+    auto& rt = limits.rule(static_cast<size_t>(delayed_idx));
+    count(counters(delayed_idx).delayed);
     if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
     ex_->decisions.append("\"limit\":{\"rule\":\"" + rt.config->id + "\",\"action\":\"delay\",\"delay_ms\":" +
                           std::to_string(adm.delay / kMillis) + "}");
     return 2;
   }
   return 0;
+}
+
+void ClientConnection::recordHotItem() {
+  const auto& cfg = *ex_->gen->gen->config;
+  limiter::HeavyHitterSketch* sketch = ex_->gen->gen->limits->hotItems();
+  if (!sketch) return;
+  const auto& h = parser_.head();
+  LimitRequestView view{&ex_->client_ip, cfg.routes[ex_->route].name, h.target, &h.headers};
+  std::string_view item;
+  if (!LimitSet::sourceValue(cfg.hot_items.source, view, &item)) return;
+  // Item ids are short; a hostile 8 KB one is truncated inside the sketch's candidate list.
+  ex_->item_hash = hash64(item);
+  ex_->item_hot = sketch->record(item, ex_->item_hash, SteadyClock::monotonicNanos());
+}
+
+void ClientConnection::releaseBreakers() {
+  for (int i = 0; i < ex_->breaker_count; i++) ex_->breakers[i] = limiter::BreakerPermit();
+  ex_->breaker_count = 0;
+}
+
+void ClientConnection::reportBreakers(Nanos latency) {
+  if (ex_->breaker_count == 0) return;
+  // A client that went away (499) tells nothing about the upstream: the permits are dropped
+  // without an outcome. 5xx answers and upstream errors are failures.
+  if (ex_->status == 499 || ex_->status == 0) {
+    releaseBreakers();
+    return;
+  }
+  bool failed = ex_->status >= 500 || (!ex_->error.ok() && ex_->error.source == ErrorSource::kUpstream);
+  Nanos now = SteadyClock::monotonicNanos();
+  for (int i = 0; i < ex_->breaker_count; i++) {
+    if (failed)
+      ex_->breakers[i].fail(latency, now);
+    else
+      ex_->breakers[i].succeed(latency, now);
+  }
+  releaseBreakers();
 }
 
 int ClientConnection::identify() {
@@ -1071,6 +1186,7 @@ void ClientConnection::logExchange() {
   Nanos end_ns = ex_->upstream_ns >= 0 ? ex_->upstream_start_ns + ex_->upstream_ns
                                        : SteadyClock::monotonicNanos();
   Nanos total_ns = end_ns - ex_->start_ns;
+  reportBreakers(ex_->upstream_ns >= 0 ? ex_->upstream_ns : total_ns);
   if (const WorkerMetrics* m = ex_->gen->metrics; m && !admin_) {
     // Handles bound for this exchange's generation: a few relaxed stores into this worker's
     // own cells, no lookup.

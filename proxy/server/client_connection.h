@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/ip.h"
 #include "limiter/admission.h"
+#include "limiter/circuit_breaker.h"
 #include "proxy/http/http_parser.h"
 #include "proxy/server/generation.h"
 #include "proxy/server/lazy_timer.h"
@@ -76,6 +77,12 @@ struct Exchange {
   // Limit phase: the admission holds concurrency slots until the exchange ends (declared after
   // `gen`, so it is destroyed first: the limiters it points into outlive it).
   limiter::Admission admission;
+  // Circuit breakers the request passed: their outcome is reported when it is logged.
+  static constexpr int kMaxBreakers = 4;
+  limiter::BreakerPermit breakers[kMaxBreakers];
+  int breaker_count = 0;
+  uint64_t item_hash = 0;  // hash64 of the hot-item source's value (0: none)
+  bool item_hot = false;   // the sketch marked it hot when this request was recorded
   bool delayed = false;
   std::string decisions;  // JSON members for the access log ("limit":{...})
 
@@ -83,6 +90,7 @@ struct Exchange {
   // serves request after request without allocating.
   void recycle() {
     admission = limiter::Admission();  // slots back before `gen` (and its limiters) may go
+    for (auto& b : breakers) b = limiter::BreakerPermit();
     std::string* keep[] = {&request_id, &traceparent, &client_ip_str, &body_buffer, &retained_body,
                            &upstream_addr, &decisions};
     std::string saved[7];
@@ -133,6 +141,11 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   int identify();
   // 0: go on; 1: answered locally (rejected/degraded); 2: delayed (a timer resumes it).
   int limitPhase(const RouteConfig& route);
+  LocalResponse limitResponse(const LimitRuleConfig& rc, Nanos retry_after, const limiter::RateDecision* d);
+  void noteDecision(const LimitRuleConfig& rc, const char* action);
+  void recordHotItem();
+  void releaseBreakers();
+  void reportBreakers(Nanos latency);
   void startContent();
   void connectUpstream();
   void sendRequestHead();

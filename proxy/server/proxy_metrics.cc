@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "core/clock.h"
+#include "proxy/limit/limit_set.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
 
@@ -14,6 +15,8 @@ namespace sluice {
 
 const char* const kStatusClasses[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
 const char* const kNoRouteLabel = "(none)";
+const char* const kLimitActions[6] = {"allowed",  "rejected",        "delayed",
+                                      "degraded", "shadow_rejected", "skipped"};
 
 ProxyMetrics::ProxyMetrics(size_t data_workers, Server* server)
     : registry_(data_workers + 1),
@@ -42,6 +45,11 @@ ProxyMetrics::ProxyMetrics(size_t data_workers, Server* server)
       pool_idle_(registry_.gauge("sluice_upstream_pool_idle_connections",
                                  "Idle keep-alive connections to an upstream, summed over workers.",
                                  {"upstream"})),
+      limit_decisions_(registry_.counter(
+          "sluice_limit_decisions_total",
+          "Limit decisions by rule and action: allowed, rejected, delayed, degraded, "
+          "shadow_rejected (a shadow rule would have refused), skipped (no key value).",
+          {"rule", "action"})),
       accepted_(registry_
                     .counter("sluice_client_connections_accepted_total",
                              "Client connections accepted on the proxy listeners.")
@@ -73,6 +81,7 @@ std::vector<WorkerMetrics> ProxyMetrics::bind(const Config& cfg) {
   for (auto& w : out) {
     w.routes.resize(cfg.routes.size());
     w.upstreams.resize(cfg.upstreams.size());
+    w.limits.resize(cfg.limit_rules.size());
   }
   bindRoute(kNoRouteLabel, SIZE_MAX);
   for (size_t i = 0; i < cfg.routes.size(); i++) bindRoute(cfg.routes[i].name, i);
@@ -87,7 +96,21 @@ std::vector<WorkerMetrics> ProxyMetrics::bind(const Config& cfg) {
       out[s].upstreams[i].idle_connections = idle.shard(s);
     }
   }
+  for (size_t i = 0; i < cfg.limit_rules.size(); i++) {
+    Counter c[6];
+    for (int a = 0; a < 6; a++) c[a] = limit_decisions_.with({cfg.limit_rules[i].id, kLimitActions[a]});
+    for (size_t s = 0; s < shards; s++) {
+      auto& m = out[s].limits[i];
+      CounterShard* cells[6] = {&m.allowed,  &m.rejected,        &m.delayed,
+                                &m.degraded, &m.shadow_rejected, &m.skipped};
+      for (int a = 0; a < 6; a++) *cells[a] = c[a].shard(s);
+    }
+  }
   return out;
+}
+
+uint64_t ProxyMetrics::limitDecisions(const std::string& rule, const char* action) {
+  return limit_decisions_.with({rule, action}).value();
 }
 
 namespace {
@@ -146,6 +169,18 @@ void ProxyMetrics::addServerFamilies(Server* server) {
                      MetricType::kGauge, {}, [](MetricSampleSink& s) { s.add(residentBytes()); });
   registry_.callback("process_open_fds", "Open file descriptors of the process.",
                      MetricType::kGauge, {}, [](MetricSampleSink& s) { s.add(openFds()); });
+
+  registry_.callback("sluice_limit_live_keys",
+                     "Keys holding limiter state (non-idle buckets and windows, keys with requests "
+                     "in flight), by rule; computed by scanning the rule's table at scrape time.",
+                     MetricType::kGauge, {"rule"}, [server](MetricSampleSink& s) {
+                       auto gen = server->generation();
+                       Nanos now = SteadyClock::monotonicNanos();
+                       for (size_t i = 0; i < gen->limits->size(); i++) {
+                         const auto& rt = gen->limits->rule(i);
+                         s.add({rt.config->id}, static_cast<double>(rt.liveKeys(now)));
+                       }
+                     });
 
   // Per upstream server, from the current generation's process-wide server state.
   using Read = double (*)(const ServerState&, Nanos);

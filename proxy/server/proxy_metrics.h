@@ -45,11 +45,25 @@ struct UpstreamMetrics {
   GaugeShard idle_connections;
 };
 
+// Decisions of one limit rule (sluice_limit_decisions_total{rule,action}).
+struct LimitRuleMetrics {
+  CounterShard allowed;
+  CounterShard rejected;
+  CounterShard delayed;
+  CounterShard degraded;
+  CounterShard shadow_rejected;
+  CounterShard skipped;  // requests without the key's value
+};
+
+// The action label values of sluice_limit_decisions_total, in LimitRuleMetrics order.
+extern const char* const kLimitActions[6];
+
 // What one worker records for one generation, bound to that worker's shard.
 struct WorkerMetrics {
   std::vector<RouteMetrics> routes;        // same order as config->routes
   RouteMetrics unmatched;                  // route="(none)"
   std::vector<UpstreamMetrics> upstreams;  // same order as config->upstreams
+  std::vector<LimitRuleMetrics> limits;    // same order as config->limit_rules
 };
 
 class ProxyMetrics {
@@ -68,6 +82,8 @@ class ProxyMetrics {
   GaugeShard connectionsOpen(size_t shard) const { return open_.shard(shard); }
 
   std::string render() const { return registry_.render(); }
+  // Sum over workers of one rule's decisions, `action` one of kLimitActions (admin API).
+  uint64_t limitDecisions(const std::string& rule, const char* action);
 
  private:
   void addServerFamilies(Server* server);
@@ -80,6 +96,7 @@ class ProxyMetrics {
   HistogramFamily upstream_duration_;
   CounterFamily retries_;
   GaugeFamily pool_idle_;
+  CounterFamily limit_decisions_;
   Counter accepted_;
   Gauge open_;
 };

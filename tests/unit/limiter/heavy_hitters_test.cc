@@ -111,3 +111,29 @@ TEST_CASE("heavy hitters: memory is fixed by the parameters", "[limiter][heavy_h
 
 }  // namespace
 }  // namespace sluice::limiter
+
+namespace sluice::limiter {
+namespace {
+
+// The e2e hot-item test found a cold item marked hot: 4 requests in the first 50 ms after start
+// were estimated over a quarter sub-window (0.125 s) as 32 r/s. A rate is now never estimated
+// over less than one sub-window.
+TEST_CASE("heavy hitters: a few requests just after start do not make an item hot (regression)",
+          "[limiter][heavy_hitters]") {
+  HeavyHitterParams p;
+  p.window = 2 * kSeconds;
+  p.subWindows = 4;  // 500 ms sub-windows
+  p.hotRate = 20;
+  REQUIRE(p.validate() == nullptr);
+  HeavyHitterSketch sketch(p);
+  Nanos now = 1000 * kSeconds;
+  for (int i = 0; i < 4; i++) sketch.record("8", now + i * 10 * kMillis);
+  CHECK_FALSE(sketch.isHot(hash64("8")));
+  // A real burst still turns hot at once: 100 requests in 100 ms is 200 r/s over one sub-window.
+  for (int i = 0; i < 100; i++) sketch.record("7", now + 50 * kMillis + i * kMillis);
+  CHECK(sketch.isHot(hash64("7")));
+  CHECK_FALSE(sketch.isHot(hash64("8")));
+}
+
+}  // namespace
+}  // namespace sluice::limiter

@@ -119,7 +119,10 @@ TEST_CASE("limits: the documented example loads with every field", "[config][lim
   CHECK(ip.skip_missing);
   CHECK(ip.fallback_key.empty());
   CHECK(ip.ipv6_prefix == 64);
-  CHECK(ip.rate_limit_headers);
+  CHECK(ip.rate_limit_headers == RateLimitHeaders::kDraft);
+  CHECK_FALSE(ip.nginx_resolution);
+  CHECK(ip.items.empty());
+  CHECK_FALSE(ip.only_hot);
 
   const auto& mi = ruleNamed(*c, "member-item");
   CHECK(mi.algorithm == LimitAlgorithm::kSlidingWindow);
@@ -174,7 +177,7 @@ TEST_CASE("limits: the documented example loads with every field", "[config][lim
   CHECK_FALSE(cu.skip_missing);
   CHECK(cu.fallback_key == "anon");
   CHECK(cu.ipv6_prefix == 48);
-  CHECK_FALSE(cu.rate_limit_headers);
+  CHECK(cu.rate_limit_headers == RateLimitHeaders::kOff);
   CHECK(cu.status == 503);
   CHECK(cu.body == "{\"busy\":true}");
   CHECK(cu.content_type == "application/problem+json");
@@ -238,8 +241,8 @@ TEST_CASE("limits: an unknown key kind is an error at the part, with a suggestio
 )"));
   CHECK(e.format() ==
         "test.yaml:8:12: limits.rules[0].key[0]: unknown key kind 'usr_agent' (did you mean "
-        "'user_agent'?) (ip, user_agent, member, device, item, route, global, header:NAME, "
-        "cookie:NAME, query:NAME)");
+        "'user_agent'?) (ip, user_agent, member, device, item, route, upstream, global, header:NAME, "
+        "cookie:NAME, query:NAME, jwt:CLAIM)");
 
   // In a composite key: the position of the part; nothing close, no suggestion.
   ConfigError far = loadError(withRules(R"(    - id: mi
@@ -250,14 +253,14 @@ TEST_CASE("limits: an unknown key kind is an error at the part, with a suggestio
   CHECK(far.col == 21);
   CHECK(far.message ==
         "limits.rules[0].key[1]: unknown key kind 'sku' (ip, user_agent, member, device, item, "
-        "route, global, header:NAME, cookie:NAME, query:NAME)");
+        "route, upstream, global, header:NAME, cookie:NAME, query:NAME, jwt:CLAIM)");
 }
 
 TEST_CASE("limits: key sources are validated", "[config][limits]") {
   ConfigError src = loadError(withRules("    - {id: m, key: \"member=body:x\", rate: 1r/s}\n"));
   CHECK(src.format() ==
         "test.yaml:7:20: limits.rules[0].key[0]: source 'body:x' must be header:NAME, "
-        "cookie:NAME, query:NAME or path:REGEX");
+        "cookie:NAME, query:NAME, path:REGEX or jwt:CLAIM");
   ConfigError empty_name = loadError(withRules("    - {id: m, key: \"header:\", rate: 1r/s}\n"));
   CHECK_THAT(empty_name.message, Catch::Contains("source 'header:' must be header:NAME"));
   ConfigError no_source = loadError(withRules("    - {id: m, key: \"ip=header:X\", rate: 1r/s}\n"));
@@ -465,6 +468,113 @@ TEST_CASE("limits: at most 16 rules per route", "[config][limits]") {
   ConfigError e = loadError(withRules(rules, "[" + names + "]"));
   CHECK(e.message == "routes[0].limits: at most 16 limit rules per route");
   loadOk(withRules(rules, "[" + names.substr(0, names.rfind(',')) + "]"));
+}
+
+}  // namespace
+}  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST_CASE("limits: hot items, per-item limits, only_hot", "[config][limits]") {
+  std::string y = std::string(kHead) + R"y(    - id: item-default
+      key: item
+      rate: 100r/s
+      burst: 10
+      items:
+        "42": {rate: 1000r/s, burst: 50}
+        sku-7: {rate: 5r/s}
+    - id: item-hot
+      key: item
+      rate: 20r/s
+      only_hot: true
+  hot_items:
+    window: 5s
+    hot_rate: 50
+    top_k: 8
+routes:
+  - name: api
+    upstream: app
+    limits: [item-default, item-hot]
+)y";
+  ConfigPtr c = loadOk(y);
+  const auto& d = ruleNamed(*c, "item-default");
+  REQUIRE(d.items.size() == 2);
+  CHECK(d.items[0].item == "42");
+  CHECK(d.items[0].requests == 1000);
+  CHECK(d.items[0].burst == 50);
+  CHECK(d.items[1].item == "sku-7");
+  CHECK(d.items[1].requests == 5);
+  CHECK(ruleNamed(*c, "item-hot").only_hot);
+  CHECK(c->hot_items.enabled);
+  CHECK(c->hot_items.window == 5 * kSeconds);
+  CHECK(c->hot_items.hot_rate == 50.0);
+  CHECK(c->hot_items.top_k == 8);
+  CHECK(c->hot_items.source.kind == LimitKeyKind::kItem);
+
+  ConfigError no_item = loadError(withRules("    - {id: m, key: ip, rate: 1r/s, items: {\"1\": {rate: 2r/s}}}\n"));
+  CHECK_THAT(no_item.message, Catch::Contains("per-item limits need an 'item' part"));
+  ConfigError no_rate = loadError(withRules("    - {id: m, key: item, rate: 1r/s, items: {\"1\": {burst: 2}}}\n"));
+  CHECK_THAT(no_rate.message, Catch::Contains("limits.rules[0].items.1: needs 'rate'"));
+  ConfigError hot_ip = loadError(withRules("    - {id: m, key: ip, rate: 1r/s, only_hot: true}\n"));
+  CHECK_THAT(hot_ip.message, Catch::Contains("only_hot needs an 'item' part"));
+}
+
+TEST_CASE("limits: redirect, legacy headers, nginx resolution", "[config][limits]") {
+  ConfigPtr c = loadOk(withRules(
+      "    - {id: q, key: ip, rate: 1r/s, action: redirect, location: \"https://shop.example/queue\"}\n"
+      "    - {id: l, key: ip, rate: 1r/s, rate_limit_headers: legacy, resolution: nginx}\n"));
+  const auto& q = ruleNamed(*c, "q");
+  CHECK(q.action == LimitAction::kRedirect);
+  CHECK(q.status == 302);
+  CHECK(q.location == "https://shop.example/queue");
+  const auto& l = ruleNamed(*c, "l");
+  CHECK(l.rate_limit_headers == RateLimitHeaders::kLegacy);
+  CHECK(l.nginx_resolution);
+  ConfigError no_loc = loadError(withRules("    - {id: q, key: ip, rate: 1r/s, action: redirect}\n"));
+  CHECK(no_loc.format() == "test.yaml:7:7: limits.rules[0]: action 'redirect' needs 'location'");
+  ConfigError bad_hdr = loadError(withRules("    - {id: q, key: ip, rate: 1r/s, rate_limit_headers: old}\n"));
+  CHECK_THAT(bad_hdr.message, Catch::Contains("expected true, false, draft or legacy, got 'old'"));
+  ConfigError bad_res = loadError(withRules("    - {id: q, key: ip, rate: 1r/s, resolution: us}\n"));
+  CHECK_THAT(bad_res.message, Catch::Contains("expected one of ns, nginx"));
+}
+
+TEST_CASE("limits: circuit breaker rules", "[config][limits]") {
+  ConfigPtr c = loadOk(withRules(
+      "    - {id: b, key: upstream, algorithm: circuit_breaker, threshold: 0.5, min_requests: 5,\n"
+      "       window: 2s, cooldown: 3s, half_open_probes: 2, action: degrade, body: \"{}\"}\n"
+      "    - {id: s, key: route, algorithm: circuit_breaker, strategy: slow_call_ratio, slow_call: 200ms}\n"));
+  const auto& b = ruleNamed(*c, "b");
+  CHECK(b.algorithm == LimitAlgorithm::kCircuitBreaker);
+  CHECK(b.breaker.threshold == 0.5);
+  CHECK(b.breaker.min_requests == 5);
+  CHECK(b.breaker.window == 2 * kSeconds);
+  CHECK(b.breaker.cooldown == 3 * kSeconds);
+  CHECK(b.breaker.half_open_probes == 2);
+  CHECK(b.action == LimitAction::kDegrade);
+  const auto& s = ruleNamed(*c, "s");
+  CHECK(s.breaker.slow_calls);
+  CHECK(s.breaker.slow_call == 200 * kMillis);
+  CHECK(s.status == 503);
+  ConfigError key = loadError(withRules("    - {id: b, key: ip, algorithm: circuit_breaker}\n"));
+  CHECK_THAT(key.message, Catch::Contains("a circuit_breaker rule's key is 'route' or 'upstream'"));
+  ConfigError misplaced = loadError(withRules("    - {id: b, key: ip, rate: 1r/s, cooldown: 1s}\n"));
+  CHECK_THAT(misplaced.message, Catch::Contains("only a circuit_breaker rule takes 'cooldown'"));
+}
+
+TEST_CASE("limits: jwt claims as key sources, jwt section validated", "[config][limits]") {
+  std::string y = std::string("jwt:\n  token: cookie:session\n  hs256_secret: s3cret\n  leeway: 5s\n") + kHead +
+                  "    - {id: m, key: \"member=jwt:sub\", rate: 1r/s}\n";
+  ConfigPtr c = loadOk(y);
+  CHECK(c->jwt.token_source == "cookie:session");
+  CHECK(c->jwt.hs256_secret == "s3cret");
+  CHECK(c->jwt.leeway == 5 * kSeconds);
+  CHECK(ruleNamed(*c, "m").key[0].source == "jwt:sub");
+  ConfigError bad = loadError(std::string("jwt:\n  token: body:x\n") + kHead + "    - {id: m, key: ip, rate: 1r/s}\n");
+  CHECK(bad.format() == "test.yaml:2:10: jwt.token: expected header:NAME (a Bearer token) or cookie:NAME, got 'body:x'");
+  ConfigError nokey = loadError(std::string("jwt:\n  rs256_public_key_file: /nonexistent/key.pem\n") + kHead +
+                                "    - {id: m, key: ip, rate: 1r/s}\n");
+  CHECK_THAT(nokey.format(), Catch::StartsWith("test.yaml:2:26: jwt.rs256_public_key_file: cannot read '/nonexistent/key.pem'"));
 }
 
 }  // namespace
