@@ -26,11 +26,13 @@ How the timing noise of a Python client on a shared 2-core machine is kept out o
   difference between sluice and nginx is deterministic and fails every attempt (checked by
   hand: sluice with burst + 1 on one zone, or delay + 1, fails this test).
 
-sluice runs the leaky bucket in its default nanosecond resolution: the config has no way to select
-limiter/gcra.h's GcraResolution::kNginxMillis (proxy/config/config_loader.cc knows no such key),
-so the differences the two resolutions have by design (sub-millisecond arrivals, nginx's
-truncated rate such as 1r/m = 16/1000 s) are not what this test compares; they are inside the
-flag margin and covered by tests/unit/limiter/gcra_test.cc.
+Two sluices when the binary has the `resolution:` rule key (`sluice -t` accepts it): one in
+the default nanosecond resolution and one with `resolution: nginx` (limiter/gcra.h's
+GcraResolution::kNginxMillis, nginx's integer millisecond arithmetic); each must agree with
+nginx. Without the key (it is not in every build yet) only the first runs. The differences the
+two resolutions have by design (sub-millisecond arrivals, nginx's truncated rates such as
+1r/m = 16/1000 s) are inside the flag margin here and covered by
+tests/unit/limiter/gcra_test.cc.
 
 Delays (no nodelay): a delayed request is answered no earlier than the model's delay (a hard
 bound: the proxy's arrival time is never before our send time, and a later arrival can only
@@ -42,12 +44,14 @@ import os
 import random
 import selectors
 import socket
+import subprocess
 import sys
 import textwrap
 import time
 import unittest
 
-from harness import Process, ProxyTestCase, free_port, upstream_yaml, wait_port
+from harness import (SLUICE_BIN, Process, ProxyTestCase, Sluice, default_config, free_port,
+                     upstream_yaml, wait_port)
 
 NGINX = os.environ.get("SLUICE_NGINX", "/usr/sbin/nginx")
 
@@ -358,12 +362,14 @@ class Nginx(Process):
         wait_port(self.port, proc=self.proc)
 
 
-def sluice_rules():
+def sluice_rules(resolution=None):
     s = "limits:\n  rules:\n"
     routes = ""
     for name, (path, rate, burst, nodelay, delay) in ZONES.items():
         rule = "id: %s, key: ip, rate: %dr/s, burst: %d, max_delay: 60s" % (name, rate, burst)
         rule += ", nodelay: true" if nodelay else (", delay: %d" % delay if delay else "")
+        if resolution:
+            rule += ", resolution: %s" % resolution
         s += "    - {%s}\n" % rule
         routes += ("- name: %s\n  match:\n    path: { exact: %s }\n  upstream: storefront\n"
                    "  limits: [%s]\n" % (name, path, name))
@@ -381,7 +387,33 @@ class NginxDifferentialTest(ProxyTestCase):
         self.sluice = self.start_sluice(upstream_yaml("storefront", [self.demo.address]), routes, rules)
         self.nginx = Nginx(self.tmp, self.demo.address)
         self._procs.append(self.nginx)
+        # The proxies every request goes to, the reference (nginx) last. A second sluice with
+        # `resolution: nginx` (GcraResolution::kNginxMillis) when the binary knows the key.
+        self.proxies = [("sluice", self.sluice.port)]
+        self.nginx_resolution = self.start_nginx_resolution_sluice()
+        if self.nginx_resolution:
+            self.proxies.append(("sluice-ms", self.nginx_resolution.port))
+        self.proxies.append(("nginx", self.nginx.port))
         self.next_source = 10
+
+    def start_nginx_resolution_sluice(self):
+        d = os.path.join(self.tmp, "ms")
+        os.mkdir(d)
+        rules, routes = sluice_rules(resolution="nginx")
+        port, admin = free_port(), free_port()
+        text = default_config(port, admin, upstream_yaml("storefront", [self.demo.address]), routes, rules)
+        path = os.path.join(d, "check.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        check = subprocess.run([SLUICE_BIN, "-t", "-c", path], capture_output=True, text=True, cwd=d)
+        if check.returncode != 0:
+            if "unknown key 'resolution'" in check.stdout + check.stderr:
+                sys.stderr.write("\n(this sluice has no `resolution:` key: nanosecond resolution only)\n")
+                return None
+            self.fail("sluice -t refused the resolution: nginx config: %s" % (check.stdout + check.stderr))
+        s = Sluice(d, text, port, admin)
+        self._procs.append(s)
+        return s
 
     def source(self):
         """A fresh loopback source address: a key neither proxy has seen."""
@@ -390,20 +422,19 @@ class NginxDifferentialTest(ProxyTestCase):
         return "127.0.%d.%d" % (n // 250, 1 + n % 250)
 
     def run_attempt(self, traces):
-        """Plays every trace of `traces` ({name: (zone, times)}) at once into both proxies;
-        returns {name: (shots_sluice, shots_nginx)}."""
+        """Plays every trace of `traces` ({name: (zone, times)}) at once into every proxy;
+        returns {name: [shots of each proxy of self.proxies]}."""
         t0 = time.monotonic() + 0.2
         shots, by_trace = [], {}
         for k, (name, (zone, times)) in enumerate(sorted(traces.items())):
             path = ZONES[zone][0]
             src = self.source()
             offset = 0.013 * k  # traces' bursts do not all land in the same millisecond
-            pair = ([], [])
+            pair = [[] for _ in self.proxies]
             for i, t in enumerate(times):
-                # Both proxies get request i at the same moment; which goes first alternates.
-                order = [("sluice", self.sluice.port, 0), ("nginx", self.nginx.port, 1)]
-                if i % 2:
-                    order.reverse()
+                # Every proxy gets request i at the same moment; which goes first rotates.
+                order = [(proxy, port, slot) for slot, (proxy, port) in enumerate(self.proxies)]
+                order = order[i % len(order):] + order[:i % len(order)]
                 for proxy, port, slot in order:
                     s = Shot(name, i, proxy, port, src, path, t0 + offset + t)
                     shots.append(s)
@@ -428,17 +459,21 @@ class NginxDifferentialTest(ProxyTestCase):
             models.append(model(sent, rate, burst, nodelay, delay, observed=seq))
             flags.append(sensitive(sent, rate, burst, FLAG_MARGIN, observed=seq))
             lat.append([s.first_byte - s.sent for s in shots])
-        flagged = [a or b for a, b in zip(*flags)]
-        if seqs[0] != seqs[1]:
-            first = next(i for i in range(len(seqs[0])) if seqs[0][i] != seqs[1][i])
-            verdict = "boundary" if any(flagged[:first + 1]) else "mismatch"
-            return verdict, "request %d differs (flagged %s)\n  sluice %s\n  nginx  %s" % (
-                first, [i for i, f in enumerate(flagged) if f], seqs[0], seqs[1]), seqs[0]
+        flagged = [any(f) for f in zip(*flags)]
+        names = [p for p, _ in self.proxies]
+        ref = len(seqs) - 1  # nginx
+        for j in range(ref):
+            if seqs[j] != seqs[ref]:
+                first = next(i for i in range(len(seqs[j])) if seqs[j][i] != seqs[ref][i])
+                verdict = "boundary" if any(flagged[:first + 1]) else "mismatch"
+                return verdict, "%s request %d differs (flagged %s)\n%s" % (
+                    names[j], first, [i for i, f in enumerate(flagged) if f], "\n".join(
+                        "  %-9s %s" % (n, q) for n, q in zip(names, seqs))), seqs[ref]
         problems = []
-        for i, c in enumerate(seqs[0]):
+        for i, c in enumerate(seqs[ref]):
             if c != "A":
                 continue
-            for p, proxy in enumerate(("sluice", "nginx")):
+            for p, proxy in enumerate(names):
                 want = models[p][i][1]
                 if lat[p][i] < want - DELAY_LOWER_SLACK:
                     raise AssertionError("%s %s request %d answered after %.0f ms, before its "
@@ -446,12 +481,12 @@ class NginxDifferentialTest(ProxyTestCase):
                 if lat[p][i] > want + DELAY_SLACK:
                     problems.append("%s request %d: %.0f ms, model %.0f ms" % (
                         proxy, i, lat[p][i] * 1e3, want * 1e3))
-            if abs(lat[0][i] - lat[1][i]) > DELAY_PAIR_TOLERANCE:
-                problems.append("request %d: sluice %.0f ms, nginx %.0f ms" % (
-                    i, lat[0][i] * 1e3, lat[1][i] * 1e3))
+                if p != ref and abs(lat[p][i] - lat[ref][i]) > DELAY_PAIR_TOLERANCE:
+                    problems.append("request %d: %s %.0f ms, nginx %.0f ms" % (
+                        i, proxy, lat[p][i] * 1e3, lat[ref][i] * 1e3))
         if problems:
-            return "delay", "; ".join(problems), seqs[0]
-        return "agree", "", seqs[0]
+            return "delay", "; ".join(problems), seqs[ref]
+        return "agree", "", seqs[ref]
 
     def test_same_decisions_as_nginx_limit_req(self):
         traces = build_traces()
@@ -482,7 +517,7 @@ class NginxDifferentialTest(ProxyTestCase):
                     results[name] = (seq, pair)
                     report.append("%-16s attempt %d: %s" % (name, attempt, seq))
                     if not ZONES[zone][3]:
-                        for proxy, shots in zip(("sluice", "nginx"), pair):
+                        for (proxy, _), shots in zip(self.proxies, pair):
                             report.append("%-16s   %s answered after (ms): %s" % ("", proxy, " ".join(
                                 "%d" % ((s.first_byte - s.sent) * 1e3) if s.status() == 200 else "-"
                                 for s in shots)))
@@ -504,10 +539,11 @@ class NginxDifferentialTest(ProxyTestCase):
             if name != "steady_at_rate":
                 self.assertIn("R", seq, name)
             if not ZONES[zone][3]:
-                held = [i for i, s in enumerate(pair[1]) if s.first_byte - s.sent > 0.2]
+                held = [i for i, s in enumerate(pair[-1]) if s.first_byte - s.sent > 0.2]
                 self.assertTrue(held, name)
-                for i in held:
-                    self.assertGreater(pair[0][i].first_byte - pair[0][i].sent, 0.15, (name, i))
+                for shots in pair[:-1]:
+                    for i in held:
+                        self.assertGreater(shots[i].first_byte - shots[i].sent, 0.15, (name, i))
 
 
 if __name__ == "__main__":
