@@ -633,6 +633,7 @@ class RedisClient::Impl {
       connectFailed(n, "libuv attach failed");
       return;
     }
+    limitReplySizes(ac->c.reader);
     ac->data = n;
     n->ac = ac;
     redisAsyncSetConnectCallback(ac, &Impl::onConnectStatic);

@@ -33,6 +33,30 @@ const char* redisStatusName(RedisStatus s) {
   return "?";
 }
 
+namespace {
+
+redisReplyObjectFunctions gCappedFunctions;
+void* (*gCreateArray)(const redisReadTask*, int) = nullptr;
+
+void* createCappedArray(const redisReadTask* task, int elements) {
+  if (elements < 0 || static_cast<size_t>(elements) > kMaxReplyArray) return nullptr;  // read as OOM
+  return gCreateArray(task, elements);
+}
+
+}  // namespace
+
+void limitReplySizes(redisReader* reader) {
+  // hiredis's default functions are static in hiredis.c: copy the table once, swap one entry.
+  static const bool once = [reader] {
+    gCappedFunctions = *reader->fn;
+    gCreateArray = gCappedFunctions.createArray;
+    gCappedFunctions.createArray = createCappedArray;
+    return true;
+  }();
+  (void)once;
+  reader->fn = &gCappedFunctions;
+}
+
 RedisReply RedisReply::ofInteger(int64_t v) {
   RedisReply r;
   r.type = RedisReplyType::kInteger;

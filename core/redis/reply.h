@@ -10,7 +10,8 @@
 
 #include "core/error.h"
 
-struct redisReply;  // hiredis, only in reply.cc
+struct redisReply;   // hiredis, only in reply.cc
+struct redisReader;  // hiredis
 
 namespace sluice::redis {
 
@@ -43,6 +44,12 @@ struct RedisReply {
   // Compact one-line rendering for logs and test failure messages.
   std::string debugString() const;
 };
+
+// hiredis 0.14 allocates an array's element vector as soon as it reads the header, so one
+// "*999999999" line from a broken or hostile server would allocate gigabytes. This makes the
+// reader refuse arrays over kMaxReplyArray elements (a protocol error: the connection drops).
+constexpr size_t kMaxReplyArray = 1u << 20;
+void limitReplySizes(redisReader* reader);
 
 // Transport outcome of one command. kOk means a server answered (possibly with an error reply).
 enum class RedisStatus : uint8_t {
