@@ -1,0 +1,344 @@
+#include "lua/request.h"
+
+#include "lua/vm_internal.h"
+
+namespace sluice::lua {
+
+namespace {
+constexpr size_t kThreadPoolMax = 64;
+
+void pushResult(lua_State* L, const SubrequestResult& r, size_t max_body) {
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, r.status);
+  lua_setfield(L, -2, "status");
+  lua_createtable(L, 0, static_cast<int>(r.headers.size()));
+  for (const auto& h : r.headers) {
+    std::string key = h.name;
+    for (char& c : key) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+    lua_getfield(L, -1, key.c_str());
+    bool had = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (had) continue;  // first value wins; sub-request headers are informational
+    lua_pushlstring(L, h.value.data(), h.value.size());
+    lua_setfield(L, -2, key.c_str());
+  }
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, r.body.data(), std::min(r.body.size(), max_body));
+  lua_setfield(L, -2, "body");
+}
+}  // namespace
+
+LuaRequest::LuaRequest(WorkerVmPtr vm, RequestHost& host, const RouteChain* chain)
+    : vm_(std::move(vm)), core_(&vm_->core()), host_(host), chain_(chain),
+      ctx_ref_(LUA_NOREF), co_ref_(LUA_NOREF) {}
+
+LuaRequest::~LuaRequest() {
+  cancel();
+  if (co_) dropCoroutine(!started_);
+  if (ctx_ref_ != LUA_NOREF) luaL_unref(core_->L, LUA_REGISTRYINDEX, ctx_ref_);
+}
+
+bool LuaRequest::hasPhase(Phase phase) const {
+  return chain_ && !chain_->phases[static_cast<size_t>(phase)].empty();
+}
+
+int LuaRequest::ctxRef() {
+  if (ctx_ref_ == LUA_NOREF) {
+    lua_newtable(core_->L);
+    ctx_ref_ = luaL_ref(core_->L, LUA_REGISTRYINDEX);
+  }
+  return ctx_ref_;
+}
+
+void LuaRequest::opReady() {
+  // Inside run()/resume() the driver notices `ready` after the yield; otherwise the host must
+  // come back from a fresh event-loop turn.
+  if (!in_run_) host_.scheduleResume();
+}
+
+void LuaRequest::dropCoroutine(bool reusable) {
+  if (!co_) return;
+  if (reusable && core_->free_threads.size() < kThreadPoolMax) {
+    lua_settop(co_, 0);
+    core_->free_threads.push_back(co_ref_);
+  } else {
+    luaL_unref(core_->L, LUA_REGISTRYINDEX, co_ref_);
+  }
+  co_ = nullptr;
+  co_ref_ = LUA_NOREF;
+}
+
+void LuaRequest::cancel() {
+  if (pending_) {
+    PendingOp& op = *pending_;
+    op.owner = nullptr;
+    for (size_t i = 0; i < op.ids.size(); i++)
+      if (op.started[i] && !op.done[i]) host_.cancelSubrequest(op.ids[i]);
+    if (op.has_timer && !op.ready && core_->worker) core_->worker->cancelTimer(op.timer);
+    pending_.reset();
+  }
+  if (waiting_ || started_) {
+    // A suspended coroutine cannot be reused: drop it.
+    dropCoroutine(false);
+    started_ = false;
+  }
+  waiting_ = false;
+  if (core_->request == this) core_->request = nullptr;
+}
+
+int LuaRequest::pushResults() {
+  std::shared_ptr<PendingOp> op = std::move(pending_);
+  lua_State* L = co_;
+  size_t max_body = core_->options.max_subrequest_body;
+  auto tooLarge = [&](const SubrequestResult& r) { return r.ok && r.body.size() > max_body; };
+  switch (op->kind) {
+    case PendingOp::Kind::kSleep:
+      return 0;
+    case PendingOp::Kind::kRequest: {
+      const SubrequestResult& r = op->results[0];
+      if (!r.ok || tooLarge(r)) {
+        lua_pushnil(L);
+        lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
+        return 2;
+      }
+      pushResult(L, r, max_body);
+      return 1;
+    }
+    case PendingOp::Kind::kMulti: {
+      lua_createtable(L, static_cast<int>(op->results.size()), 0);
+      for (size_t i = 0; i < op->results.size(); i++) {
+        const SubrequestResult& r = op->results[i];
+        if (!r.ok || tooLarge(r)) {
+          lua_createtable(L, 0, 1);
+          lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
+          lua_setfield(L, -2, "err");
+        } else {
+          pushResult(L, r, max_body);
+        }
+        lua_rawseti(L, -2, static_cast<int>(i + 1));
+      }
+      return 1;
+    }
+  }
+  return 0;
+}
+
+RunResult LuaRequest::fail(size_t policy, std::string message) {
+  Policy& p = core_->policies[policy];
+  p.errors++;
+  RunResult r;
+  r.status = RunStatus::kError;
+  r.error_status = 500;
+  r.error = "policy '" + p.name + "' failed in phase '" + phaseName(phase_) + "': " + message;
+  return r;
+}
+
+RunResult LuaRequest::run(Phase phase) {
+  if (phase == Phase::kBodyFilter) {
+    std::string chunk;
+    return runBodyFilter(&chunk, true);
+  }
+  if (phase == Phase::kBalancer) {
+    std::string peer;
+    return runBalancer(&peer);
+  }
+  RunResult r;
+  if (!chain_ || cancelled_ || !isRequestPhase(phase)) return r;
+  if (waiting_) {
+    r.status = RunStatus::kError;
+    r.error_status = 500;
+    r.error = "lua: run() while the request is waiting for resume()";
+    return r;
+  }
+  if (responded_ && phaseMayYield(phase)) return r;
+  phase_ = phase;
+  index_ = 0;
+  started_ = false;
+  if (!phaseMayYield(phase)) return runPlain(phase, 0, nullptr, false, nullptr);
+  return drive(0);
+}
+
+RunResult LuaRequest::resume() {
+  RunResult r;
+  if (!waiting_ || !pending_ || !pending_->ready) {
+    if (!waiting_) return r;
+    r.status = RunStatus::kYielded;  // spurious wake-up: still waiting
+    return r;
+  }
+  waiting_ = false;
+  int n = pushResults();
+  return drive(n);
+}
+
+RunResult LuaRequest::drive(int nargs) {
+  const auto& handlers = chain_->phases[static_cast<size_t>(phase_)];
+  lua_State* L = core_->L;
+  in_run_ = true;
+  core_->request = this;
+  core_->phase = phase_;
+  RunResult result;
+  while (index_ < handlers.size()) {
+    const ChainEntry& e = handlers[index_];
+    Policy& p = core_->policies[e.policy];
+    if (!started_) {
+      if (p.disabled) {
+        index_++;
+        continue;
+      }
+      if (!co_) {
+        if (!core_->free_threads.empty()) {
+          co_ref_ = core_->free_threads.back();
+          core_->free_threads.pop_back();
+          lua_rawgeti(L, LUA_REGISTRYINDEX, co_ref_);
+          co_ = lua_tothread(L, -1);
+          lua_pop(L, 1);
+        } else {
+          co_ = lua_newthread(L);
+          co_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+      }
+      lua_rawgeti(co_, LUA_REGISTRYINDEX, e.handler_ref);
+      lua_rawgeti(co_, LUA_REGISTRYINDEX, e.conf_ref);
+      lua_rawgeti(co_, LUA_REGISTRYINDEX, ctxRef());
+      nargs = 2;
+      started_ = true;
+      exited_ = false;
+    }
+    budgetStart(core_);
+    int rc = lua_resume(co_, nargs);
+    bool over = budgetStop(core_);
+    nargs = 0;
+    if (over) {
+      // Caught by the hook (interpreted code) or only measured afterwards (compiled code).
+      p.overruns++;
+      std::string msg = "exceeded its time budget of " +
+                        std::to_string(core_->options.budget / kMillis) + " ms";
+      if (rc != 0 && rc != LUA_YIELD) msg += " (" + formatError(co_, -1) + ")";
+      if (p.overruns >= core_->options.overruns_to_disable && !p.disabled) {
+        p.disabled = true;
+        msg += "; policy disabled after " + std::to_string(p.overruns) + " overruns";
+        if (core_->worker)
+          core_->worker->log(LogLevel::kError, "lua: policy '" + p.name + "' (" + p.file +
+                                                   ") disabled after repeated budget overruns");
+      }
+      cancel();
+      result = fail(e.policy, msg);
+      break;
+    }
+    if (rc == LUA_YIELD) {
+      if (exited_) {
+        // resp.exit: the handler never continues; the rest of the phase is skipped.
+        dropCoroutine(false);
+        started_ = false;
+        result.status = RunStatus::kResponded;
+        break;
+      }
+      if (!pending_) {
+        cancel();
+        result = fail(e.policy, "coroutine.yield() outside a sluice call in a handler");
+        break;
+      }
+      if (pending_->ready) {
+        nargs = pushResults();
+        continue;
+      }
+      waiting_ = true;
+      result.status = RunStatus::kYielded;
+      break;
+    }
+    if (rc == 0) {
+      lua_settop(co_, 0);
+      started_ = false;
+      index_++;
+      continue;
+    }
+    // A Lua error: message with file:line, plus the coroutine's traceback for the log.
+    std::string msg = formatError(co_, -1);
+    luaL_traceback(L, co_, msg.c_str(), 0);
+    msg = formatError(L, -1);
+    lua_pop(L, 1);
+    dropCoroutine(false);
+    started_ = false;
+    result = fail(e.policy, msg);
+    break;
+  }
+  in_run_ = false;
+  if (!waiting_) core_->request = nullptr;
+  if (result.status == RunStatus::kContinue && phase_ == Phase::kAggregate && !responded_) {
+    result.status = RunStatus::kError;
+    result.error_status = 500;
+    result.error = "lua: the aggregate phase ended without a response (call sluice.resp.exit)";
+  }
+  if (result.status == RunStatus::kResponded || (result.status == RunStatus::kContinue && co_ && !started_)) {
+    // Keep co_ for the next phase of this request; it is clean.
+  }
+  return result;
+}
+
+RunResult LuaRequest::runPlain(Phase phase, int extra, std::string* chunk, bool eof,
+                               std::string* peer) {
+  const auto& handlers = chain_->phases[static_cast<size_t>(phase)];
+  lua_State* L = core_->L;
+  RunResult result;
+  LuaRequest* saved = core_->request;
+  core_->request = this;
+  core_->phase = phase;
+  for (const ChainEntry& e : handlers) {
+    Policy& p = core_->policies[e.policy];
+    if (p.disabled) continue;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, core_->traceback_ref);
+    int base = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e.handler_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, e.conf_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctxRef());
+    int nargs = 2;
+    if (chunk) {
+      lua_pushlstring(L, chunk->data(), chunk->size());
+      lua_pushboolean(L, eof);
+      nargs += 2;
+    }
+    budgetStart(core_);
+    int rc = lua_pcall(L, nargs, 1, base);
+    bool over = budgetStop(core_);
+    if (rc != 0 || over) {
+      std::string msg = rc != 0 ? formatError(L, -1) : "";
+      if (over) {
+        p.overruns++;
+        msg = "exceeded its time budget of " + std::to_string(core_->options.budget / kMillis) +
+              " ms" + (msg.empty() ? "" : " (" + msg + ")");
+        if (p.overruns >= core_->options.overruns_to_disable) p.disabled = true;
+      }
+      lua_settop(L, base - 1);
+      phase_ = phase;
+      result = fail(e.policy, msg);
+      break;
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      size_t n;
+      const char* s = lua_tolstring(L, -1, &n);
+      if (chunk) chunk->assign(s, n);
+      if (peer) {
+        peer->assign(s, n);
+        lua_settop(L, base - 1);
+        break;
+      }
+    }
+    lua_settop(L, base - 1);
+  }
+  core_->request = saved;
+  return result;
+}
+
+RunResult LuaRequest::runBodyFilter(std::string* chunk, bool eof) {
+  if (!chain_ || waiting_) return {};
+  phase_ = Phase::kBodyFilter;
+  return runPlain(Phase::kBodyFilter, 2, chunk, eof, nullptr);
+}
+
+RunResult LuaRequest::runBalancer(std::string* peer) {
+  if (!chain_ || waiting_) return {};
+  phase_ = Phase::kBalancer;
+  return runPlain(Phase::kBalancer, 0, nullptr, false, peer);
+}
+
+}  // namespace sluice::lua

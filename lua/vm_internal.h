@@ -1,0 +1,119 @@
+#pragma once
+// State shared by vm.cc, request.cc and api.cc. Not part of the public API.
+#include <array>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <lua.hpp>
+
+#include "lua/request.h"
+#include "lua/vm.h"
+
+namespace sluice::lua {
+
+struct Policy {
+  std::string name;
+  std::string version;
+  std::string file;
+  int priority = 0;
+  int module_ref = LUA_NOREF;
+  std::array<int, static_cast<size_t>(Phase::kCount)> handler_ref;
+  int init_worker_ref = LUA_NOREF;
+  int destroy_ref = LUA_NOREF;
+  int overruns = 0;
+  uint64_t errors = 0;
+  bool disabled = false;
+};
+
+struct ChainEntry {
+  size_t policy;  // index into VmCore::policies
+  int conf_ref;
+  int handler_ref;
+};
+
+struct RouteChain {
+  std::array<std::vector<ChainEntry>, static_cast<size_t>(Phase::kCount)> phases;
+};
+
+// What a yielding binding waits for. Shared with the host's completion callbacks, so a late
+// callback after cancel() or after the request is gone finds owner == nullptr and does nothing.
+struct PendingOp {
+  enum class Kind : uint8_t { kRequest, kMulti, kSleep };
+  Kind kind = Kind::kRequest;
+  LuaRequest* owner = nullptr;
+  std::vector<OperationId> ids;
+  std::vector<bool> started;
+  std::vector<bool> done;
+  std::vector<SubrequestResult> results;
+  size_t outstanding = 0;
+  bool ready = false;
+  OperationId timer = 0;
+  bool has_timer = false;
+};
+
+struct LuaTimer {
+  int fn_ref = LUA_NOREF;
+  int args_ref = LUA_NOREF;  // table of extra arguments
+  Nanos interval = 0;        // > 0: timer.every
+  Nanos delay = 0;
+  OperationId host_id = 0;
+  bool armed = false;
+  PolicyInfo* unused = nullptr;
+};
+
+struct VmCore {
+  lua_State* L = nullptr;
+  VmOptions options;
+  WorkerHost* worker = nullptr;
+  SharedDictsPtr dicts;
+  WorkerVm::Mode mode = WorkerVm::Mode::kWorker;
+  const PolicyBundle* bundle = nullptr;
+  bool committed = false;
+  bool retired = false;
+  std::weak_ptr<WorkerVm> self;
+
+  // Allocator accounting (lua_Alloc ud is this struct, so bindings find it via lua_getallocf).
+  size_t mem_used = 0;
+  size_t mem_limit = 0;
+  // The limit applies only while policy code runs: a refusal outside a protected call (the
+  // host pushing results) would be an unprotected error, which LuaJIT turns into abort().
+  bool mem_strict = false;
+
+  // What is running now.
+  Phase phase = Phase::kInit;
+  LuaRequest* request = nullptr;
+  Nanos deadline = 0;  // 0: no budget
+  bool budget_hit = false;
+
+  int traceback_ref = LUA_NOREF;
+  int boot_ref = LUA_NOREF;  // the bootstrap's export table (require, schema, ...)
+
+  std::vector<Policy> policies;
+  std::unordered_map<std::string, RouteChain> routes;
+  std::vector<int> free_threads;  // registry refs of clean coroutines for reuse
+
+  std::map<uint64_t, LuaTimer> timers;
+  uint64_t next_timer = 1;
+
+  ~VmCore();
+};
+
+inline VmCore* coreOf(lua_State* L) {
+  void* ud = nullptr;
+  lua_getallocf(L, &ud);
+  return static_cast<VmCore*>(ud);
+}
+
+// api.cc
+void registerApi(lua_State* L);  // pushes the raw `sluice` table
+// vm.cc
+std::string formatError(lua_State* L, int idx);
+// Starts/stops the budget clock around a call into Lua.
+void budgetStart(VmCore* core);
+bool budgetStop(VmCore* core);  // true if it overran
+// Schedules a timer (timer.at/every); false when the cap is reached.
+bool addTimer(VmCore* core, Nanos delay, Nanos interval, int fn_ref, int args_ref);
+
+}  // namespace sluice::lua

@@ -1,0 +1,228 @@
+#pragma once
+// Test doubles for the Lua library's host interface: a RequestHost answering sub-requests from
+// canned data (at once, or when the test says so), and a WorkerHost on a ManualClock.
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/clock.h"
+#include "lua/host.h"
+#include "lua/request.h"
+#include "lua/validator.h"
+#include "lua/vm.h"
+
+namespace sluice::lua::test {
+
+class TestWorkerHost : public WorkerHost {
+ public:
+  Nanos now() const override { return clock.now(); }
+  OperationId startTimer(Nanos delay, TimerCallback fn) override {
+    OperationId id = next_++;
+    timers_[id] = {clock.now() + delay, std::move(fn)};
+    return id;
+  }
+  void cancelTimer(OperationId id) override {
+    cancelled.push_back(id);
+    timers_.erase(id);
+  }
+  void log(LogLevel level, std::string_view message) override {
+    logs.push_back(std::string(message));
+  }
+  // Moves the clock and fires what is due, in due order.
+  void advance(Nanos d) {
+    clock.advance(d);
+    while (true) {
+      auto best = timers_.end();
+      for (auto it = timers_.begin(); it != timers_.end(); ++it)
+        if (it->second.first <= clock.now() && (best == timers_.end() || it->second.first < best->second.first))
+          best = it;
+      if (best == timers_.end()) break;
+      auto fn = std::move(best->second.second);
+      timers_.erase(best);
+      fn();
+    }
+  }
+  size_t pending() const { return timers_.size(); }
+
+  ManualClock clock{1000 * kSeconds};
+  std::vector<std::string> logs;
+  std::vector<OperationId> cancelled;
+
+ private:
+  OperationId next_ = 1;
+  std::map<OperationId, std::pair<Nanos, TimerCallback>> timers_;
+};
+
+class TestRequestHost : public RequestHost {
+ public:
+  enum class Mode { kImmediate, kDeferred };
+
+  std::string_view method() const override { return method_; }
+  std::string_view path() const override { return path_; }
+  std::string_view query() const override { return query_; }
+  size_t headerCount() const override { return headers.size(); }
+  std::string_view headerName(size_t i) const override { return headers[i].name; }
+  std::string_view headerValue(size_t i) const override { return headers[i].value; }
+  bool body(std::string_view* out) const override {
+    if (!body_) return false;
+    *out = *body_;
+    return true;
+  }
+  std::string_view var(RequestVar v) const override {
+    auto f = vars.find(v);
+    return f == vars.end() ? std::string_view() : std::string_view(f->second);
+  }
+  void setRequestHeader(std::string_view name, std::string_view value, bool remove) override {
+    request_header_ops.push_back(std::string(name) + (remove ? "" : "=" + std::string(value)));
+  }
+  void respond(int status, const HeaderList& hs, std::string_view b) override {
+    responses++;
+    resp_status = status;
+    resp_headers = hs;
+    resp_body = std::string(b);
+  }
+  void setResponseHeader(std::string_view name, std::string_view value, bool remove) override {
+    response_header_ops.push_back(std::string(name) + (remove ? "" : "=" + std::string(value)));
+  }
+  int responseStatus() const override { return resp_status; }
+  void setResponseStatus(int s) override { resp_status = s; }
+  LimitTakeResult limitTake(std::string_view key, uint32_t cost) override {
+    takes.push_back(std::string(key) + ":" + std::to_string(cost));
+    auto f = limits.find(std::string(key));
+    if (f == limits.end()) return LimitTakeResult{false};
+    return f->second;
+  }
+  void riskAdd(std::string_view signal, int points) override {
+    risk[std::string(signal)] += points;
+    score += points;
+  }
+  int riskScore() override { return score; }
+
+  OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCallback done) override {
+    OperationId id = next_++;
+    started.push_back(spec);
+    SubrequestResult r;
+    auto f = canned.find(spec.pool + spec.path);
+    if (f == canned.end()) {
+      r.ok = false;
+      r.error = "no such pool";
+    } else {
+      r = f->second;
+    }
+    if (mode == Mode::kImmediate && f != canned.end() && !deferred_keys.count(spec.pool + spec.path)) {
+      done(std::move(r));
+    } else {
+      waiting[id] = {std::move(done), std::move(r)};
+    }
+    return id;
+  }
+  void cancelSubrequest(OperationId id) override {
+    cancelled.push_back(id);
+    waiting.erase(id);
+  }
+  void scheduleResume() override { resumes_scheduled++; }
+
+  // Completes every deferred sub-request (in id order).
+  void completeAll() {
+    auto w = std::move(waiting);
+    waiting.clear();
+    for (auto& [id, p] : w) p.first(std::move(p.second));
+  }
+  void complete(OperationId id) {
+    auto f = waiting.find(id);
+    if (f == waiting.end()) return;
+    auto p = std::move(f->second);
+    waiting.erase(f);
+    p.first(std::move(p.second));
+  }
+
+  static SubrequestResult ok(int status, std::string body) {
+    SubrequestResult r;
+    r.ok = true;
+    r.status = status;
+    r.body = std::move(body);
+    r.headers.push_back({"Content-Type", "application/json"});
+    return r;
+  }
+  static SubrequestResult err(std::string e) {
+    SubrequestResult r;
+    r.ok = false;
+    r.error = std::move(e);
+    return r;
+  }
+
+  std::string method_ = "GET";
+  std::string path_ = "/";
+  std::string query_;
+  HeaderList headers;
+  std::optional<std::string> body_;
+  std::map<RequestVar, std::string> vars{{RequestVar::kRequestId, "req-1"},
+                                         {RequestVar::kClientIp, "192.0.2.7"},
+                                         {RequestVar::kRoute, "r1"}};
+  std::map<std::string, LimitTakeResult> limits;
+  std::map<std::string, int> risk;
+  int score = 0;
+  std::vector<std::string> takes;
+  std::vector<std::string> request_header_ops, response_header_ops;
+  int responses = 0;
+  int resp_status = 0;
+  HeaderList resp_headers;
+  std::string resp_body;
+
+  Mode mode = Mode::kImmediate;
+  std::map<std::string, SubrequestResult> canned;  // pool + path -> result
+  std::set<std::string> deferred_keys;              // answered only by complete()
+  std::vector<SubrequestSpec> started;
+  std::vector<OperationId> cancelled;
+  std::map<OperationId, std::pair<SubrequestCallback, SubrequestResult>> waiting;
+  int resumes_scheduled = 0;
+
+ private:
+  OperationId next_ = 1;
+};
+
+// A bundle from (file, source) pairs with one route "r1" attaching `attach` (policy, config).
+inline PolicyBundlePtr makeBundle(
+    const std::vector<std::pair<std::string, std::string>>& files,
+    const std::vector<std::pair<std::string, std::string>>& attach = {},
+    const std::string& route = "r1") {
+  auto b = std::make_shared<PolicyBundle>();
+  for (const auto& [name, src] : files) b->addFile(name, src);
+  for (const auto& [policy, conf] : attach)
+    b->attach(route, PolicyAttachment{policy, conf, "sluice.yaml:10"});
+  return b;
+}
+
+struct Fixture {
+  TestWorkerHost worker;
+  SharedDictsPtr dicts = std::make_shared<SharedDicts>(worker.clock);
+  std::vector<std::string> errors;
+  WorkerVmPtr vm;
+
+  WorkerVmPtr build(const std::vector<std::pair<std::string, std::string>>& files,
+                    const std::vector<std::pair<std::string, std::string>>& attach,
+                    VmOptions opts = {}) {
+    errors.clear();
+    vm = WorkerVm::prepare(makeBundle(files, attach), opts, &worker, dicts, &errors);
+    if (vm) vm->commit();
+    return vm;
+  }
+  std::string errorText() const {
+    std::string s;
+    for (const auto& e : errors) s += e + "\n";
+    return s;
+  }
+};
+
+// One policy "p" (file p.lua) with the given phase body; `phase` names the handler.
+inline std::string policy(const std::string& phase, const std::string& body,
+                          const std::string& name = "p", int priority = 0) {
+  return "return { name = '" + name + "', priority = " + std::to_string(priority) +
+         ", phases = { " + phase + " = function(conf, ctx)\n" + body + "\nend } }";
+}
+
+}  // namespace sluice::lua::test
