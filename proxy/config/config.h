@@ -75,6 +75,28 @@ struct HealthCheckConfig {
   int expect_status_max = 399;
 };
 
+// A backstop limit on a pool's in-flight requests driven by observed latency (gradient, like
+// Envoy's adaptive concurrency): between `floor` and `ceiling`, never the main limit.
+struct AdaptiveConcurrencyConfig {
+  bool enabled = false;
+  uint32_t floor = 10;
+  uint32_t ceiling = 1000;
+  Nanos sample_window = 100 * kMillis;
+  double percentile = 0.5;
+  Nanos min_rtt_interval = 60 * kSeconds;
+};
+
+// The application tier reports how busy it is (a response header, e.g. the busy worker threads
+// of a Tomcat pool, on proxied responses and on health-check probes); above the thresholds,
+// routes of lower priority are shed first with 503.
+struct SaturationConfig {
+  std::string header;          // empty: off
+  double capacity = 0;         // the header's value at 100 % (e.g. the pool's thread count)
+  double shed_low = 0.80;      // routes with priority low are shed from this load
+  double shed_normal = 0.95;   // normal from this load; high only at >= 1.0; critical never
+  Nanos hold = 2 * kSeconds;   // a report older than this is ignored
+};
+
 struct UpstreamConfig {
   std::string name;
   BalanceKind balance = BalanceKind::kRoundRobin;
@@ -94,9 +116,15 @@ struct UpstreamConfig {
   uint32_t retries = 1;
   double retry_budget_percent = 20.0;  // retries in flight <= this share of active requests
   uint32_t retry_min_concurrent = 3;   // ...but always allow this many
+  uint32_t max_active = 0;             // in-flight requests to the pool, all workers; 0 = no cap
+  AdaptiveConcurrencyConfig adaptive;
+  SaturationConfig saturation;
 };
 
 enum class PathMatchKind { kAny, kExact, kPrefix, kRegex };
+
+// Which routes go first when the application tier reports saturation.
+enum class RoutePriority { kLow, kNormal, kHigh, kCritical };
 
 struct RouteConfig {
   std::string name;
@@ -116,6 +144,7 @@ struct RouteConfig {
   // A route may answer locally instead of proxying (used for /healthz of the proxy itself etc).
   int direct_status = 0;                  // >0: answer with this status and direct_body
   std::string direct_body;
+  RoutePriority priority = RoutePriority::kNormal;
   std::vector<std::string> limit_names;  // rule ids, in the order written
   std::vector<int> limits;                // indexes into Config::limit_rules
 };

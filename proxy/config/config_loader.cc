@@ -20,6 +20,7 @@
 #include "core/strings.h"
 #include "core/jwt.h"
 #include "limiter/admission.h"
+#include "limiter/adaptive_concurrency.h"
 #include "limiter/circuit_breaker.h"
 #include "limiter/gcra.h"
 #include "limiter/heavy_hitters.h"
@@ -1142,8 +1143,54 @@ void Loader::loadUpstreams(const Node& n, Config& cfg) {
 void Loader::loadUpstream(const Node& n, const std::string& path, UpstreamConfig& u) {
   Mapping m = mapping(n, path,
                       {"balance", "hash_key", "servers", "keepalive", "connect_timeout",
-                       "send_timeout", "read_timeout", "passive_health", "health_check", "retry"});
+                       "send_timeout", "read_timeout", "passive_health", "health_check", "retry",
+                       "max_active", "adaptive_concurrency", "saturation"});
   if (!m.valid) return;
+  if (auto v = m.get("max_active")) readInt(*v, m.child("max_active"), 1, 10000000, &u.max_active);
+  if (auto v = m.get("adaptive_concurrency")) {
+    auto& a = u.adaptive;
+    a.enabled = true;
+    Mapping am = mapping(*v, m.child("adaptive_concurrency"),
+                         {"enabled", "floor", "ceiling", "sample_window", "percentile", "min_rtt_interval"});
+    if (am.valid) {
+      if (auto x = am.get("enabled")) readBool(*x, am.child("enabled"), &a.enabled);
+      if (auto x = am.get("floor")) readInt(*x, am.child("floor"), 1, 1000000, &a.floor);
+      if (auto x = am.get("ceiling")) readInt(*x, am.child("ceiling"), 1, 1000000, &a.ceiling);
+      if (auto x = am.get("sample_window")) readDuration(*x, am.child("sample_window"), &a.sample_window);
+      if (auto x = am.get("percentile")) {
+        double pct = 50;
+        if (readNumber(*x, am.child("percentile"), 1, 99, &pct)) a.percentile = pct / 100.0;
+      }
+      if (auto x = am.get("min_rtt_interval")) readDuration(*x, am.child("min_rtt_interval"), &a.min_rtt_interval);
+      limiter::GradientParams gp;
+      gp.floor = a.floor;
+      gp.ceiling = a.ceiling;
+      gp.initialLimit = a.floor;
+      gp.sampleWindow = a.sample_window;
+      gp.percentile = a.percentile;
+      gp.minRttInterval = a.min_rtt_interval;
+      if (const char* invalid = gp.validate()) fail(*v, m.child("adaptive_concurrency") + ": " + invalid);
+    }
+  }
+  if (auto v = m.get("saturation")) {
+    auto& sc = u.saturation;
+    Mapping sm = mapping(*v, m.child("saturation"), {"header", "capacity", "shed_low", "shed_normal", "hold"});
+    if (sm.valid) {
+      if (auto x = sm.get("header")) {
+        if (readString(*x, sm.child("header"), &sc.header) && !isToken(sc.header))
+          fail(*x, sm.child("header") + ": '" + sc.header + "' is not a valid header name");
+      } else {
+        fail(*v, m.child("saturation") + ": missing required key 'header'");
+      }
+      if (auto x = sm.get("capacity")) readNumber(*x, sm.child("capacity"), 0.001, 1e12, &sc.capacity);
+      else fail(*v, m.child("saturation") + ": missing required key 'capacity'");
+      if (auto x = sm.get("shed_low")) readNumber(*x, sm.child("shed_low"), 0.01, 10, &sc.shed_low);
+      if (auto x = sm.get("shed_normal")) readNumber(*x, sm.child("shed_normal"), 0.01, 10, &sc.shed_normal);
+      if (auto x = sm.get("hold")) readDuration(*x, sm.child("hold"), &sc.hold);
+      if (sc.shed_low > sc.shed_normal)
+        fail(*v, m.child("saturation") + ": shed_low must not exceed shed_normal (low-priority routes go first)");
+    }
+  }
 
   bool balance_ok = true;
   if (auto v = m.get("balance")) {
@@ -1305,8 +1352,14 @@ void Loader::loadRoutes(const Node& n, Config& cfg) {
 void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   Mapping m = mapping(n, path,
                       {"name", "match", "upstream", "connect_timeout", "send_timeout",
-                       "read_timeout", "max_body_size", "direct_response", "limits"});
+                       "read_timeout", "max_body_size", "direct_response", "limits", "priority"});
   if (!m.valid) return;
+  if (auto v = m.get("priority")) {
+    std::string pr;
+    if (readEnum(*v, m.child("priority"), {"low", "normal", "high", "critical"}, &pr))
+      r.priority = pr == "low" ? RoutePriority::kLow : pr == "high" ? RoutePriority::kHigh
+                 : pr == "critical" ? RoutePriority::kCritical : RoutePriority::kNormal;
+  }
   if (auto v = m.get("name")) {
     std::string name;
     if (readString(*v, m.child("name"), &name)) {

@@ -341,6 +341,7 @@ int ClientConnection::onHeadersComplete() {
   int limited = route.limits.empty() ? 0 : limitPhase(route);
   if (closing_) return -1;
   if (limited == 1) return 0;  // answered; the rest of the body is read and dropped
+  if (ex_->pool && !admitToPool(route)) return closing_ ? -1 : 0;
 
   std::string_view expect;
   if (h.headers.get("expect", &expect)) {
@@ -569,6 +570,32 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
     return 2;
   }
   return 0;
+}
+
+bool ClientConnection::admitToPool(const RouteConfig& route) {
+  auto& gate = ex_->pool->cluster().gate();
+  Nanos now = SteadyClock::monotonicNanos();
+  ex_->pool_admission = gate.admit(route.priority, now);
+  auto refusal = ex_->pool_admission.refusal;
+  if (refusal == PoolGate::Refusal::kNone) return true;
+  // Envoy's overflow answer: 503, retry soon, the upstream never sees it.
+  int ui = ex_->gen->gen->route_upstream[ex_->route];
+  if (const WorkerMetrics* m = ex_->gen->metrics)
+    m->upstreams[ui].refused[static_cast<int>(refusal) - 1].inc();
+  const char* reason = poolRefusalName(refusal);
+  if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+  ex_->decisions.append(std::string("\"pool\":{\"upstream\":\"") + ex_->pool->cluster().config().name +
+                        "\",\"refused\":\"" + reason + "\"}");
+  ex_->admission = limiter::Admission();  // the limit phase's slots go back too
+  releaseBreakers();
+  LocalResponse r;
+  r.status = 503;
+  r.content_type = "application/json";
+  r.body = std::string("{\"error\":\"upstream busy\",\"reason\":\"") + reason + "\",\"request_id\":\"" +
+           ex_->request_id + "\"}\n";
+  r.headers.emplace_back("Retry-After", "1");
+  respondLocal(r, false);
+  return false;
 }
 
 void ClientConnection::recordHotItem() {
@@ -892,6 +919,12 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
   auto& pool = *ex_->pool;
   pool.cluster().reportSuccess(static_cast<size_t>(ex_->server));
   bool client_10 = parser_.head().version_minor == 0;
+  auto& gate = pool.cluster().gate();
+  if (!gate.saturationConfig().header.empty()) {
+    std::string_view busy;
+    if (head.headers.get(gate.saturationConfig().header, &busy))
+      gate.reportSaturation(busy, SteadyClock::monotonicNanos());
+  }
 
   removeConnectionListed(head.headers);
   std::string_view upgrade_proto;
@@ -1187,6 +1220,8 @@ void ClientConnection::logExchange() {
                                        : SteadyClock::monotonicNanos();
   Nanos total_ns = end_ns - ex_->start_ns;
   reportBreakers(ex_->upstream_ns >= 0 ? ex_->upstream_ns : total_ns);
+  if (ex_->pool_admission.adaptive && ex_->upstream_ns >= 0 && ex_->status < 500)
+    ex_->pool->cluster().gate().recordLatency(ex_->upstream_ns, end_ns);
   if (const WorkerMetrics* m = ex_->gen->metrics; m && !admin_) {
     // Handles bound for this exchange's generation: a few relaxed stores into this worker's
     // own cells, no lookup.

@@ -81,6 +81,7 @@ struct Exchange {
   static constexpr int kMaxBreakers = 4;
   limiter::BreakerPermit breakers[kMaxBreakers];
   int breaker_count = 0;
+  PoolGate::Admission pool_admission;  // the upstream pool's slots (max_active, adaptive)
   uint64_t item_hash = 0;  // hash64 of the hot-item source's value (0: none)
   bool item_hot = false;   // the sketch marked it hot when this request was recorded
   bool delayed = false;
@@ -91,6 +92,7 @@ struct Exchange {
   void recycle() {
     admission = limiter::Admission();  // slots back before `gen` (and its limiters) may go
     for (auto& b : breakers) b = limiter::BreakerPermit();
+    pool_admission = PoolGate::Admission();
     std::string* keep[] = {&request_id, &traceparent, &client_ip_str, &body_buffer, &retained_body,
                            &upstream_addr, &decisions};
     std::string saved[7];
@@ -144,6 +146,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   LocalResponse limitResponse(const LimitRuleConfig& rc, Nanos retry_after, const limiter::RateDecision* d);
   void noteDecision(const LimitRuleConfig& rc, const char* action);
   void recordHotItem();
+  bool admitToPool(const RouteConfig& route);
   void releaseBreakers();
   void reportBreakers(Nanos latency);
   void startContent();

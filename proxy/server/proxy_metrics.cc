@@ -50,6 +50,11 @@ ProxyMetrics::ProxyMetrics(size_t data_workers, Server* server)
           "Limit decisions by rule and action: allowed, rejected, delayed, degraded, "
           "shadow_rejected (a shadow rule would have refused), skipped (no key value).",
           {"rule", "action"})),
+      pool_refused_(registry_.counter(
+          "sluice_upstream_refused_total",
+          "Requests answered 503 before reaching an upstream pool, by upstream and reason: "
+          "max_active, adaptive_concurrency, saturated (shed by route priority).",
+          {"upstream", "reason"})),
       accepted_(registry_
                     .counter("sluice_client_connections_accepted_total",
                              "Client connections accepted on the proxy listeners.")
@@ -90,7 +95,11 @@ std::vector<WorkerMetrics> ProxyMetrics::bind(const Config& cfg) {
     Histogram dur = upstream_duration_.with({name});
     Counter retries = retries_.with({name});
     Gauge idle = pool_idle_.with({name});
+    Counter refused[3];
+    const char* reasons[3] = {"max_active", "adaptive_concurrency", "saturated"};
+    for (int k = 0; k < 3; k++) refused[k] = pool_refused_.with({name, reasons[k]});
     for (size_t s = 0; s < shards; s++) {
+      for (int k = 0; k < 3; k++) out[s].upstreams[i].refused[k] = refused[k].shard(s);
       out[s].upstreams[i].response_duration = dur.shard(s);
       out[s].upstreams[i].retries = retries.shard(s);
       out[s].upstreams[i].idle_connections = idle.shard(s);
@@ -179,6 +188,30 @@ void ProxyMetrics::addServerFamilies(Server* server) {
                        for (size_t i = 0; i < gen->limits->size(); i++) {
                          const auto& rt = gen->limits->rule(i);
                          s.add({rt.config->id}, static_cast<double>(rt.liveKeys(now)));
+                       }
+                     });
+
+  registry_.callback("sluice_upstream_in_flight",
+                     "Requests in flight to an upstream pool, all workers.", MetricType::kGauge,
+                     {"upstream"}, [server](MetricSampleSink& s) {
+                       for (const auto& c : server->generation()->clusters)
+                         s.add({c->config().name}, static_cast<double>(c->active_requests.load()));
+                     });
+  registry_.callback("sluice_upstream_adaptive_limit",
+                     "Current adaptive concurrency limit of a pool (pools with adaptive_concurrency).",
+                     MetricType::kGauge, {"upstream"}, [server](MetricSampleSink& s) {
+                       for (const auto& c : server->generation()->clusters)
+                         if (const auto* a = c->gate().adaptive())
+                           s.add({c->config().name}, static_cast<double>(a->limit()));
+                     });
+  registry_.callback("sluice_upstream_saturation_ratio",
+                     "Load the application tier last reported (saturation header / capacity); "
+                     "absent when no fresh report.",
+                     MetricType::kGauge, {"upstream"}, [server](MetricSampleSink& s) {
+                       Nanos now = SteadyClock::monotonicNanos();
+                       for (const auto& c : server->generation()->clusters) {
+                         double load = c->gate().saturation(now);
+                         if (load >= 0) s.add({c->config().name}, load);
                        }
                      });
 

@@ -43,6 +43,7 @@ struct UpstreamMetrics {
   HistogramShard response_duration;
   CounterShard retries;
   GaugeShard idle_connections;
+  CounterShard refused[3];  // by PoolGate::Refusal - 1: max_active, adaptive, saturated
 };
 
 // Decisions of one limit rule (sluice_limit_decisions_total{rule,action}).
@@ -97,6 +98,7 @@ class ProxyMetrics {
   CounterFamily retries_;
   GaugeFamily pool_idle_;
   CounterFamily limit_decisions_;
+  CounterFamily pool_refused_;
   Counter accepted_;
   Gauge open_;
 };

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/log.h"
+#include "core/strings.h"
 
 namespace sluice {
 
@@ -15,9 +16,32 @@ class HealthProbe {
     uv_timer_init(loop_, &timer_);
     timer_.data = this;
     llhttp_settings_init(&settings_);
+    // The status, and the saturation header when the pool has one: the probe then doubles as
+    // the polled status URL of the application tier (docs/limiting.md, saturation).
+    settings_.on_header_field = [](llhttp_t* p, const char* at, size_t n) -> int {
+      auto* self = static_cast<HealthProbe*>(p->data);
+      if (self->field_done_) self->field_.clear(), self->value_.clear();
+      self->field_done_ = false;
+      if (self->field_.size() + n <= 256) self->field_.append(at, n);
+      return 0;
+    };
+    settings_.on_header_value = [](llhttp_t* p, const char* at, size_t n) -> int {
+      auto* self = static_cast<HealthProbe*>(p->data);
+      self->field_done_ = true;
+      if (self->value_.size() + n <= 256) self->value_.append(at, n);
+      return 0;
+    };
+    settings_.on_header_value_complete = [](llhttp_t* p) -> int {
+      auto* self = static_cast<HealthProbe*>(p->data);
+      auto& gate = self->cluster_->gate();
+      const std::string& want = gate.saturationConfig().header;
+      if (!want.empty() && equalsIgnoreCase(self->field_, want))
+        gate.reportSaturation(self->value_, SteadyClock::monotonicNanos());
+      return 0;
+    };
     settings_.on_headers_complete = [](llhttp_t* p) -> int {
       static_cast<HealthProbe*>(p->data)->status_ = p->status_code;
-      return HPE_PAUSED;  // the status is all we need
+      return HPE_PAUSED;  // the head is all we need
     };
   }
 
@@ -55,6 +79,9 @@ class HealthProbe {
     if (tcp_open_) return;  // previous socket still closing
     phase_ = Phase::kProbing;
     status_ = 0;
+    field_.clear();
+    value_.clear();
+    field_done_ = false;
     llhttp_init(&parser_, HTTP_RESPONSE, &settings_);
     parser_.data = this;
     uv_tcp_init(loop_, &tcp_);
@@ -164,6 +191,8 @@ class HealthProbe {
   std::string request_;
   char buf_[4096];
   int status_ = 0;
+  std::string field_, value_;  // the header being parsed
+  bool field_done_ = false;
   Phase phase_ = Phase::kWaiting;
   bool tcp_open_ = false;
   bool tcp_closing_ = false;

@@ -67,6 +67,8 @@ UpstreamCluster::UpstreamCluster(const UpstreamConfig& config, const UpstreamClu
     }
   }
   std::sort(ring_.begin(), ring_.end());
+  gate_ = std::make_unique<PoolGate>(config_, previous ? previous->gate_.get() : nullptr,
+                                     SteadyClock::monotonicNanos());
 }
 
 void UpstreamCluster::reportSuccess(size_t i) {

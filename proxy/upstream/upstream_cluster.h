@@ -15,6 +15,7 @@
 
 #include "core/clock.h"
 #include "proxy/config/config.h"
+#include "proxy/upstream/pool_gate.h"
 
 namespace sluice {
 
@@ -57,11 +58,15 @@ class UpstreamCluster {
 
   std::atomic<int64_t> active_requests{0};
   std::atomic<int64_t> retries_in_flight{0};
+  // max_active, adaptive concurrency and saturation shedding (carried over a reload).
+  PoolGate& gate() { return *gate_; }
+  const PoolGate& gate() const { return *gate_; }
 
  private:
   UpstreamConfig config_;
   std::vector<std::shared_ptr<ServerState>> servers_;
   std::vector<std::pair<uint64_t, uint32_t>> ring_;  // (point, server index), sorted
+  std::unique_ptr<PoolGate> gate_;
 };
 
 template <typename Pred>

@@ -10,7 +10,7 @@ import re
 import time
 import unittest
 
-from harness import (ProxyTestCase, admin_json, header, admin_reload, default_config, free_port, http_get,
+from harness import (CannedUpstream, ProxyTestCase, admin_json, header, admin_reload, default_config, free_port, http_get,
                      upstream_yaml, wait_until, write_config)
 from test_limits import LimitsTestCase, log_lines_for, route, rules_yaml
 
@@ -190,6 +190,76 @@ class CountersTest(LimitsTestCase):
         # Counters are cumulative over the process, not per generation.
         self.assertEqual(metric(text, "sluice_limit_decisions_total", rule="per-ip", action="rejected"), 3)
         self.assertEqual(admin_json(self.s, "/limits")["rules"][0]["decisions"]["rejected"], 3)
+
+
+class PoolGateTest(ProxyTestCase):
+    def test_max_active_refuses_the_request_over_the_cap_with_503(self):
+        demo = self.start_demo(threads=2)
+        s = self.start_sluice(upstream_yaml("storefront", [demo.address], "max_active: 1\n"))
+        import threading
+        results = []
+        slow = threading.Thread(target=lambda: results.append(http_get(s.port, "/api/slow?ms=800")[0]))
+        slow.start()
+        wait_until(lambda: metric(http_get(s.admin_port, "/metrics")[2].decode(),
+                                  "sluice_upstream_in_flight", upstream="storefront") == 1,
+                   message="the slow request in flight")
+        status, headers, body = http_get(s.port, "/api/items/1")
+        self.assertEqual(status, 503)
+        self.assertEqual(json.loads(body)["reason"], "max_active")
+        self.assertEqual(header(headers, "retry-after"), "1")
+        slow.join()
+        self.assertEqual(results, [200])
+        self.assertEqual(http_get(s.port, "/api/items/1")[0], 200)
+        text = http_get(s.admin_port, "/metrics")[2].decode()
+        self.assertEqual(metric(text, "sluice_upstream_refused_total", upstream="storefront",
+                                reason="max_active"), 1)
+
+    def routes(self):
+        return ("- name: low\n  match: { path: { prefix: /low } }\n  upstream: storefront\n  priority: low\n"
+                "- name: crit\n  match: { path: { prefix: /crit } }\n  upstream: storefront\n  priority: critical\n"
+                "- name: normal\n  match: { path: { prefix: / } }\n  upstream: storefront\n")
+
+    def test_saturation_reported_by_responses_sheds_low_priority_first(self):
+        busy = CannedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Busy-Threads: 90\r\n\r\nok")
+        self.addCleanup(busy.stop)
+        s = self.start_sluice(upstream_yaml("storefront", [busy.address],
+                                            "saturation: {header: X-Busy-Threads, capacity: 100, "
+                                            "shed_low: 0.8, shed_normal: 0.95, hold: 5s}\n"),
+                              self.routes())
+        self.assertEqual(http_get(s.port, "/low/1")[0], 200)  # no report yet
+        status, _, body = http_get(s.port, "/low/2")            # 90 of 100 busy: low goes
+        self.assertEqual(status, 503)
+        self.assertEqual(json.loads(body)["reason"], "saturated")
+        self.assertEqual(http_get(s.port, "/api/items/1")[0], 200)  # normal stays under 0.95
+        self.assertEqual(http_get(s.port, "/crit/1")[0], 200)
+        text = http_get(s.admin_port, "/metrics")[2].decode()
+        self.assertEqual(metric(text, "sluice_upstream_saturation_ratio", upstream="storefront"), 0.9)
+
+    def test_saturation_from_health_probes_alone(self):
+        busy = CannedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Busy-Threads: 99\r\n\r\nok")
+        self.addCleanup(busy.stop)
+        s = self.start_sluice(upstream_yaml("storefront", [busy.address],
+                                            "saturation: {header: x-busy-threads, capacity: 100}\n"
+                                            "health_check: {path: /status, interval: 100ms}\n"),
+                              self.routes())
+        wait_until(lambda: metric(http_get(s.admin_port, "/metrics")[2].decode(),
+                                  "sluice_upstream_saturation_ratio", upstream="storefront") == 0.99,
+                   message="a probe's saturation report")
+        self.assertEqual(http_get(s.port, "/low/1")[0], 503)
+        self.assertEqual(http_get(s.port, "/api/items/1")[0], 503)  # 0.99 >= 0.95: normal too
+        self.assertEqual(http_get(s.port, "/crit/1")[0], 200)
+
+    def test_adaptive_concurrency_starts_at_its_floor(self):
+        demo = self.start_demo()
+        s = self.start_sluice(upstream_yaml("storefront", [demo.address],
+                                            "adaptive_concurrency: {floor: 5, ceiling: 50}\n"))
+        for i in range(20):
+            self.assertEqual(http_get(s.port, "/api/items/%d" % i)[0], 200)
+        text = http_get(s.admin_port, "/metrics")[2].decode()
+        limit = metric(text, "sluice_upstream_adaptive_limit", upstream="storefront")
+        self.assertIsNotNone(limit)
+        self.assertGreaterEqual(limit, 5)
+        self.assertLessEqual(limit, 50)
 
 
 if __name__ == "__main__":

@@ -579,3 +579,50 @@ TEST_CASE("limits: jwt claims as key sources, jwt section validated", "[config][
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST_CASE("limits: pool max_active, adaptive concurrency, saturation and route priority", "[config][limits]") {
+  ConfigPtr c = loadOk(R"(listeners: [{address: 127.0.0.1:8080}]
+upstreams:
+  app:
+    servers: [{address: 127.0.0.1:9080}]
+    max_active: 300
+    adaptive_concurrency: {floor: 20, ceiling: 400, sample_window: 250ms, percentile: 90}
+    saturation: {header: X-Busy-Threads, capacity: 200, shed_low: 0.7, hold: 1s}
+routes:
+  - name: recs
+    upstream: app
+    priority: low
+)");
+  const auto& u = c->upstreams[0];
+  CHECK(u.max_active == 300);
+  CHECK(u.adaptive.enabled);
+  CHECK(u.adaptive.floor == 20);
+  CHECK(u.adaptive.ceiling == 400);
+  CHECK(u.adaptive.sample_window == 250 * kMillis);
+  CHECK(u.adaptive.percentile == Approx(0.9));
+  CHECK(u.saturation.header == "X-Busy-Threads");
+  CHECK(u.saturation.capacity == 200);
+  CHECK(u.saturation.shed_low == Approx(0.7));
+  CHECK(u.saturation.shed_normal == Approx(0.95));
+  CHECK(u.saturation.hold == kSeconds);
+  CHECK(c->routes[0].priority == RoutePriority::kLow);
+
+  auto bad = [](const std::string& upstream_extra, const std::string& route_extra = "") {
+    return loadError("listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  app:\n"
+                     "    servers: [{address: 127.0.0.1:9080}]\n" + upstream_extra +
+                     "routes:\n  - name: r\n    upstream: app\n" + route_extra);
+  };
+  CHECK(bad("    saturation: {capacity: 10}\n").format() ==
+        "test.yaml:5:17: upstreams.app.saturation: missing required key 'header'");
+  CHECK_THAT(bad("    saturation: {header: X, capacity: 10, shed_low: 0.99}\n").message,
+             Catch::Contains("shed_low must not exceed shed_normal"));
+  CHECK_THAT(bad("    adaptive_concurrency: {floor: 50, ceiling: 10}\n").message,
+             Catch::StartsWith("upstreams.app.adaptive_concurrency: "));
+  CHECK_THAT(bad("", "    priority: urgent\n").message, Catch::Contains("expected one of low, normal, high, critical"));
+}
+
+}  // namespace
+}  // namespace sluice
