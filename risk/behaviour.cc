@@ -1,0 +1,164 @@
+#include "risk/behaviour.h"
+
+#include <cmath>
+
+namespace sluice::risk {
+namespace {
+
+uint16_t itemFingerprint(uint64_t itemKey) {
+  const uint16_t fp = static_cast<uint16_t>(itemKey >> 48);
+  return fp == 0 ? 1 : fp;
+}
+
+bool within(uint32_t then, uint32_t nowTick, Nanos window) {
+  return then != 0 && static_cast<Nanos>(nowTick - then) * kSeconds <= window;
+}
+
+}  // namespace
+
+BehaviourTracker::BehaviourTracker(size_t memoryPerKind) {
+  for (auto& t : tables_) t = std::make_unique<Table>(memoryPerKind);
+}
+
+float BehaviourTracker::decay(float score, uint32_t scoreAt, uint32_t nowTick, Nanos halfLife) {
+  if (score <= 0 || scoreAt == 0 || nowTick <= scoreAt) return score;
+  if (halfLife <= 0) return 0;
+  const double elapsed = static_cast<double>(nowTick - scoreAt) * kSeconds;
+  return static_cast<float>(score * std::exp2(-elapsed / static_cast<double>(halfLife)));
+}
+
+uint32_t BehaviourTracker::sketchEstimate(uint64_t sketch) {
+  const int set = __builtin_popcountll(sketch);
+  if (set <= 1) return static_cast<uint32_t>(set);
+  if (set >= 64) return 300;  // saturated: "a lot"
+  const double zeros = 64.0 - set;
+  return static_cast<uint32_t>(std::lround(-64.0 * std::log(zeros / 64.0)));
+}
+
+BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const BehaviourParams& p,
+                                               double regularMaxCv, Nanos halfLife, Nanos now) {
+  BehaviourObservation out;
+  const uint64_t nowMs = static_cast<uint64_t>(now < 0 ? 0 : now / kMillis) + 1;
+  const uint32_t tick = secondsTick(now);
+  const uint32_t windowSecs = static_cast<uint32_t>(std::max<Nanos>(p.rateWindow / kSeconds, 1));
+  const uint64_t idleMs = static_cast<uint64_t>(p.idleAfter / kMillis);
+  auto classify = [&](const EntityState& s) {
+    return nowMs - s.lastSeenMs > idleMs ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive;
+  };
+  for (int k = 0; k < kEntityKinds; ++k) {
+    if (ev.keys[k] == 0) continue;
+    EntityObservation& o = out.entity[k];
+    o.present = true;
+    tables_[k]->apply(ev.keys[k], limiter::Lookup::kFindOrInsert, classify,
+                      [&](EntityState& s, bool inserted) {
+      if (!inserted && s.lastSeenMs != 0 && nowMs - s.lastSeenMs > idleMs) s = EntityState{};
+      // Inter-arrival gaps: only requests that are behaviour events (not assets) count.
+      if (s.lastSeenMs != 0 && ev.route != RouteClass::kOther) {
+        const uint64_t gap = nowMs >= s.lastSeenMs ? nowMs - s.lastSeenMs : 0;
+        s.gapsMs[s.gapHead] = static_cast<uint16_t>(std::min<uint64_t>(gap, 65535));
+        s.gapHead = static_cast<uint8_t>((s.gapHead + 1) & 7);
+        if (s.gapCount < 8) ++s.gapCount;
+      }
+      if (ev.route != RouteClass::kOther || s.lastSeenMs == 0) s.lastSeenMs = nowMs;
+
+      // Rate: two tumbling buckets weighted into a sliding estimate.
+      if (s.windowStart == 0 || tick - s.windowStart >= 2 * windowSecs) {
+        s.prevWindowCount = 0;
+        s.windowCount = 0;
+        s.windowStart = tick;
+      } else if (tick - s.windowStart >= windowSecs) {
+        s.prevWindowCount = s.windowCount;
+        s.windowCount = 0;
+        s.windowStart += windowSecs;
+      }
+      if (s.windowCount < 65535) ++s.windowCount;
+      const double into = static_cast<double>(tick - s.windowStart) / windowSecs;
+      o.rate = s.windowCount + static_cast<uint32_t>(s.prevWindowCount * (1.0 - into));
+
+      if (s.gapCount >= p.regularMinSamples && s.gapCount > 1) {
+        double sum = 0, sq = 0;
+        for (int i = 0; i < s.gapCount; ++i) sum += s.gapsMs[i];
+        const double mean = sum / s.gapCount;
+        for (int i = 0; i < s.gapCount; ++i) sq += (s.gapsMs[i] - mean) * (s.gapsMs[i] - mean);
+        // A mean under 1 ms is a burst (parallel fetches), not a rhythm.
+        if (mean >= 1.0) {
+          o.gapCv = static_cast<float>(std::sqrt(sq / s.gapCount) / mean);
+          o.regular = o.gapCv < regularMaxCv;
+        }
+      }
+
+      // Path sequence.
+      switch (ev.route) {
+        case RouteClass::kItemDetail: {
+          s.lastPageView = tick;
+          if (ev.itemKey != 0) {
+            const uint16_t fp = itemFingerprint(ev.itemKey);
+            int slot = 0;
+            for (int i = 0; i < 4; ++i) {
+              if (s.itemFp[i] == fp) { slot = i; break; }
+              if (s.itemSeen[i] < s.itemSeen[slot]) slot = i;
+            }
+            s.itemFp[slot] = fp;
+            s.itemSeen[slot] = tick;
+          }
+          break;
+        }
+        case RouteClass::kPageView:
+          s.lastPageView = tick;
+          break;
+        case RouteClass::kApi:
+          o.apiWithoutPage = !within(s.lastPageView, tick, p.pageViewWindow);
+          break;
+        case RouteClass::kCheckout: {
+          bool viewed = false;
+          const uint16_t fp = ev.itemKey ? itemFingerprint(ev.itemKey) : 0;
+          for (int i = 0; i < 4; ++i) {
+            if (!within(s.itemSeen[i], tick, p.itemViewWindow)) continue;
+            if (fp == 0 || s.itemFp[i] == fp) viewed = true;
+          }
+          o.checkoutWithoutView = !viewed;
+          break;
+        }
+        case RouteClass::kOther:
+          break;
+      }
+
+      // Distinct related ids.
+      if (s.sketchEpoch == 0 || static_cast<Nanos>(tick - s.sketchEpoch) * kSeconds > p.distinctWindow) {
+        s.sketchA = s.sketchB = 0;
+        s.sketchEpoch = tick;
+      }
+      const uint64_t relA = k == 2 ? ev.keys[1] : ev.keys[2];  // member: devices; else members
+      const uint64_t relB = k == 0 ? ev.keys[1] : ev.addressKey;
+      if (relA) s.sketchA |= sketchBit(relA);
+      if (relB) s.sketchB |= sketchBit(relB);
+      o.distinctA = sketchEstimate(s.sketchA);
+      o.distinctB = sketchEstimate(s.sketchB);
+
+      o.decayedScore = decay(s.score, s.scoreAt, tick, halfLife);
+      o.ladder = s.ladder;
+      return limiter::EntryAction::kKeep;
+    });
+  }
+  return out;
+}
+
+void BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
+                              Nanos halfLife, Nanos now) {
+  const uint32_t tick = secondsTick(now);
+  tables_[static_cast<int>(kind)]->apply(
+      key, limiter::Lookup::kFindOnly, [](const EntityState&) { return limiter::EntryStatus::kActive; },
+      [&](EntityState& s, bool) {
+        const float decayed = decay(s.score, s.scoreAt, tick, halfLife);
+        s.score = std::max(decayed, score);
+        s.scoreAt = tick;
+        if (ladder) s.ladder = *ladder;
+        return limiter::EntryAction::kKeep;
+      });
+}
+
+bool BehaviourTracker::read(EntityKind kind, uint64_t key, EntityState* out) const {
+  return tables_[static_cast<int>(kind)]->read(key, [&](const EntityState& s) { *out = s; });
+}
+
+}  // namespace sluice::risk

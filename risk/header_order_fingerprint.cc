@@ -1,0 +1,109 @@
+#include "risk/header_order_fingerprint.h"
+
+#include <algorithm>
+#include <array>
+
+#include "core/hash.h"
+#include "core/strings.h"
+
+namespace sluice::risk {
+namespace {
+
+uint64_t chain(uint64_t h, std::string_view name) { return hash64(name, h + 1); }
+
+void putHex48(char* out, uint64_t v) {
+  static const char kHex[] = "0123456789abcdef";
+  v >>= 16;  // top 48 bits
+  for (int i = 11; i >= 0; --i) {
+    out[i] = kHex[v & 15];
+    v >>= 4;
+  }
+}
+
+// Calls fn(name) for every cookie name in one Cookie header value.
+template <class Fn>
+void forEachCookieName(std::string_view value, Fn&& fn) {
+  size_t pos = 0;
+  while (pos <= value.size()) {
+    size_t end = value.find(';', pos);
+    if (end == std::string_view::npos) end = value.size();
+    std::string_view pair = value.substr(pos, end - pos);
+    size_t eq = pair.find('=');
+    std::string_view name = trim(eq == std::string_view::npos ? pair : pair.substr(0, eq));
+    if (!name.empty() && !fn(name)) return;
+    pos = end + 1;
+  }
+}
+
+}  // namespace
+
+HeaderOrderFingerprint HeaderOrderFingerprint::compute(const RiskRequest& r) {
+  return compute(r.method, r.httpMajor, r.httpMinor, r.headers);
+}
+
+HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, uint8_t major,
+                                                       uint8_t minor,
+                                                       const std::vector<HeaderField>& headers) {
+  HeaderOrderFingerprint fp;
+  bool cookie = false;
+  bool referer = false;
+  unsigned count = 0;
+  uint64_t names = 0;
+  std::array<std::string_view, kMaxFingerprintCookies> cookies;
+  size_t ncookies = 0;
+  for (const auto& [name, value] : headers) {
+    if (equalsIgnoreCase(name, "cookie")) {
+      cookie = true;
+      forEachCookieName(value, [&](std::string_view n) {
+        if (ncookies == cookies.size()) return false;
+        cookies[ncookies++] = n;
+        return true;
+      });
+      continue;
+    }
+    if (equalsIgnoreCase(name, "referer")) {
+      referer = true;
+      continue;
+    }
+    ++count;
+    names = chain(names, name);
+  }
+  std::sort(cookies.begin(), cookies.begin() + static_cast<long>(ncookies));
+  uint64_t cookieHash = 0;
+  for (size_t i = 0; i < ncookies; ++i) cookieHash = chain(cookieHash, cookies[i]);
+
+  fp.namesHash = names;
+  fp.cookieHash = cookieHash;
+  fp.headerCount = static_cast<uint8_t>(std::min(count, 99u));
+  char buf[34];
+  buf[0] = method.size() > 0 ? asciiLower(method[0]) : 'x';
+  buf[1] = method.size() > 1 ? asciiLower(method[1]) : 'x';
+  // Method bytes are the client's: keep the label printable whatever they sent.
+  for (int i = 0; i < 2; ++i)
+    if (static_cast<unsigned char>(buf[i]) < 0x21 || static_cast<unsigned char>(buf[i]) > 0x7e ||
+        buf[i] == '_')
+      buf[i] = 'x';
+  const char* v = "00";
+  if (major == 1 && minor == 0) v = "10";
+  if (major == 1 && minor == 1) v = "11";
+  if (major == 2 && minor == 0) v = "20";
+  buf[2] = v[0];
+  buf[3] = v[1];
+  buf[4] = cookie ? 'c' : 'n';
+  buf[5] = referer ? 'r' : 'n';
+  buf[6] = static_cast<char>('0' + fp.headerCount / 10);
+  buf[7] = static_cast<char>('0' + fp.headerCount % 10);
+  buf[8] = '_';
+  putHex48(buf + 9, names);
+  buf[21] = '_';
+  if (ncookies == 0) {
+    std::fill(buf + 22, buf + 34, '0');
+  } else {
+    putHex48(buf + 22, cookieHash);
+  }
+  fp.text.assign(buf, sizeof buf);
+  fp.hash = hash64(fp.text);
+  return fp;
+}
+
+}  // namespace sluice::risk

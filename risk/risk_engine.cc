@@ -1,0 +1,326 @@
+#include "risk/risk_engine.h"
+
+#include <algorithm>
+
+#include "core/hash.h"
+#include "core/strings.h"
+
+namespace sluice::risk {
+namespace {
+
+constexpr uint64_t kIpSeed = 0x1b, kDeviceSeed = 0x2d, kMemberSeed = 0x3e, kAddressSeed = 0x4f,
+                   kItemSeed = 0x5a;
+
+uint64_t nonZero(uint64_t h) { return h == 0 ? 1 : h; }
+
+bool tokenLooksHostile(TokenStatus s) {
+  return s == TokenStatus::kMalformed || s == TokenStatus::kForged ||
+         s == TokenStatus::kUnknownKey || s == TokenStatus::kWrongSubject ||
+         s == TokenStatus::kNotYetValid;
+}
+
+}  // namespace
+
+int RiskDecision::pointsOf(std::string_view name) const {
+  for (int i = 0; i < topCount; ++i)
+    if (top[i].name == name) return top[i].points;
+  return 0;
+}
+
+RiskEngine::RiskEngine(const RiskStateOptions& o)
+    : behaviour_(o.behaviourMemoryPerKind), spent_(o.spentMemory) {}
+
+uint64_t RiskEngine::ipKey(const IpAddress& ip) {
+  return nonZero(hash64(std::string_view(reinterpret_cast<const char*>(ip.bytes.data()), 16), kIpSeed));
+}
+uint64_t RiskEngine::deviceKey(std::string_view id) {
+  return id.empty() ? 0 : nonZero(hash64(id, kDeviceSeed));
+}
+uint64_t RiskEngine::memberKey(std::string_view id) {
+  return id.empty() ? 0 : nonZero(hash64(id, kMemberSeed));
+}
+
+std::pair<EntityKind, uint64_t> RiskEngine::subjectOf(const RiskRequest& r) {
+  if (!r.deviceId.empty()) return {EntityKind::kDevice, deviceKey(r.deviceId)};
+  if (!r.memberId.empty()) return {EntityKind::kMember, memberKey(r.memberId)};
+  return {EntityKind::kIp, ipKey(r.clientIp)};
+}
+
+std::string_view RiskEngine::findCookie(const RiskRequest& r, std::string_view name) {
+  for (const auto& [h, value] : r.headers) {
+    if (!equalsIgnoreCase(h, "cookie")) continue;
+    size_t pos = 0;
+    while (pos < value.size()) {
+      size_t end = value.find(';', pos);
+      if (end == std::string_view::npos) end = value.size();
+      std::string_view pair = trim(value.substr(pos, end - pos));
+      pos = end + 1;
+      if (pair.size() > name.size() && pair.substr(0, name.size()) == name &&
+          pair[name.size()] == '=')
+        return trim(pair.substr(name.size() + 1));
+    }
+  }
+  return {};
+}
+
+RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r, Nanos now,
+                                  const HeaderOrderFingerprint* precomputed) {
+  RiskDecision d;
+  const RiskConfig& cfg = policy.config;
+  SignalSet signals;
+
+  // Header order and User-Agent.
+  HeaderOrderFingerprint computed;
+  if (!precomputed) computed = HeaderOrderFingerprint::compute(r);
+  const HeaderOrderFingerprint& fp = precomputed ? *precomputed : computed;
+  d.fingerprint = fp.text;
+  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r);
+  if (ua.missing) signals.fire(Signal::kUaMissing);
+  if (ua.automation) signals.fire(Signal::kUaAutomation);
+  if (ua.headless) signals.fire(Signal::kUaHeadless);
+  if (ua.hintsMismatch()) signals.fire(Signal::kUaHintsMismatch);
+  if (ua.hintsMissing) signals.fire(Signal::kUaHintsMissing);
+  if (ua.hintsGarbage) signals.fire(Signal::kUaHintsGarbage);
+  if (ua.headerOrderMismatch) signals.fire(Signal::kUaHeaderOrderMismatch);
+
+  // GeoIP.
+  if (!policy.geoip.empty()) {
+    GeoIpRecord geo;
+    for (const auto& db : policy.geoip) {
+      GeoIpRecord one;
+      if (db->lookup(r.clientIp, &one)) geo.merge(one);
+    }
+    if (geo.country[0] && !policy.riskyCountries.empty()) {
+      const uint16_t cc = static_cast<uint16_t>(geo.country[0] << 8 | geo.country[1]);
+      if (std::find(policy.riskyCountries.begin(), policy.riskyCountries.end(), cc) !=
+          policy.riskyCountries.end())
+        signals.fire(Signal::kGeoRiskyCountry);
+    }
+    if (geo.asn && std::binary_search(policy.riskyAsns.begin(), policy.riskyAsns.end(), geo.asn))
+      signals.fire(Signal::kGeoRiskyAsn);
+    if (geo.isHosting) signals.fire(Signal::kIpHosting);
+    if (geo.isVpn) signals.fire(Signal::kIpVpn);
+    if (geo.isPublicProxy) signals.fire(Signal::kIpPublicProxy);
+    if (geo.isResidentialProxy) signals.fire(Signal::kIpResidentialProxy);
+    if (geo.isTor) signals.fire(Signal::kIpTor);
+  }
+
+  // Lists.
+  if (policy.lists && !policy.lists->empty()) {
+    ListQuery q;
+    q.ip = &r.clientIp;
+    q.memberId = r.memberId;
+    q.deviceId = r.deviceId;
+    q.addressHash = r.addressHash;
+    q.fingerprint = fp.text;
+    q.tlsFingerprint = r.tlsFingerprint;
+    const ListMatch m = policy.lists->match(q);
+    auto fireList = [&](ListKind k, Signal s) {
+      if (int pts = m.pointsByKind[static_cast<int>(k)]; pts > 0) signals.fire(s, pts);
+    };
+    fireList(ListKind::kIp, Signal::kListIp);
+    fireList(ListKind::kMember, Signal::kListMember);
+    fireList(ListKind::kDevice, Signal::kListDevice);
+    fireList(ListKind::kAddress, Signal::kListAddress);
+    fireList(ListKind::kFingerprint, Signal::kFingerprintListed);
+    fireList(ListKind::kTls, Signal::kTlsListed);
+    if (m.allowed) {
+      d.allowListed = true;
+      d.allowList = m.firstAllow->name;
+    }
+  }
+
+  // Behaviour.
+  BehaviourEvent ev;
+  ev.route = r.routeClass;
+  ev.itemKey = r.itemId.empty() ? 0 : nonZero(hash64(r.itemId, kItemSeed));
+  ev.keys[0] = ipKey(r.clientIp);
+  ev.keys[1] = deviceKey(r.deviceId);
+  ev.keys[2] = memberKey(r.memberId);
+  ev.addressKey = r.addressHash.empty() ? 0 : nonZero(hash64(r.addressHash, kAddressSeed));
+  const BehaviourConfig& bc = cfg.behaviour;
+  const BehaviourObservation obs =
+      behaviour_.observe(ev, bc.params, bc.regularMaxCv, cfg.scoreHalfLife, now);
+  const auto [subjectKind, subjectKey] = subjectOf(r);
+  const EntityObservation& subject = obs.entity[static_cast<int>(subjectKind)];
+  if (obs.ip().rate > bc.ipRateMax || (obs.device().present && obs.device().rate > bc.rateMax) ||
+      (obs.member().present && obs.member().rate > bc.rateMax))
+    signals.fire(Signal::kBehRateHigh);
+  if (subject.regular) signals.fire(Signal::kBehRegularTiming);
+  if (subject.checkoutWithoutView) signals.fire(Signal::kBehCheckoutWithoutView);
+  if (subject.apiWithoutPage) signals.fire(Signal::kBehApiWithoutPage);
+  if (obs.device().present && obs.device().distinctA > bc.maxMembersPerDevice)
+    signals.fire(Signal::kBehMembersPerDevice);
+  if (obs.ip().distinctA > bc.maxMembersPerIp) signals.fire(Signal::kBehMembersPerIp);
+  if (obs.member().present && obs.member().distinctA > bc.maxDevicesPerMember)
+    signals.fire(Signal::kBehDevicesPerMember);
+  if (obs.member().present && obs.member().distinctB > bc.maxAddressesPerMember)
+    signals.fire(Signal::kBehAddressesPerMember);
+  if (subject.ladder.failures >= bc.challengeFailures && bc.challengeFailures > 0)
+    signals.fire(Signal::kBehChallengeFailures);
+
+  // Pass token.
+  if (policy.tokens) {
+    const std::string_view cookie = findCookie(r, cfg.tokens.cookie);
+    if (!cookie.empty()) {
+      const TokenCheck tc = policy.tokens->verify(cookie, {r.deviceId, r.memberId}, r.clientIp,
+                                                  r.header("user-agent"), r.tlsFingerprint,
+                                                  r.wallSeconds);
+      d.tokenStatus = tc.status;
+      if (tc.status == TokenStatus::kValid) {
+        d.tokenLevel = tc.token.level;
+        d.tokenIpChanged = tc.ipChanged;
+        if (tc.ipChanged) signals.fire(Signal::kTokenIpChanged);
+      } else if (tokenLooksHostile(tc.status)) {
+        signals.fire(Signal::kTokenInvalid);
+      }
+    }
+  }
+
+  // Score, then carry-over from the entities' decaying scores.
+  const ScoreResult sr = policy.scorer.score(signals, r.routeClass, r.extraSignals);
+  d.requestScore = sr.score;
+  d.firedSignals = signals.fired;
+  d.top = sr.top;
+  d.topCount = sr.topCount;
+  float carried = std::max(obs.device().decayedScore, obs.member().decayedScore);
+  carried = std::max(carried, obs.ip().decayedScore * static_cast<float>(cfg.ipCarryPercent) / 100.f);
+  const int carriedScore = std::clamp(static_cast<int>(carried), 0, 100);
+  d.score = std::max(sr.score, carriedScore);
+  if (carriedScore > sr.score && d.topCount < kMaxTopSignals) {
+    // Explain why the score is above this request's own points.
+    std::move_backward(d.top.begin(), d.top.begin() + d.topCount, d.top.begin() + d.topCount + 1);
+    d.top[0] = {"score.carried", carriedScore};
+    ++d.topCount;
+  }
+
+  // Ladder.
+  const ChallengeLadder& ladder = policy.ladderFor(r.profile.empty() ? "default" : r.profile);
+  d.profile = ladder.profile();
+  d.monitor = ladder.monitor();
+  LadderState state = subject.ladder;
+  LadderOutcome lo;
+  if (d.allowListed) {
+    lo.action = lo.wouldAction = RiskAction::kAllow;
+  } else {
+    lo = ladder.decide(d.score, d.tokenLevel, state, now);
+  }
+  d.action = lo.action;
+  d.level = lo.level;
+  d.levelName = policy.levelName(lo.level);
+  d.wouldAction = lo.wouldAction;
+  d.wouldLevel = lo.wouldLevel;
+  d.wouldLevelName = policy.levelName(lo.wouldLevel);
+  d.escalated = lo.escalated;
+  d.fallback = lo.fallback;
+  d.satisfiedByToken = lo.satisfiedByToken;
+
+  // Remember this request's own score on every entity (decaying), and the subject's ladder.
+  for (int k = 0; k < kEntityKinds; ++k) {
+    if (ev.keys[k] == 0) continue;
+    const bool isSubject = static_cast<int>(subjectKind) == k;
+    if (sr.score == 0 && !(isSubject && lo.stateChanged)) continue;
+    behaviour_.commit(static_cast<EntityKind>(k), ev.keys[k], static_cast<float>(sr.score),
+                      isSubject && lo.stateChanged ? &state : nullptr, cfg.scoreHalfLife, now);
+  }
+
+  if (d.action == RiskAction::kChallenge && policy.tickets) {
+    d.powDifficulty = policy.levelDifficulty[d.level - 1];
+    const auto subj = policy.tokens->subjectOf({r.deviceId, r.memberId});
+    d.ticket = policy.tickets->issue(d.level, d.powDifficulty, subj, r.wallSeconds,
+                                     cfg.challenge.ticketTtl / kSeconds);
+  }
+  return d;
+}
+
+void RiskEngine::recordChallengeResult(const RiskPolicy& policy, const RiskRequest& r,
+                                       uint8_t level, bool passed, Nanos now) {
+  (void)level;
+  const auto [kind, key] = subjectOf(r);
+  const uint8_t levels = static_cast<uint8_t>(policy.levelNames.size());
+  const bool found = behaviour_.updateLadder(kind, key, [&](LadderState& s) {
+    ChallengeLadder::onResult(s, passed, levels);
+  });
+  if (!found) {
+    // First sight of this subject is a challenge answer: record it so failures count.
+    BehaviourEvent ev;
+    ev.keys[static_cast<int>(kind)] = key;
+    behaviour_.observe(ev, policy.config.behaviour.params, policy.config.behaviour.regularMaxCv,
+                       policy.config.scoreHalfLife, now);
+    behaviour_.updateLadder(kind, key, [&](LadderState& s) {
+      ChallengeLadder::onResult(s, passed, levels);
+    });
+  }
+}
+
+void RiskEngine::recordOutcome(const RiskPolicy& policy, const RiskRequest& r, int status,
+                               Nanos now) {
+  if ((status == 401 || status == 403) &&
+      (r.routeClass == RouteClass::kCheckout || r.routeClass == RouteClass::kApi)) {
+    const auto [kind, key] = subjectOf(r);
+    behaviour_.updateLadder(kind, key, [](LadderState& s) {
+      if (s.failures < 255) ++s.failures;
+    });
+  }
+  (void)policy;
+  (void)now;
+}
+
+std::string RiskEngine::issueToken(const RiskPolicy& policy, const RiskRequest& r,
+                                   uint8_t level) const {
+  return policy.tokens->issue({r.deviceId, r.memberId}, level, policy.config.tokens.policyVersion,
+                              r.clientIp, r.header("user-agent"), r.tlsFingerprint, r.wallSeconds,
+                              policy.config.tokens.ttl / kSeconds);
+}
+
+RedeemResult RiskEngine::redeemProofOfWork(const RiskPolicy& policy, const RiskRequest& r,
+                                           std::string_view ticket, std::string_view counter,
+                                           Nanos now) {
+  RedeemResult out;
+  if (!policy.tickets || !policy.tokens) return out;
+  const auto subj = policy.tokens->subjectOf({r.deviceId, r.memberId});
+  ChallengeTicket t;
+  out.powStatus = verifyProofOfWork(*policy.tickets, spent_, ticket, counter, &subj, r.wallSeconds, &t);
+  out.replayed = out.powStatus == PowStatus::kReplayed;
+  if (out.powStatus == PowStatus::kOk) {
+    out.ok = true;
+    out.level = t.level;
+    recordChallengeResult(policy, r, t.level, true, now);
+    out.token = issueToken(policy, r, t.level);
+  } else if (out.powStatus == PowStatus::kBadSolution) {
+    recordChallengeResult(policy, r, t.level, false, now);
+  }
+  return out;
+}
+
+RedeemResult RiskEngine::redeemVerifierReport(const RiskPolicy& policy, const RiskRequest& r,
+                                              const VerifierReport& report,
+                                              std::string_view signature, Nanos now) {
+  RedeemResult out;
+  if (!policy.verifierKey || !policy.tickets || !policy.tokens) return out;
+  out.verifierStatus = checkVerifierReport(*policy.verifierKey, report, signature, r.wallSeconds,
+                                           policy.config.challenge.verifierMaxSkew / kSeconds);
+  if (out.verifierStatus != VerifierStatus::kOk) return out;
+  // The ticket must be ours, live, issued to this browser's subject, for the level reported.
+  const auto subj = policy.tokens->subjectOf({r.deviceId, r.memberId});
+  ChallengeTicket t;
+  if (policy.tickets->open(report.ticket, &subj, r.wallSeconds, &t) != TicketStatus::kOk ||
+      policy.levelName(t.level) != report.level) {
+    out.verifierStatus = VerifierStatus::kMalformed;
+    return out;
+  }
+  if (!spent_.markSpent(std::string_view(reinterpret_cast<const char*>(t.nonce.data()), 16),
+                        t.expiresAt, r.wallSeconds)) {
+    out.replayed = true;
+    return out;
+  }
+  out.level = t.level;
+  recordChallengeResult(policy, r, t.level, report.passed, now);
+  if (report.passed) {
+    out.ok = true;
+    out.token = issueToken(policy, r, t.level);
+  }
+  return out;
+}
+
+}  // namespace sluice::risk

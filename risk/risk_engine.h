@@ -1,0 +1,114 @@
+#pragma once
+// RiskEngine: the facade the proxy's risk phase calls. It owns the process-wide state (behaviour
+// tables, the spent-ticket set) and reads an immutable RiskPolicy per call, so a reload swaps the
+// policy while the state carries over.
+//
+//   evaluate()               fingerprint + UA + GeoIP + lists + behaviour + token -> score -> ladder
+//   recordChallengeResult()  feedback: a challenge was passed or failed
+//   redeemProofOfWork()      a PoW submission: verify, record, issue a pass token
+//   redeemVerifierReport()   a signed external verifier report: verify, record, issue a token
+//   recordOutcome()          the response status, after the upstream answered
+#include <array>
+#include <memory>
+#include <string>
+
+#include "risk/header_order_fingerprint.h"
+#include "risk/proof_of_work.h"
+#include "risk/risk_config.h"
+#include "risk/spent_set.h"
+#include "risk/user_agent.h"
+#include "risk/verifier_signature.h"
+
+namespace sluice::risk {
+
+struct RiskDecision {
+  int score = 0;                 // 0..100, after carry-over from the entity's decaying score
+  int requestScore = 0;          // this request's own signals only
+  RiskAction action = RiskAction::kAllow;
+  uint8_t level = 0;             // challenge level (1-based) when action is kChallenge
+  std::string_view levelName;    // valid while the policy lives
+  // What the ladder would have done; equals action/level outside monitor mode.
+  RiskAction wouldAction = RiskAction::kAllow;
+  uint8_t wouldLevel = 0;
+  std::string_view wouldLevelName;
+  bool monitor = false;
+  std::string_view profile;
+  // Explanation: the largest contributions, largest first.
+  std::array<SignalContribution, kMaxTopSignals> top{};
+  int topCount = 0;
+  uint64_t firedSignals = 0;     // bit per Signal
+  TokenStatus tokenStatus = TokenStatus::kAbsent;
+  uint8_t tokenLevel = 0;        // level of a valid token
+  bool tokenIpChanged = false;
+  bool escalated = false;
+  bool fallback = false;
+  bool satisfiedByToken = false;
+  bool allowListed = false;
+  std::string_view allowList;    // name of the allow list that matched
+  std::string fingerprint;       // header-order fingerprint text, for the access log
+  // Set when action is kChallenge: the sealed ticket and, for PoW levels, its difficulty.
+  std::string ticket;
+  uint8_t powDifficulty = 0;
+
+  bool fired(Signal s) const { return firedSignals & (uint64_t{1} << static_cast<int>(s)); }
+  int pointsOf(std::string_view name) const;  // 0 when not among the top contributions
+};
+
+struct RiskStateOptions {
+  size_t behaviourMemoryPerKind = size_t{16} << 20;
+  size_t spentMemory = size_t{4} << 20;
+};
+
+struct RedeemResult {
+  PowStatus powStatus = PowStatus::kBadTicket;
+  VerifierStatus verifierStatus = VerifierStatus::kMalformed;
+  bool ok = false;
+  bool replayed = false;
+  uint8_t level = 0;
+  std::string token;  // the pass-token cookie value when ok
+};
+
+class RiskEngine;
+using RiskEnginePtr = std::shared_ptr<RiskEngine>;
+
+class RiskEngine {
+ public:
+  explicit RiskEngine(const RiskStateOptions& options);
+
+  // `fingerprint` may be passed when identify already computed it.
+  RiskDecision evaluate(const RiskPolicy& policy, const RiskRequest& request, Nanos now,
+                        const HeaderOrderFingerprint* fingerprint = nullptr);
+
+  void recordChallengeResult(const RiskPolicy& policy, const RiskRequest& request, uint8_t level,
+                             bool passed, Nanos now);
+  // 401/403 answers from the upstream to a checkout/login count as failures of the subject.
+  void recordOutcome(const RiskPolicy& policy, const RiskRequest& request, int httpStatus,
+                     Nanos now);
+
+  RedeemResult redeemProofOfWork(const RiskPolicy& policy, const RiskRequest& request,
+                                 std::string_view ticket, std::string_view counter, Nanos now);
+  // `request` is the browser's request relaying the verifier's signed report.
+  RedeemResult redeemVerifierReport(const RiskPolicy& policy, const RiskRequest& request,
+                                    const VerifierReport& report, std::string_view signature,
+                                    Nanos now);
+
+  BehaviourTracker& behaviour() { return behaviour_; }
+  SpentSet& spent() { return spent_; }
+
+  // Entity keys, exposed for tests and the explain call.
+  static uint64_t ipKey(const IpAddress& ip);
+  static uint64_t deviceKey(std::string_view id);
+  static uint64_t memberKey(std::string_view id);
+  // The pass-token cookie's value among the request's Cookie headers (empty when absent).
+  static std::string_view findCookie(const RiskRequest& request, std::string_view name);
+
+ private:
+  // The entity escalation is stored on: device, else member, else IP.
+  static std::pair<EntityKind, uint64_t> subjectOf(const RiskRequest& request);
+  std::string issueToken(const RiskPolicy& policy, const RiskRequest& request, uint8_t level) const;
+
+  BehaviourTracker behaviour_;
+  SpentSet spent_;
+};
+
+}  // namespace sluice::risk

@@ -1,0 +1,173 @@
+#include "risk/scalper_lists.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/hash.h"
+#include "core/strings.h"
+
+namespace sluice::risk {
+namespace {
+
+constexpr size_t kMaxTokenBytes = 256;
+
+uint64_t maskedKey(const IpAddress& ip, int prefix) {
+  uint8_t b[17];
+  std::memcpy(b, ip.bytes.data(), 16);
+  for (int i = 0; i < 16; ++i) {
+    const int bits = prefix - i * 8;
+    if (bits >= 8) continue;
+    b[i] &= bits <= 0 ? 0 : static_cast<uint8_t>(0xff << (8 - bits));
+  }
+  b[16] = static_cast<uint8_t>(prefix);
+  return hash64(std::string_view(reinterpret_cast<const char*>(b), sizeof b));
+}
+
+uint64_t tokenKey(ListKind kind, std::string_view token) {
+  return hash64(token, static_cast<uint64_t>(kind) + 0x51u);
+}
+
+}  // namespace
+
+const char* listKindName(ListKind k) {
+  switch (k) {
+    case ListKind::kIp: return "ip";
+    case ListKind::kMember: return "member";
+    case ListKind::kDevice: return "device";
+    case ListKind::kAddress: return "address";
+    case ListKind::kFingerprint: return "fingerprint";
+    case ListKind::kTls: return "tls";
+  }
+  return "ip";
+}
+
+bool parseListKind(std::string_view s, ListKind* out) {
+  for (ListKind k : {ListKind::kIp, ListKind::kMember, ListKind::kDevice, ListKind::kAddress,
+                     ListKind::kFingerprint, ListKind::kTls}) {
+    if (s == listKindName(k)) {
+      *out = k;
+      return true;
+    }
+  }
+  return false;
+}
+
+void CidrMatcher::add(const Cidr& c) {
+  masked_.insert(maskedKey(c.base, c.prefix));
+  if (std::find(prefixes_.begin(), prefixes_.end(), c.prefix) == prefixes_.end()) {
+    prefixes_.push_back(c.prefix);
+    std::sort(prefixes_.begin(), prefixes_.end(), std::greater<int>());
+  }
+  ++count_;
+}
+
+bool CidrMatcher::contains(const IpAddress& ip) const {
+  for (int p : prefixes_)
+    if (masked_.count(maskedKey(ip, p))) return true;
+  return false;
+}
+
+bool ScalperLists::parseInto(const ListSource& src, std::string_view text,
+                             std::string_view fileLabel, ScalperList* out, std::string* error) {
+  out->name = src.name;
+  out->kind = src.kind;
+  out->allow = src.allow;
+  out->points = src.points;
+  size_t lineNo = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    ++lineNo;
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(pos, end - pos);
+    const size_t lineStart = pos;
+    pos = end + 1;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (size_t hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
+    std::string_view entry = trim(line);
+    if (entry.empty()) continue;
+    const size_t col = static_cast<size_t>(entry.data() - text.data()) - lineStart + 1;
+    auto fail = [&](const std::string& msg) {
+      *error = std::string(fileLabel) + ":" + std::to_string(lineNo) + ":" + std::to_string(col) +
+               ": " + msg;
+      return false;
+    };
+    if (src.kind == ListKind::kIp) {
+      Cidr c;
+      if (!Cidr::parse(entry, &c)) return fail("not an IP address or CIDR: '" + std::string(entry.substr(0, 64)) + "'");
+      out->cidrs.add(c);
+    } else {
+      if (entry.size() > kMaxTokenBytes) return fail("entry longer than 256 bytes");
+      for (char ch : entry) {
+        if (ch == ' ' || ch == '\t' || static_cast<unsigned char>(ch) < 0x20)
+          return fail("entry contains whitespace or a control character");
+      }
+      out->ids.insert(tokenKey(src.kind, entry));
+    }
+    ++out->entries;
+  }
+  return true;
+}
+
+ScalperListsPtr ScalperLists::fromLists(std::vector<ScalperList> lists) {
+  auto out = std::make_shared<ScalperLists>();
+  for (const auto& l : lists) out->kindsPresent_ |= static_cast<uint8_t>(1u << static_cast<int>(l.kind));
+  out->lists_ = std::move(lists);
+  return out;
+}
+
+ScalperListsPtr ScalperLists::load(const std::vector<ListSource>& sources, std::string* error) {
+  std::vector<ScalperList> lists;
+  lists.reserve(sources.size());
+  for (const auto& src : sources) {
+    std::ifstream in(src.file, std::ios::binary);
+    if (!in) {
+      *error = src.file + ": cannot open list '" + src.name + "': " + strerror(errno);
+      return nullptr;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    ScalperList list;
+    if (!parseInto(src, ss.str(), src.file, &list, error)) return nullptr;
+    lists.push_back(std::move(list));
+  }
+  return fromLists(std::move(lists));
+}
+
+ListMatch ScalperLists::match(const ListQuery& q) const {
+  ListMatch m;
+  if (lists_.empty()) return m;
+  uint64_t keys[6] = {};
+  bool have[6] = {};
+  const std::string_view tokens[6] = {{}, q.memberId, q.deviceId, q.addressHash, q.fingerprint,
+                                      q.tlsFingerprint};
+  for (int k = 1; k < 6; ++k) {
+    if ((kindsPresent_ & (1u << k)) && !tokens[k].empty()) {
+      keys[k] = tokenKey(static_cast<ListKind>(k), tokens[k]);
+      have[k] = true;
+    }
+  }
+  for (size_t i = 0; i < lists_.size(); ++i) {
+    const ScalperList& l = lists_[i];
+    const int k = static_cast<int>(l.kind);
+    bool hit = false;
+    if (l.kind == ListKind::kIp) {
+      hit = q.ip != nullptr && l.cidrs.contains(*q.ip);
+    } else {
+      hit = have[k] && l.ids.count(keys[k]) > 0;
+    }
+    if (!hit) continue;
+    if (i < 64) m.matchedLists |= uint64_t{1} << i;
+    if (l.allow) {
+      m.allowed = true;
+      if (!m.firstAllow) m.firstAllow = &l;
+    } else {
+      m.pointsByKind[k] = std::max(m.pointsByKind[k], l.points);
+    }
+  }
+  return m;
+}
+
+}  // namespace sluice::risk

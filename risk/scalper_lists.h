@@ -1,0 +1,96 @@
+#pragma once
+// ScalperLists: the operator's named lists of known scalpers (and allow lists), loaded from text
+// files into one immutable snapshot. A reload builds a new snapshot and swaps the pointer; a
+// request keeps the one it started with.
+//
+// File format: one entry per line; '#' starts a comment; blank lines are skipped; surrounding
+// spaces are trimmed. By kind:
+//   ip           an address or CIDR ("203.0.113.7", "198.51.100.0/24", "2001:db8::/32")
+//   member, device, address, fingerprint, tls
+//                an opaque token (no spaces, at most 256 bytes): a member id, a device id, a
+//                shipping-address hash, a header-order fingerprint text, a TLS fingerprint
+// A bad line is reported as "file:line:col: message" and fails the whole load.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
+
+#include "core/ip.h"
+
+namespace sluice::risk {
+
+enum class ListKind : uint8_t { kIp, kMember, kDevice, kAddress, kFingerprint, kTls };
+const char* listKindName(ListKind k);
+bool parseListKind(std::string_view s, ListKind* out);
+
+// Exact-match CIDR lookup in O(distinct prefix lengths): one hash probe per prefix length in use
+// (a list of 100k /32s and /24s costs two probes), instead of CidrSet's linear scan.
+class CidrMatcher {
+ public:
+  void add(const Cidr& c);
+  bool contains(const IpAddress& ip) const;
+  size_t size() const { return count_; }
+
+ private:
+  std::vector<int> prefixes_;  // distinct prefix lengths, longest first
+  std::unordered_set<uint64_t> masked_;  // hash of (prefix, masked address)
+  size_t count_ = 0;
+};
+
+struct ScalperList {
+  std::string name;
+  ListKind kind = ListKind::kIp;
+  bool allow = false;  // an allow list: a match lets the request through unscored-for-action
+  int points = 100;    // added when a block list matches
+  CidrMatcher cidrs;                  // kIp
+  std::unordered_set<uint64_t> ids;   // every other kind: hash64 of the token
+  size_t entries = 0;
+};
+
+// Where one list comes from (the `risk.lists` config entries).
+struct ListSource {
+  std::string name;
+  ListKind kind = ListKind::kIp;
+  std::string file;
+  bool allow = false;
+  int points = 100;
+};
+
+// What a request presents to the lists.
+struct ListQuery {
+  const IpAddress* ip = nullptr;
+  std::string_view memberId, deviceId, addressHash, fingerprint, tlsFingerprint;
+};
+
+struct ListMatch {
+  uint64_t matchedLists = 0;  // bit i: list i matched (first 64 lists)
+  bool allowed = false;       // some allow list matched
+  int pointsByKind[6] = {};   // highest points among matching block lists, per ListKind
+  const ScalperList* firstAllow = nullptr;
+};
+
+class ScalperLists;
+using ScalperListsPtr = std::shared_ptr<const ScalperLists>;
+
+class ScalperLists {
+ public:
+  // Loads every source; null plus *error ("file:line:col: message", or "file: cannot open") on
+  // the first bad file.
+  static ScalperListsPtr load(const std::vector<ListSource>& sources, std::string* error);
+  // One list from text already in memory; `fileLabel` names it in errors. Appends to `lists`.
+  static bool parseInto(const ListSource& source, std::string_view text,
+                        std::string_view fileLabel, ScalperList* out, std::string* error);
+  static ScalperListsPtr fromLists(std::vector<ScalperList> lists);
+
+  ListMatch match(const ListQuery& q) const;
+  const std::vector<ScalperList>& lists() const { return lists_; }
+  bool empty() const { return lists_.empty(); }
+
+ private:
+  std::vector<ScalperList> lists_;
+  uint8_t kindsPresent_ = 0;  // bit per ListKind, to skip hashing ids no list asks about
+};
+
+}  // namespace sluice::risk

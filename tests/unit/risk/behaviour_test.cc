@@ -1,0 +1,156 @@
+#include "risk/behaviour.h"
+
+#include <catch2/catch.hpp>
+
+#include "core/hash.h"
+
+namespace sluice::risk {
+namespace {
+
+constexpr uint64_t kIp = 11, kDevice = 22, kMember = 33;
+
+struct Fixture {
+  BehaviourTracker tracker{1 << 16};
+  BehaviourParams params;
+  double maxCv = 0.1;
+  Nanos halfLife = 600 * kSeconds;
+
+  BehaviourObservation hit(RouteClass route, Nanos now, uint64_t item = 0, uint64_t ip = kIp,
+                           uint64_t device = kDevice, uint64_t member = kMember,
+                           uint64_t address = 0) {
+    BehaviourEvent ev;
+    ev.route = route;
+    ev.itemKey = item;
+    ev.keys[0] = ip;
+    ev.keys[1] = device;
+    ev.keys[2] = member;
+    ev.addressKey = address;
+    return tracker.observe(ev, params, maxCv, halfLife, now);
+  }
+};
+
+TEST_CASE("behaviour: request rate over a sliding window", "[risk][behaviour]") {
+  Fixture f;
+  Nanos t = 1000 * kSeconds;
+  BehaviourObservation o;
+  for (int i = 0; i < 50; ++i) o = f.hit(RouteClass::kPageView, t + i * 100 * kMillis);
+  CHECK(o.device().rate == 50);
+  // Two windows later the count has slid out.
+  o = f.hit(RouteClass::kPageView, t + 130 * kSeconds);
+  CHECK(o.device().rate <= 2);
+}
+
+TEST_CASE("behaviour: perfectly regular timing is flagged, human timing is not", "[risk][behaviour]") {
+  Fixture f;
+  Nanos t = 1000 * kSeconds;
+  BehaviourObservation o;
+  for (int i = 0; i < 8; ++i) o = f.hit(RouteClass::kApi, t + i * 500 * kMillis);
+  CHECK(o.device().regular);
+  CHECK(o.device().gapCv < 0.01);
+
+  Fixture h;
+  const Nanos gaps[] = {1200, 300, 4500, 800, 2500, 9000, 150, 3300};
+  Nanos now = t;
+  for (Nanos g : gaps) o = h.hit(RouteClass::kPageView, now += g * kMillis);
+  CHECK_FALSE(o.device().regular);
+  CHECK(o.device().gapCv > 0.5);
+}
+
+TEST_CASE("behaviour: too few gaps are never judged", "[risk][behaviour]") {
+  Fixture f;
+  BehaviourObservation o;
+  for (int i = 0; i < 4; ++i) o = f.hit(RouteClass::kApi, (100 + i) * kSeconds);
+  CHECK_FALSE(o.device().regular);
+  CHECK(o.device().gapCv < 0);
+}
+
+TEST_CASE("behaviour: checkout needs a recent view of that item", "[risk][behaviour]") {
+  Fixture f;
+  const uint64_t item = hash64("sku-1"), other = hash64("sku-2");
+  Nanos t = 1000 * kSeconds;
+  CHECK(f.hit(RouteClass::kCheckout, t, item).device().checkoutWithoutView);
+  f.hit(RouteClass::kItemDetail, t + kSeconds, other);
+  CHECK(f.hit(RouteClass::kCheckout, t + 2 * kSeconds, item).device().checkoutWithoutView);
+  f.hit(RouteClass::kItemDetail, t + 3 * kSeconds, item);
+  CHECK_FALSE(f.hit(RouteClass::kCheckout, t + 60 * kSeconds, item).device().checkoutWithoutView);
+  // The view expires after item_view_window.
+  CHECK(f.hit(RouteClass::kCheckout, t + 3 * kSeconds + f.params.itemViewWindow + 2 * kSeconds, item)
+            .device()
+            .checkoutWithoutView);
+}
+
+TEST_CASE("behaviour: API calls with no page view", "[risk][behaviour]") {
+  Fixture f;
+  Nanos t = 1000 * kSeconds;
+  CHECK(f.hit(RouteClass::kApi, t).device().apiWithoutPage);
+  f.hit(RouteClass::kPageView, t + kSeconds);
+  CHECK_FALSE(f.hit(RouteClass::kApi, t + 2 * kSeconds).device().apiWithoutPage);
+}
+
+TEST_CASE("behaviour: distinct members per device and IP, devices and addresses per member",
+          "[risk][behaviour]") {
+  Fixture f;
+  Nanos t = 1000 * kSeconds;
+  BehaviourObservation o;
+  for (uint64_t m = 1; m <= 6; ++m) o = f.hit(RouteClass::kPageView, t, 0, kIp, kDevice, hash64(std::to_string(m)));
+  CHECK(o.device().distinctA >= 5);
+  CHECK(o.ip().distinctA >= 5);
+  for (uint64_t d = 1; d <= 5; ++d)
+    o = f.hit(RouteClass::kPageView, t, 0, kIp, hash64("d" + std::to_string(d)), kMember, hash64("a" + std::to_string(d)));
+  CHECK(o.member().distinctA >= 4);
+  CHECK(o.member().distinctB >= 4);
+  // One member on one device stays exactly one.
+  Fixture g;
+  for (int i = 0; i < 20; ++i) o = g.hit(RouteClass::kPageView, t + i * kSeconds);
+  CHECK(o.device().distinctA == 1);
+  CHECK(o.member().distinctA == 1);
+}
+
+TEST_CASE("behaviour: sketch estimates", "[risk][behaviour]") {
+  CHECK(BehaviourTracker::sketchEstimate(0) == 0);
+  CHECK(BehaviourTracker::sketchEstimate(1) == 1);
+  CHECK(BehaviourTracker::sketchEstimate(~uint64_t{0}) == 300);
+  uint64_t s = 0;
+  for (int i = 0; i < 40; ++i) s |= BehaviourTracker::sketchBit(hash64(std::to_string(i)));
+  const auto est = BehaviourTracker::sketchEstimate(s);
+  CHECK(est >= 25);
+  CHECK(est <= 60);
+}
+
+TEST_CASE("behaviour: scores decay with the half-life", "[risk][behaviour]") {
+  CHECK(BehaviourTracker::decay(80, 100, 100, 60 * kSeconds) == Approx(80));
+  CHECK(BehaviourTracker::decay(80, 100, 160, 60 * kSeconds) == Approx(40).epsilon(0.01));
+  CHECK(BehaviourTracker::decay(80, 100, 220, 60 * kSeconds) == Approx(20).epsilon(0.01));
+  Fixture f;
+  f.halfLife = 60 * kSeconds;
+  Nanos t = 1000 * kSeconds;
+  f.hit(RouteClass::kPageView, t);
+  f.tracker.commit(EntityKind::kDevice, kDevice, 80, nullptr, f.halfLife, t);
+  CHECK(f.hit(RouteClass::kPageView, t + 60 * kSeconds).device().decayedScore == Approx(40).epsilon(0.02));
+}
+
+TEST_CASE("behaviour: an idle entity starts over", "[risk][behaviour]") {
+  Fixture f;
+  Nanos t = 1000 * kSeconds;
+  for (int i = 0; i < 10; ++i) f.hit(RouteClass::kPageView, t + i * kSeconds);
+  auto o = f.hit(RouteClass::kPageView, t + f.params.idleAfter + 20 * kSeconds);
+  CHECK(o.device().rate == 1);
+}
+
+TEST_CASE("behaviour: tables stay within their byte budget", "[risk][behaviour]") {
+  BehaviourTracker tracker(64 * 1024);
+  BehaviourParams p;
+  for (uint64_t i = 1; i <= 20000; ++i) {
+    BehaviourEvent ev;
+    ev.route = RouteClass::kPageView;
+    ev.keys[0] = hash64(std::to_string(i));
+    tracker.observe(ev, p, 0.1, kSeconds, static_cast<Nanos>(i) * kMillis);
+  }
+  const auto& t = tracker.table(EntityKind::kIp);
+  CHECK(t.memoryBytes() <= 64 * 1024);
+  CHECK(t.liveEntries() <= t.capacity());
+  CHECK(t.stats().evictedActive > 0);
+}
+
+}  // namespace
+}  // namespace sluice::risk
