@@ -69,6 +69,16 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   const RiskConfig& cfg = policy.config;
   SignalSet signals;
 
+  // Behaviour keys first: prefetching their table sets overlaps the misses with the work below.
+  BehaviourEvent ev;
+  ev.route = r.routeClass;
+  ev.itemKey = r.itemId.empty() ? 0 : nonZero(hash64(r.itemId, kItemSeed));
+  ev.keys[0] = ipKey(r.clientIp);
+  ev.keys[1] = deviceKey(r.deviceId);
+  ev.keys[2] = memberKey(r.memberId);
+  ev.addressKey = r.addressHash.empty() ? 0 : nonZero(hash64(r.addressHash, kAddressSeed));
+  behaviour_.prefetch(ev);
+
   // Header order and User-Agent.
   HeaderOrderFingerprint computed;
   if (!precomputed) computed = HeaderOrderFingerprint::compute(r);
@@ -130,14 +140,6 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
     }
   }
 
-  // Behaviour.
-  BehaviourEvent ev;
-  ev.route = r.routeClass;
-  ev.itemKey = r.itemId.empty() ? 0 : nonZero(hash64(r.itemId, kItemSeed));
-  ev.keys[0] = ipKey(r.clientIp);
-  ev.keys[1] = deviceKey(r.deviceId);
-  ev.keys[2] = memberKey(r.memberId);
-  ev.addressKey = r.addressHash.empty() ? 0 : nonZero(hash64(r.addressHash, kAddressSeed));
   const BehaviourConfig& bc = cfg.behaviour;
   const BehaviourObservation obs =
       behaviour_.observe(ev, bc.params, bc.regularMaxCv, cfg.scoreHalfLife, now);
