@@ -65,7 +65,7 @@ enum class JoinMode : uint8_t {
 enum class JoinRole : uint8_t {
   kLeader,    // fetch upstream, then end the flight through the lease
   kWaiter,    // onFilled will come (or cancel)
-  kNoFlight,  // kWaitOnly and nobody leads: go upstream yourself
+  kNoFlight,  // kWaitOnly and nobody leads, or a 64-bit key collision: go upstream yourself
   kBusy,      // kLeadOnly and somebody leads: serve what you have
 };
 
