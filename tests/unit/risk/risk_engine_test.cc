@@ -262,7 +262,9 @@ TEST_CASE("engine: challenge, solve, pass token, higher level satisfies lower", 
   CHECK(d.tokenIpChanged);
   CHECK(d.fired(Signal::kTokenIpChanged));
   // A garbage cookie value is scored, never a crash.
-  r.headers.back().second = "sluice_pass=" + std::string(100000, 'x');
+  // The value must outlive the request's string_view (a temporary here crashed the Release build).
+  const std::string garbage = "sluice_pass=" + std::string(100000, 'x');
+  r.headers.back().second = garbage;
   d = engine.evaluate(*policy, r, 105 * kSeconds);
   CHECK(d.tokenStatus == TokenStatus::kMalformed);
   CHECK(d.fired(Signal::kTokenInvalid));
