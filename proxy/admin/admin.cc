@@ -3,6 +3,8 @@
 #include <cstdio>
 
 #include "core/clock.h"
+#include "core/jwt.h"
+#include "core/log.h"
 #include "core/strings.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
@@ -91,6 +93,7 @@ const char* algorithmName(LimitAlgorithm a) {
     case LimitAlgorithm::kLeakyBucket: return "leaky_bucket";
     case LimitAlgorithm::kSlidingWindow: return "sliding_window";
     case LimitAlgorithm::kConcurrency: return "concurrency";
+    case LimitAlgorithm::kCircuitBreaker: return "circuit_breaker";
   }
   return "?";
 }
@@ -101,6 +104,7 @@ const char* actionName(LimitAction a) {
     case LimitAction::kDelay: return "delay";
     case LimitAction::kDegrade: return "degrade";
     case LimitAction::kShadow: return "shadow";
+    case LimitAction::kRedirect: return "redirect";
   }
   return "?";
 }
@@ -156,6 +160,35 @@ std::string hotItemsJson(Server* server) {
   return head + list(sketch->hotList(now)) + ",\"candidates\":" + list(cold) + "}";
 }
 
+std::string cacheJson(Server* server) {
+  auto st = server->generation()->cache->stats();
+  char buf[512];
+  snprintf(buf, sizeof(buf),
+           "{\"hits\":%llu,\"misses\":%llu,\"stale\":%llu,\"coalesced\":%llu,\"stores\":%llu,"
+           "\"evictions\":%llu,\"expired\":%llu,\"purged\":%llu,\"bytes\":%llu,\"entries\":%llu,"
+           "\"capacity_bytes\":%zu,\"in_flight\":%llu}",
+           (unsigned long long)st.hits, (unsigned long long)st.misses, (unsigned long long)st.stale,
+           (unsigned long long)st.coalescing.coalesced, (unsigned long long)st.stores,
+           (unsigned long long)st.evictions, (unsigned long long)st.expired, (unsigned long long)st.purged,
+           (unsigned long long)st.bytes, (unsigned long long)st.entries,
+           server->generation()->cache->capacityBytes(), (unsigned long long)st.coalescing.in_flight);
+  return buf;
+}
+
+// POST /cache/purge {"key": CANONICAL} or {"prefix": PREFIX} (docs/caching.md, "Keys").
+LocalResponse cachePurge(Server* server, std::string_view body) {
+  std::string key, prefix;
+  bool has_key = jwtClaim(body, "key", &key);  // a top-level string member of a JSON object
+  bool has_prefix = jwtClaim(body, "prefix", &prefix);
+  if (has_key == has_prefix)
+    return jsonError(400, "expected a JSON object with exactly one of \"key\" or \"prefix\"");
+  auto& cache = *server->generation()->cache;
+  size_t n = has_key ? cache.purge(key) : cache.purgePrefix(prefix);
+  LOG_INFO("admin: cache purge %s '%s': %zu responses", has_key ? "key" : "prefix",
+           (has_key ? key : prefix).c_str(), n);
+  return json(200, "{\"purged\":" + std::to_string(n) + "}");
+}
+
 }  // namespace
 
 LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
@@ -176,6 +209,8 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/status" && read) return json(200, statusJson(server));
   if (path == "/upstreams" && read) return json(200, upstreamsJson(server));
   if (path == "/limits" && read) return json(200, limitsJson(server));
+  if (path == "/cache" && read) return json(200, cacheJson(server));
+  if (path == "/cache/purge" && head.method == HTTP_POST) return cachePurge(server, body);
   if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
   if (path == "/metrics" && read && server->metrics()) {

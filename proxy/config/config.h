@@ -11,6 +11,8 @@
 
 #include "core/clock.h"
 #include "core/ip.h"
+#include "proxy/cache/cache_key.h"
+#include "proxy/cache/cache_policy.h"
 
 namespace re2 {
 class RE2;
@@ -123,6 +125,22 @@ struct UpstreamConfig {
 
 enum class PathMatchKind { kAny, kExact, kPrefix, kRegex };
 
+// A route's micro-cache (docs/caching.md): what is stored, for how long, under which key.
+struct RouteCacheConfig {
+  cache::CachePolicy policy;
+  cache::CacheKeySpec key;
+  Nanos lock_timeout = 5 * kSeconds;  // a waiter goes upstream itself after this
+  bool hot_only = false;              // cache only items the hot-item sketch marks hot
+  bool serve_stale_on_error = true;   // within max_stale, on upstream error or open breaker
+};
+
+// The process-wide store all routes share (sized at start; a reload cannot resize it).
+struct CacheConfig {
+  uint64_t memory = 64 * 1024 * 1024;
+  uint32_t shards = 16;
+  std::string status_header = "X-Cache";  // HIT | MISS | STALE | COALESCED; "" = none
+};
+
 // Which routes go first when the application tier reports saturation.
 enum class RoutePriority { kLow, kNormal, kHigh, kCritical };
 
@@ -145,6 +163,7 @@ struct RouteConfig {
   int direct_status = 0;                  // >0: answer with this status and direct_body
   std::string direct_body;
   RoutePriority priority = RoutePriority::kNormal;
+  std::shared_ptr<const RouteCacheConfig> cache;  // null: not cached
   std::vector<std::string> limit_names;  // rule ids, in the order written
   std::vector<int> limits;                // indexes into Config::limit_rules
 };
@@ -236,6 +255,9 @@ struct LimitRuleConfig {
   std::vector<LimitItemOverride> items;
   bool only_hot = false;          // apply only to items the hot-item sketch marks hot
   BreakerRuleConfig breaker;
+  // degrade: answer a GET with the route's last good cached response when it is at most this
+  // old (`degrade_from_cache: 30s`); no entry -> the rule's body. 0 = never from the cache.
+  Nanos degrade_from_cache = 0;
 };
 
 // Automatic hot-item detection (limits.hot_items): a heavy-hitter sketch over a sliding window.
@@ -282,6 +304,7 @@ struct Config {
   std::vector<LimitRuleConfig> limit_rules;
   HotItemsConfig hot_items;
   JwtConfig jwt;
+  CacheConfig cache;
 
   const UpstreamConfig* findUpstream(const std::string& name) const {
     for (const auto& u : upstreams)

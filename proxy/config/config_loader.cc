@@ -437,6 +437,9 @@ class Loader {
   void loadRoutes(const Node& n, Config& cfg);
   void loadRoute(const Node& n, const std::string& path, RouteConfig& r);
   void loadMatch(const Node& n, const std::string& path, RouteConfig& r);
+  void loadRouteCache(const Node& n, const std::string& path, RouteConfig& r);
+  void loadCache(const Node& n, Config& cfg);
+  bool readNameList(const Node& n, const std::string& path, std::vector<std::string>* out);
   void loadLimits(const Node& n, Config& cfg);
   void loadHotItems(const Node& n, Config& cfg);
   void loadJwt(const Node& n, Config& cfg);
@@ -462,7 +465,7 @@ void Loader::load(const Node& root, Config& cfg) {
   Mapping top = mapping(root, "",
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
-                         "routes", "limits", "jwt"});
+                         "routes", "limits", "jwt", "cache"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -495,6 +498,7 @@ void Loader::load(const Node& root, Config& cfg) {
   // Upstreams before routes: routes refer to them by name.
   if (auto n = top.get("upstreams")) loadUpstreams(*n, cfg);
   if (auto n = top.get("jwt")) loadJwt(*n, cfg);
+  if (auto n = top.get("cache")) loadCache(*n, cfg);
   if (auto n = top.get("limits")) loadLimits(*n, cfg);
   if (auto n = top.get("routes")) loadRoutes(*n, cfg);
   resolveRouteLimits(cfg);
@@ -709,7 +713,7 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
                        "max_delay", "count_rejected", "memory", "missing_key", "ipv6_prefix",
                        "rate_limit_headers", "resolution", "location", "items", "only_hot",
                        "strategy", "threshold", "slow_call", "min_requests", "cooldown",
-                       "half_open_probes"});
+                       "half_open_probes", "degrade_from_cache"});
   if (!m.valid) return false;
   std::string id;
   if (auto v = m.get("id")) {
@@ -838,6 +842,13 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
     ok = false;
   }
   if (auto v = m.get("only_hot")) readBool(*v, m.child("only_hot"), &rule.only_hot);
+  if (auto v = m.get("degrade_from_cache")) {
+    if (readDuration(*v, m.child("degrade_from_cache"), &rule.degrade_from_cache) &&
+        rule.action != LimitAction::kDegrade) {
+      fail(*v, m.child("degrade_from_cache") + ": only a rule with action 'degrade' answers from the cache");
+      ok = false;
+    }
+  }
   bool has_item = false;
   for (const auto& part : rule.key)
     if (part.kind == LimitKeyKind::kItem) has_item = true;
@@ -1352,8 +1363,10 @@ void Loader::loadRoutes(const Node& n, Config& cfg) {
 void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   Mapping m = mapping(n, path,
                       {"name", "match", "upstream", "connect_timeout", "send_timeout",
-                       "read_timeout", "max_body_size", "direct_response", "limits", "priority"});
+                       "read_timeout", "max_body_size", "direct_response", "limits", "priority",
+                       "cache"});
   if (!m.valid) return;
+  if (auto v = m.get("cache")) loadRouteCache(*v, m.child("cache"), r);
   if (auto v = m.get("priority")) {
     std::string pr;
     if (readEnum(*v, m.child("priority"), {"low", "normal", "high", "critical"}, &pr))
@@ -1435,6 +1448,89 @@ void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
         fail(*v, m.child("limits") + ": at most 16 limit rules per route");
     }
   }
+}
+
+void Loader::loadCache(const Node& n, Config& cfg) {
+  Mapping m = mapping(n, "cache", {"memory", "shards", "status_header"});
+  if (!m.valid) return;
+  if (auto v = m.get("memory")) readSize(*v, m.child("memory"), &cfg.cache.memory, 64 * 1024);
+  if (auto v = m.get("shards")) {
+    if (readInt(*v, m.child("shards"), 1, 1024, &cfg.cache.shards) &&
+        (cfg.cache.shards & (cfg.cache.shards - 1)) != 0)
+      fail(*v, m.child("shards") + ": must be a power of two");
+  }
+  if (auto v = m.get("status_header")) {
+    if (readString(*v, m.child("status_header"), &cfg.cache.status_header) &&
+        !cfg.cache.status_header.empty() && !isToken(cfg.cache.status_header))
+      fail(*v, m.child("status_header") + ": '" + cfg.cache.status_header + "' is not a valid header name");
+  }
+}
+
+bool Loader::readNameList(const Node& n, const std::string& path, std::vector<std::string>* out) {
+  std::vector<Node> items;
+  if (!sequence(n, path, &items, /*allow_scalar=*/true)) return false;
+  bool ok = true;
+  for (size_t i = 0; i < items.size(); i++) {
+    std::string v;
+    if (readString(items[i], path + "[" + std::to_string(i) + "]", &v)) out->push_back(v);
+    else ok = false;
+  }
+  return ok;
+}
+
+void Loader::loadRouteCache(const Node& n, const std::string& path, RouteConfig& r) {
+  auto rc = std::make_shared<RouteCacheConfig>();
+  Mapping m = mapping(n, path,
+                      {"ttl", "max_stale", "lock_timeout", "statuses", "max_entry_size", "hot_only",
+                       "allow_set_cookie", "allow_authorization", "honor_origin_cache_control",
+                       "serve_stale_on_error", "key", "vary"});
+  if (!m.valid) return;
+  auto& p = rc->policy;
+  if (auto v = m.get("ttl")) readDuration(*v, m.child("ttl"), &p.ttl);
+  else fail(n, path + ": missing required key 'ttl'");
+  if (auto v = m.get("max_stale")) readDuration(*v, m.child("max_stale"), &p.max_stale, /*allow_zero=*/true);
+  if (auto v = m.get("lock_timeout")) readDuration(*v, m.child("lock_timeout"), &rc->lock_timeout);
+  if (auto v = m.get("statuses")) {
+    std::vector<Node> items;
+    if (sequence(*v, m.child("statuses"), &items, /*allow_scalar=*/true)) {
+      p.statuses.reset();
+      for (size_t i = 0; i < items.size(); i++) {
+        int st = 0;
+        if (readInt(items[i], m.child("statuses") + "[" + std::to_string(i) + "]", 100, 599, &st)) p.statuses.set(st);
+      }
+    }
+  }
+  if (auto v = m.get("max_entry_size")) {
+    uint64_t size = 0;
+    if (readSize(*v, m.child("max_entry_size"), &size, 0)) p.max_entry_bytes = size;
+  }
+  if (auto v = m.get("hot_only")) readBool(*v, m.child("hot_only"), &rc->hot_only);
+  if (auto v = m.get("allow_set_cookie")) readBool(*v, m.child("allow_set_cookie"), &p.allow_set_cookie);
+  if (auto v = m.get("allow_authorization")) readBool(*v, m.child("allow_authorization"), &p.allow_authorization);
+  if (auto v = m.get("honor_origin_cache_control"))
+    readBool(*v, m.child("honor_origin_cache_control"), &p.honor_origin_cache_control);
+  if (auto v = m.get("serve_stale_on_error")) readBool(*v, m.child("serve_stale_on_error"), &rc->serve_stale_on_error);
+  auto& k = rc->key;
+  if (auto v = m.get("key")) {
+    Mapping km = mapping(*v, m.child("key"), {"host", "query", "headers", "cookies"});
+    if (km.valid) {
+      if (auto x = km.get("host")) readBool(*x, km.child("host"), &k.include_host);
+      if (auto x = km.get("query")) {
+        if (x->IsScalar() && (x->Scalar() == "all" || x->Scalar() == "none")) {
+          k.all_query_args = x->Scalar() == "all";
+        } else {
+          k.all_query_args = false;
+          readNameList(*x, km.child("query"), &k.query_args);
+        }
+      }
+      if (auto x = km.get("headers")) readNameList(*x, km.child("headers"), &k.headers);
+      if (auto x = km.get("cookies")) readNameList(*x, km.child("cookies"), &k.cookies);
+    }
+  }
+  if (auto v = m.get("vary")) readNameList(*v, m.child("vary"), &k.vary);
+  k.normalize();
+  if (const char* invalid = cache::validateCachePolicy(p, k)) fail(n, path + ": " + invalid);
+  r.cache = rc;
 }
 
 void Loader::loadMatch(const Node& n, const std::string& path, RouteConfig& r) {

@@ -341,7 +341,6 @@ int ClientConnection::onHeadersComplete() {
   int limited = route.limits.empty() ? 0 : limitPhase(route);
   if (closing_) return -1;
   if (limited == 1) return 0;  // answered; the rest of the body is read and dropped
-  if (ex_->pool && !admitToPool(route)) return closing_ ? -1 : 0;
 
   std::string_view expect;
   if (h.headers.get("expect", &expect)) {
@@ -496,6 +495,9 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
       flushShadow();
       noteDecision(rc, degrade ? "degrade" : rc.action == LimitAction::kRedirect ? "redirect" : "reject");
       releaseBreakers();
+      // An open breaker is an upstream error: a cached route serves its stale entry first.
+      if (route.cache && route.cache->serve_stale_on_error && serveStale(-1)) return 1;
+      if (degrade && rc.degrade_from_cache > 0 && serveStale(rc.degrade_from_cache)) return 1;
       respondLocal(limitResponse(rc, rc.breaker.cooldown, nullptr), false);
       return 1;
     }
@@ -543,6 +545,8 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
     LocalResponse r = limitResponse(rc, ra, by_rate ? &decisions[adm.rejectedIndex] : nullptr);
     adm = limiter::Admission();  // a rejected request holds no slots
     releaseBreakers();
+    // "Switch off the non-core feature": the last good answer of this GET, if recent enough.
+    if (degrade && rc.degrade_from_cache > 0 && serveStale(rc.degrade_from_cache)) return 1;
     respondLocal(r, false);
     return 1;
   }
@@ -718,9 +722,199 @@ void ClientConnection::startContent() {
   }
   ex_->pool = ex_->gen->pools[ui].get();
   ex_->delayed = false;
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  // A cache hit or a coalesced wait needs no pool slot: only a request going upstream does.
+  if (route.cache && cacheLookup(route)) return;
+  if (!admitToPool(route)) return;
+  proceedUpstream();
+}
+
+void ClientConnection::proceedUpstream() {
   ex_->pool->cluster().active_requests.fetch_add(1, std::memory_order_relaxed);
   ex_->counted_active = true;
   connectUpstream();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-cache
+
+void Exchange::endCacheWait() {
+  cache_ticket = cache::WaitTicket();  // cancels: after this no onFilled runs for us
+  if (cache_wait) {
+    cache_wait->conn = nullptr;  // a result already posted finds nobody
+    cache_wait.reset();
+  }
+  cache_waiting = false;
+}
+
+void CacheWait::onFilled(const cache::FillResult& result) {
+  // The leader's thread: post and return (the coalescer's contract).
+  std::shared_ptr<CacheWait> me = self.lock();
+  if (!me) return;
+  worker->post([me, result] {
+    if (me->conn) me->conn->onCacheFilled(result);
+  });
+}
+
+bool ClientConnection::buildCacheKey(const RouteConfig& route) {
+  if (ex_->cache_keyed) return true;
+  if (!route.cache) return false;
+  const auto& h = parser_.head();
+  cache::CacheRequestView view{h.headers.getOr("host"), h.target, &h.headers};
+  cache::buildCacheKey(route.cache->key, view, &ex_->cache_key);
+  ex_->cache_keyed = true;
+  return true;
+}
+
+bool ClientConnection::cacheLookup(const RouteConfig& route) {
+  const auto& rc = *route.cache;
+  const auto& h = parser_.head();
+  ex_->cache_request = cache::classifyRequest(rc.policy, h.method_name, h.headers);
+  if (ex_->cache_request.cacheability == cache::RequestCacheability::kBypass) return false;
+  // Hot-only: cold items go to the application (always current); hot ones are shielded.
+  if (rc.hot_only && !ex_->item_hot) return false;
+  buildCacheKey(route);
+  auto* store = ex_->gen->gen->cache.get();
+  Nanos now = SteadyClock::monotonicNanos();
+  bool cacheable = ex_->cache_request.cacheability == cache::RequestCacheability::kCacheable;
+  auto wait = std::make_shared<CacheWait>();
+  wait->worker = worker_;
+  wait->conn = this;
+  wait->self = wait;
+  cache::CacheAccess access = store->lookupOrJoin(
+      ex_->cache_key, now, wait.get(), cacheable ? cache::JoinMode::kLeadOrWait : cache::JoinMode::kWaitOnly);
+  ex_->cache_status = "MISS";
+  if (access.lookup.state == cache::CacheState::kFresh) {
+    serveCached(*access.lookup.response, "HIT");
+    return true;
+  }
+  switch (access.join.role) {
+    case cache::JoinRole::kLeader:
+      ex_->cache_lease = std::move(access.join.lease);
+      ex_->cache_capture = true;
+      return false;
+    case cache::JoinRole::kWaiter:
+      ex_->cache_ticket = std::move(access.join.ticket);
+      ex_->cache_wait = std::move(wait);
+      ex_->cache_waiting = true;
+      armTimer(TimerKind::kCacheWait, rc.lock_timeout);
+      return true;
+    case cache::JoinRole::kBusy:
+    case cache::JoinRole::kNoFlight:
+      if (access.lookup.state == cache::CacheState::kStale && access.lookup.response) {
+        serveCached(*access.lookup.response, "STALE");  // someone else refreshes it
+        return true;
+      }
+      return false;
+  }
+  return false;
+}
+
+void ClientConnection::onCacheFilled(const cache::FillResult& result) {
+  if (!ex_ || !ex_->cache_waiting || ex_->response_started || closing_) return;
+  ex_->endCacheWait();
+  armTimer(ex_->request_complete ? TimerKind::kNone : TimerKind::kBody, clientConfig().body_timeout);
+  if (result.outcome == cache::FillOutcome::kFilled && result.response) {
+    serveCached(*result.response, "COALESCED");
+    return;
+  }
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  if (result.outcome == cache::FillOutcome::kFailed && route.cache->serve_stale_on_error && serveStale(-1)) return;
+  // The leader's answer was private or it failed with nothing stale: go upstream ourselves.
+  if (!admitToPool(route)) return;
+  proceedUpstream();
+  if (upstream_) upstream_->flush();
+  flush();
+}
+
+bool ClientConnection::serveStale(Nanos max_age) {
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  if (!route.cache || ex_->response_started) return false;
+  const auto& h = parser_.head();
+  if (h.method != HTTP_GET && h.method != HTTP_HEAD) return false;
+  buildCacheKey(route);
+  auto r = ex_->gen->gen->cache->lookupStale(ex_->cache_key, SteadyClock::monotonicNanos(), max_age);
+  if (!r) return false;
+  serveCached(*r, "STALE");
+  return true;
+}
+
+void ClientConnection::serveCached(const cache::CachedResponse& r, const char* how) {
+  if (closing_) return;
+  if (upstream_) {
+    auto* u = upstream_;
+    upstream_ = nullptr;
+    if (ex_->server >= 0 && ex_->pool) {
+      ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+      ex_->server = -1;
+    }
+    u->abort();
+  }
+  ex_->cache_status = how;
+  ex_->status = r.status();
+  ex_->response_started = true;
+  const auto& cfg = *ex_->gen->gen->config;
+  bool http10 = parser_.head().isHttp10();
+  out_.append(http10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  appendUint(&out_, static_cast<uint64_t>(r.status()));
+  out_.push_back(' ');
+  out_.append(statusReason(r.status()));
+  out_.append("\r\n");
+  r.headers().serialize(&out_);
+  bool no_body = r.status() == 204 || r.status() == 304;
+  if (!no_body) {
+    out_.append("Content-Length: ");
+    appendUint(&out_, r.body().size());
+    out_.append("\r\n");
+  }
+  out_.append("Age: ");
+  appendUint(&out_, static_cast<uint64_t>(r.ageSeconds(SteadyClock::monotonicNanos())));
+  out_.append("\r\n");
+  if (!cfg.cache.status_header.empty()) {
+    out_.append(cfg.cache.status_header);
+    out_.append(": ");
+    out_.append(how);
+    out_.append("\r\n");
+  }
+  std::string_view existing;
+  if (!r.headers().get(cfg.request_id_header, &existing)) {
+    out_.append(cfg.request_id_header);
+    out_.append(": ");
+    out_.append(ex_->request_id);
+    out_.append("\r\n");
+  }
+  bool keep = ex_->client_keep_alive && !close_after_response_;
+  if (!keep) out_.append("Connection: close\r\n");
+  else if (http10) out_.append("Connection: keep-alive\r\n");
+  out_.append("\r\n");
+  size_t head_len = out_.size();
+  if (!ex_->is_head && !no_body) out_.append(r.body());
+  ex_->bytes_out += out_.size() - head_len;
+  finishResponse();
+  if (!closing_) flush();
+}
+
+void ClientConnection::finishCacheFlight() {
+  if (!ex_->cache_capture || !ex_->cache_lease.active()) return;
+  ex_->cache_capture = false;
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  const auto& rc = *route.cache;
+  if (ex_->cache_too_big) {
+    ex_->cache_lease.releaseUncacheable();
+    return;
+  }
+  cache::StoreDecision d = cache::decideStore(rc.policy, rc.key, ex_->cache_key, ex_->cache_request,
+                                              ex_->cache_code, ex_->cache_headers, ex_->cache_body.size());
+  if (!d.store) {
+    ex_->cache_lease.releaseUncacheable();
+    return;
+  }
+  Nanos now = SteadyClock::monotonicNanos();
+  auto entry = cache::CachedResponse::make(ex_->cache_code, ex_->cache_headers, std::move(ex_->cache_body),
+                                           now, d.fresh_for, d.stale_for, ex_->cache_key.vary);
+  ex_->cache_body = std::string();
+  ex_->gen->gen->cache->store(ex_->cache_key, entry, now);
+  ex_->cache_lease.publish(std::move(entry));
 }
 
 void ClientConnection::connectUpstream() {
@@ -919,6 +1113,13 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
   auto& pool = *ex_->pool;
   pool.cluster().reportSuccess(static_cast<size_t>(ex_->server));
   bool client_10 = parser_.head().version_minor == 0;
+  if (ex_->cache_capture) {
+    const auto& rc = *ex_->gen->gen->config->routes[ex_->route].cache;
+    ex_->cache_code = head.status;
+    ex_->cache_headers = head.headers;  // before hop-by-hop removal: make() drops those itself
+    if (head.has_content_length && !cache::bodyMayFit(rc.policy, static_cast<int64_t>(head.content_length)))
+      ex_->cache_too_big = true;
+  }
   auto& gate = pool.cluster().gate();
   if (!gate.saturationConfig().header.empty()) {
     std::string_view busy;
@@ -980,13 +1181,22 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
   } else {
     ex_->client_keep_alive = false;  // close-delimited body for an HTTP/1.0 client
   }
-  if (ex_->request_id_generated || true) {
+  {
     std::string_view existing;
     const auto& cfg = *ex_->gen->gen->config;
     if (!head.headers.get(cfg.request_id_header, &existing)) {
       out_.append(cfg.request_id_header);
       out_.append(": ");
       out_.append(ex_->request_id);
+      out_.append("\r\n");
+    }
+  }
+  if (ex_->cache_status) {
+    const auto& status_header = ex_->gen->gen->config->cache.status_header;
+    if (!status_header.empty()) {
+      out_.append(status_header);
+      out_.append(": ");
+      out_.append(ex_->cache_status);
       out_.append("\r\n");
     }
   }
@@ -998,6 +1208,15 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
 
 void ClientConnection::onUpstreamBody(const char* p, size_t n) {
   ex_->bytes_out += n;  // body bytes, like bytes_in (framing not counted)
+  if (ex_->cache_capture && !ex_->cache_too_big) {
+    const auto& rc = *ex_->gen->gen->config->routes[ex_->route].cache;
+    if (ex_->cache_body.size() + n > rc.policy.max_entry_bytes) {
+      ex_->cache_too_big = true;
+      ex_->cache_body = std::string();
+    } else {
+      ex_->cache_body.append(p, n);
+    }
+  }
   if (ex_->chunked_out) {
     appendChunkHeader(&out_, n);
     out_.append(p, n);
@@ -1013,6 +1232,7 @@ void ClientConnection::onUpstreamReadDone() {
 }
 
 void ClientConnection::onUpstreamComplete() {
+  finishCacheFlight();
   if (ex_->chunked_out) out_.append("0\r\n\r\n");
   ex_->upstream_ns = SteadyClock::monotonicNanos() - ex_->upstream_start_ns;
   releaseUpstream(upstream_ && upstream_->reusable());
@@ -1090,6 +1310,9 @@ void ClientConnection::retryOrFail(const Error& err) {
     return;
   }
   ex_->error = err;
+  ex_->cache_lease.fail();  // waiters fall back to stale or go upstream themselves
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  if (route.cache && route.cache->serve_stale_on_error && serveStale(-1)) return;
   int status = 502;
   if (err.type == ErrorType::kConnectTimeout || err.type == ErrorType::kReadTimeout ||
       err.type == ErrorType::kSendTimeout)
@@ -1347,6 +1570,21 @@ void ClientConnection::onTimer(void* owner) {
         self->armTimer(self->ex_->request_complete ? TimerKind::kNone : TimerKind::kBody,
                        self->clientConfig().body_timeout);
         self->startContent();
+        if (self->upstream_) self->upstream_->flush();
+        self->flush();
+      }
+      break;
+    case TimerKind::kCacheWait:
+      // The leader took longer than lock_timeout: stop waiting and go upstream ourselves,
+      // unless its result is already on its way to this loop.
+      if (self->ex_ && self->ex_->cache_waiting && !self->ex_->response_started &&
+          self->ex_->cache_ticket.cancel()) {
+        self->ex_->endCacheWait();
+        self->armTimer(self->ex_->request_complete ? TimerKind::kNone : TimerKind::kBody,
+                       self->clientConfig().body_timeout);
+        const auto& route = self->ex_->gen->gen->config->routes[self->ex_->route];
+        if (!self->admitToPool(route)) break;
+        self->proceedUpstream();
         if (self->upstream_) self->upstream_->flush();
         self->flush();
       }

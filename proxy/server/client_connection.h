@@ -11,6 +11,7 @@
 #include "core/ip.h"
 #include "limiter/admission.h"
 #include "limiter/circuit_breaker.h"
+#include "proxy/cache/micro_cache.h"
 #include "proxy/http/http_parser.h"
 #include "proxy/server/generation.h"
 #include "proxy/server/lazy_timer.h"
@@ -82,17 +83,41 @@ struct Exchange {
   limiter::BreakerPermit breakers[kMaxBreakers];
   int breaker_count = 0;
   PoolGate::Admission pool_admission;  // the upstream pool's slots (max_active, adaptive)
+  // Micro-cache (docs/caching.md).
+  cache::CacheKey cache_key;
+  bool cache_keyed = false;               // cache_key is built for this request
+  cache::RequestDecision cache_request;
+  cache::FlightLease cache_lease;         // leader: ends the flight once the response is known
+  cache::WaitTicket cache_ticket;         // waiter: its place in the leader's flight
+  std::shared_ptr<struct CacheWait> cache_wait;
+  const char* cache_status = nullptr;     // the X-Cache value, null when the route does not cache
+  bool cache_waiting = false;
+  bool cache_capture = false;             // collecting the upstream response to store it
+  bool cache_too_big = false;
+  int cache_code = 0;
+  HeaderMap cache_headers;
+  std::string cache_body;
   uint64_t item_hash = 0;  // hash64 of the hot-item source's value (0: none)
   bool item_hot = false;   // the sketch marked it hot when this request was recorded
   bool delayed = false;
   std::string decisions;  // JSON members for the access log ("limit":{...})
 
+  void endCacheWait();
+  Exchange() = default;
+  Exchange(Exchange&&) = default;
+  Exchange& operator=(Exchange&&) = default;
+  // A waiter's posted result must never reach a connection that is gone.
+  ~Exchange() { endCacheWait(); }
+
   // Back to a fresh exchange, keeping the strings' capacity: a keep-alive connection then
   // serves request after request without allocating.
   void recycle() {
+    cache_body.clear();
     admission = limiter::Admission();  // slots back before `gen` (and its limiters) may go
     for (auto& b : breakers) b = limiter::BreakerPermit();
     pool_admission = PoolGate::Admission();
+    endCacheWait();
+    cache_lease = cache::FlightLease();  // a flight never ended here fails: waiters go upstream
     std::string* keep[] = {&request_id, &traceparent, &client_ip_str, &body_buffer, &retained_body,
                            &upstream_addr, &decisions};
     std::string saved[7];
@@ -105,8 +130,19 @@ struct Exchange {
   }
 };
 
+// A coalesced waiter's link back to its connection. The leader's thread calls onFilled, which
+// only posts to the waiter's worker; the posted handler runs on the connection's loop and finds
+// `conn` null if the exchange stopped waiting meanwhile.
+struct CacheWait final : cache::CacheWaiter {
+  class Worker* worker = nullptr;
+  class ClientConnection* conn = nullptr;  // touched on the connection's loop only
+  std::weak_ptr<CacheWait> self;
+  void onFilled(const cache::FillResult& result) override;
+};
+
 class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
  public:
+  friend struct CacheWait;
   ClientConnection(Worker* worker, const ListenerConfig& listener, bool admin);
   ~ClientConnection() override;
   uv_tcp_t* tcp() { return &tcp_; }
@@ -116,7 +152,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   void forceClose() { closeNow(); }
 
  private:
-  enum class TimerKind { kNone, kHeader, kBody, kKeepAlive, kSend, kDelay };
+  enum class TimerKind { kNone, kHeader, kBody, kKeepAlive, kSend, kDelay, kCacheWait };
 
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void onWrite(uv_write_t* req, int status);
@@ -147,6 +183,16 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   void noteDecision(const LimitRuleConfig& rc, const char* action);
   void recordHotItem();
   bool admitToPool(const RouteConfig& route);
+  // Content phase, micro-cache: true when the request was answered (hit, stale) or waits for a
+  // coalesced response; false to go upstream (as the flight's leader when the lease is active).
+  bool cacheLookup(const RouteConfig& route);
+  void proceedUpstream();
+  void onCacheFilled(const cache::FillResult& result);
+  bool buildCacheKey(const RouteConfig& route);
+  // The route's last good response within max_age (-1: its stale window); true if served.
+  bool serveStale(Nanos max_age);
+  void serveCached(const cache::CachedResponse& r, const char* how);
+  void finishCacheFlight();
   void releaseBreakers();
   void reportBreakers(Nanos latency);
   void startContent();

@@ -23,6 +23,14 @@ Generation::Generation(ConfigPtr cfg, const Generation* previous,
     clusters.push_back(std::make_shared<UpstreamCluster>(u, old));
   }
   limits = std::make_shared<LimitSet>(*config, previous ? previous->limits.get() : nullptr);
+  if (previous && previous->cache) {
+    cache = previous->cache;
+  } else {
+    cache::MicroCacheParams p;
+    p.capacity_bytes = config->cache.memory;
+    p.shards = config->cache.shards;
+    cache = std::make_shared<cache::MicroCache>(p);
+  }
   for (const auto& r : config->routes) {
     int idx = -1;
     for (size_t i = 0; i < config->upstreams.size(); i++)

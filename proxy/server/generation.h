@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "proxy/config/config.h"
+#include "proxy/cache/micro_cache.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
 #include "proxy/server/proxy_metrics.h"
@@ -26,6 +27,9 @@ struct Generation {
   std::vector<UpstreamClusterPtr> clusters;  // same order as config->upstreams
   std::vector<int> route_upstream;           // route index -> cluster index, -1 for direct routes
   std::shared_ptr<LimitSet> limits;          // limit rules' state, carried over reloads
+  // The micro-cache all routes share: created with the first generation (sized by its `cache:`
+  // section) and handed to every later one, so entries survive reloads.
+  std::shared_ptr<cache::MicroCache> cache;
   uint64_t id = 0;
   std::shared_ptr<ProxyMetrics> metrics_owner;  // keeps the cells `metrics` points into alive
   std::vector<WorkerMetrics> metrics;           // per shard (ProxyMetrics::shardOf); empty if off

@@ -191,6 +191,28 @@ void ProxyMetrics::addServerFamilies(Server* server) {
                        }
                      });
 
+  registry_.callback("sluice_cache_lookups_total",
+                     "Micro-cache answers by result: hit (fresh), stale (served stale), coalesced "
+                     "(a waiter served the leader's response), miss.",
+                     MetricType::kCounter, {"result"}, [server](MetricSampleSink& s) {
+                       auto st = server->generation()->cache->stats();
+                       s.add({"hit"}, static_cast<double>(st.hits));
+                       s.add({"stale"}, static_cast<double>(st.stale));
+                       s.add({"coalesced"}, static_cast<double>(st.coalescing.coalesced));
+                       s.add({"miss"}, static_cast<double>(st.misses));
+                     });
+  registry_.callback("sluice_cache_bytes", "Bytes held by the micro-cache (entries, keys, bookkeeping).",
+                     MetricType::kGauge, {}, [server](MetricSampleSink& s) {
+                       s.add(static_cast<double>(server->generation()->cache->stats().bytes));
+                     });
+  registry_.callback("sluice_cache_entries", "Responses held by the micro-cache.", MetricType::kGauge, {},
+                     [server](MetricSampleSink& s) {
+                       s.add(static_cast<double>(server->generation()->cache->stats().entries));
+                     });
+  registry_.callback("sluice_cache_evictions_total", "Micro-cache entries evicted to make room (LRU).",
+                     MetricType::kCounter, {}, [server](MetricSampleSink& s) {
+                       s.add(static_cast<double>(server->generation()->cache->stats().evictions));
+                     });
   registry_.callback("sluice_upstream_in_flight",
                      "Requests in flight to an upstream pool, all workers.", MetricType::kGauge,
                      {"upstream"}, [server](MetricSampleSink& s) {

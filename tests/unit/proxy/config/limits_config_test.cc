@@ -626,3 +626,65 @@ routes:
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST_CASE("cache: route and process sections, degrade_from_cache", "[config][cache]") {
+  ConfigPtr c = loadOk(R"(listeners: [{address: 127.0.0.1:8080}]
+cache: {memory: 8m, shards: 8, status_header: X-Edge-Cache}
+upstreams:
+  app:
+    servers: [{address: 127.0.0.1:9080}]
+limits:
+  rules:
+    - {id: storm, key: global, rate: 100r/s, action: degrade, degrade_from_cache: 30s}
+routes:
+  - name: items
+    upstream: app
+    limits: [storm]
+    cache:
+      ttl: 1s
+      max_stale: 30s
+      lock_timeout: 2s
+      statuses: [200, 404]
+      max_entry_size: 256k
+      hot_only: true
+      key: {query: [sku], cookies: [member]}
+      vary: [Accept-Encoding]
+)");
+  CHECK(c->cache.memory == 8 * 1024 * 1024);
+  CHECK(c->cache.shards == 8);
+  CHECK(c->cache.status_header == "X-Edge-Cache");
+  REQUIRE(c->routes[0].cache);
+  const auto& rc = *c->routes[0].cache;
+  CHECK(rc.policy.ttl == kSeconds);
+  CHECK(rc.policy.max_stale == 30 * kSeconds);
+  CHECK(rc.lock_timeout == 2 * kSeconds);
+  CHECK(rc.policy.statusCacheable(404));
+  CHECK_FALSE(rc.policy.statusCacheable(301));
+  CHECK(rc.policy.max_entry_bytes == 256 * 1024);
+  CHECK(rc.hot_only);
+  CHECK_FALSE(rc.key.all_query_args);
+  CHECK(rc.key.query_args == std::vector<std::string>{"sku"});
+  CHECK(rc.key.cookies == std::vector<std::string>{"member"});
+  CHECK(rc.key.vary == std::vector<std::string>{"accept-encoding"});
+  CHECK(ruleNamed(*c, "storm").degrade_from_cache == 30 * kSeconds);
+
+  auto route = [](const std::string& cache) {
+    return loadError("listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  app:\n"
+                     "    servers: [{address: 127.0.0.1:9080}]\nroutes:\n  - name: r\n    upstream: app\n"
+                     "    cache: " + cache + "\n");
+  };
+  CHECK(route("{max_stale: 1s}").format() == "test.yaml:8:12: routes[0].cache: missing required key 'ttl'");
+  CHECK_THAT(route("{ttl: 1s, allow_set_cookie: true}").message,
+             Catch::Contains("allow_set_cookie needs key.cookies"));
+  CHECK_THAT(route("{ttl: 1s, key: {path: true}}").message, Catch::Contains("unknown key 'path'"));
+  CHECK_THAT(loadError(std::string("cache: {shards: 12}\n") + kHead + "    - {id: m, key: ip, rate: 1r/s}\n").message,
+             Catch::Contains("cache.shards: must be a power of two"));
+  CHECK_THAT(loadError(withRules("    - {id: m, key: ip, rate: 1r/s, degrade_from_cache: 10s}\n")).message,
+             Catch::Contains("only a rule with action 'degrade' answers from the cache"));
+}
+
+}  // namespace
+}  // namespace sluice
