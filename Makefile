@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build run test bench clean test-asan test-tsan fuzz fuzz-build fuzz-ci
+.PHONY: all deps configure build run test bench bench-limits clean test-asan test-tsan fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -25,6 +25,11 @@ test: build
 
 bench: build
 	@bench/run $(BUILD_DIR)
+
+# The limit phase's cost: sluice without rules, with rules on all six dimensions, and nginx with
+# limit_req / limit_conn, side by side (bench/limits, docs/benchmarks.md).
+bench-limits: build
+	@bench/limits $(BUILD_DIR)
 
 # Hardening (docs/security.md). Each uses its own build dir, so none disturbs `make test`.
 # ASan+UBSan build of everything; ctest runs unit, e2e and fuzz-corpus tests against it, and any
