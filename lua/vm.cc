@@ -57,7 +57,12 @@ void budgetHook(lua_State* L, lua_Debug*) {
   VmCore* core = coreOf(L);
   if (core->deadline == 0) return;
   if (core->budget_hit || SteadyClock::monotonicNanos() > core->deadline) {
-    core->budget_hit = true;
+    if (!core->budget_hit) {
+      core->budget_hit = true;
+      // From now on fail at every instruction: a pcall in the policy catches this error, but
+      // the very next instruction outside it fails again, so no pcall nesting can absorb it.
+      lua_sethook(L, budgetHook, LUA_MASKCOUNT, 1);
+    }
     luaL_error(L, "policy exceeded its time budget of %d ms",
                static_cast<int>(core->options.budget / kMillis));
   }
@@ -203,6 +208,9 @@ void budgetStart(VmCore* core) {
 
 bool budgetStop(VmCore* core) {
   bool over = core->budget_hit || SteadyClock::monotonicNanos() > core->deadline;
+  if (core->budget_hit)
+    lua_sethook(core->L, budgetHook, LUA_MASKCOUNT,
+                static_cast<int>(core->options.hook_instructions));
   core->deadline = 0;
   core->budget_hit = false;
   core->mem_strict = false;
@@ -300,7 +308,13 @@ bool WorkerVm::build(std::vector<std::string>* errors) {
     lua_getfield(L, -1, "require");
     lua_remove(L, -2);
     lua_pushlstring(L, module.data(), module.size());
-    std::string err = protectedCall(core, Phase::kInit, 1, 1, nullptr);
+    bool over = false;
+    std::string err = protectedCall(core, Phase::kInit, 1, 1, &over);
+    if (over) {
+      errors->push_back(file + ": top level exceeded its time budget of " +
+                        std::to_string(core->options.budget / kMillis) + " ms");
+      continue;
+    }
     if (!err.empty()) {
       // The traceback would only show the bootstrap's require; the message has file:line.
       errors->push_back(err.substr(0, err.find("\nstack traceback:")));
