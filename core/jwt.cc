@@ -26,6 +26,8 @@ class JsonScanner {
  public:
   explicit JsonScanner(std::string_view s) : s_(s) {}
 
+  explicit JsonScanner(std::string_view s, bool literals) : s_(s), literals_(literals) {}
+
   bool findMember(std::string_view name, std::string* out) {
     ws();
     if (!eat('{')) return false;
@@ -159,6 +161,13 @@ class JsonScanner {
       out->clear();
       return string(out);
     }
+    if (literals_) {
+      for (std::string_view word : {"true", "false", "null"})
+        if (literal(word)) {
+          out->assign(word);
+          return true;
+        }
+    }
     out->clear();
     return number(out);
   }
@@ -193,6 +202,7 @@ class JsonScanner {
 
   std::string_view s_;
   size_t i_ = 0;
+  bool literals_ = false;
 };
 
 bool claimInt(std::string_view claims, std::string_view name, int64_t* out) {
@@ -259,6 +269,11 @@ std::string base64UrlEncode(std::string_view in) {
 
 bool jwtClaim(std::string_view claims_json, std::string_view name, std::string* out) {
   JsonScanner scanner(claims_json);
+  return scanner.findMember(name, out);
+}
+
+bool jsonMember(std::string_view json, std::string_view name, std::string* out) {
+  JsonScanner scanner(json, /*literals=*/true);
   return scanner.findMember(name, out);
 }
 

@@ -48,4 +48,8 @@ std::string base64UrlEncode(std::string_view in);
 // their digits. False if absent, not a string or integer, or the JSON is malformed.
 bool jwtClaim(std::string_view claims_json, std::string_view name, std::string* out);
 
+// The same scanner for small JSON request bodies (admin API): a top-level member's value as text,
+// strings unescaped, integers as digits, and true / false / null as those words.
+bool jsonMember(std::string_view json, std::string_view name, std::string* out);
+
 }  // namespace sluice

@@ -1,6 +1,8 @@
 #include "proxy/admin/admin.h"
 
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 
 #include "core/clock.h"
 #include "core/jwt.h"
@@ -8,6 +10,7 @@
 #include "core/strings.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
+#include "proxy/server/controls.h"
 #include "proxy/server/proxy_metrics.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
@@ -121,7 +124,9 @@ std::string limitsJson(Server* server) {
     if (i) out += ',';
     out += "{\"id\":\"" + jsonEscape(rc.id) + "\",\"key\":\"" + jsonEscape(rc.key_signature) +
            "\",\"algorithm\":\"" + algorithmName(rc.algorithm) + "\",\"action\":\"" +
-           actionName(rc.action) + "\",\"live_keys\":" + std::to_string(rt.liveKeys(now)) +
+           actionName(rc.action) + "\",\"mode_override\":\"" +
+           ruleModeOverrideName(static_cast<RuleModeOverride>(rt.mode_override->load())) +
+           "\",\"live_keys\":" + std::to_string(rt.liveKeys(now)) +
            ",\"memory_bytes\":" + std::to_string(rc.memory) + ",\"decisions\":{";
     for (int a = 0; a < 6; a++) {
       uint64_t n = server->metrics() ? server->metrics()->limitDecisions(rc.id, kLimitActions[a]) : 0;
@@ -189,6 +194,100 @@ LocalResponse cachePurge(Server* server, std::string_view body) {
   return json(200, "{\"purged\":" + std::to_string(n) + "}");
 }
 
+// POST /rules/{id}/mode {"mode": "enforce" | "shadow" | "off" | "config"}: takes effect on every
+// worker at the next request (one relaxed load), holds across reloads until set back to config.
+LocalResponse setRuleMode(Server* server, std::string_view id, std::string_view body) {
+  auto gen = server->generation();
+  bool known = false;
+  for (size_t i = 0; i < gen->limits->size(); i++)
+    if (gen->limits->rule(i).config->id == id) known = true;
+  if (!known) return jsonError(404, "no limit rule '" + std::string(id) + "' in the running configuration");
+  std::string mode;
+  RuleModeOverride m;
+  if (!jsonMember(body, "mode", &mode) || !parseRuleModeOverride(mode, &m))
+    return jsonError(400, "expected {\"mode\": \"enforce\" | \"shadow\" | \"off\" | \"config\"}");
+  Controls::ruleMode(std::string(id))->store(static_cast<uint8_t>(m));
+  LOG_WARN("admin: limit rule %.*s mode set to %s", static_cast<int>(id.size()), id.data(),
+           ruleModeOverrideName(m));
+  return json(200, "{\"rule\":\"" + jsonEscape(id) + "\",\"mode\":\"" + ruleModeOverrideName(m) + "\"}");
+}
+
+std::string degradeJson(Server* server) {
+  auto gen = server->generation();
+  std::string out = "{\"switches\":[";
+  const auto& sws = gen->config->degrade_switches;
+  for (size_t i = 0; i < sws.size(); i++) {
+    if (i) out += ',';
+    out += "{\"name\":\"" + jsonEscape(sws[i].name) + "\",\"on\":" +
+           (gen->degrade_switches[i]->load() ? "true" : "false") + ",\"routes\":[";
+    for (size_t j = 0; j < sws[i].routes.size(); j++)
+      out += std::string(j ? "," : "") + "\"" + jsonEscape(sws[i].routes[j]) + "\"";
+    out += "]}";
+  }
+  return out + "]}";
+}
+
+// POST /degrade/{name} {"on": true | false}
+LocalResponse setDegradeSwitch(Server* server, std::string_view name, std::string_view body) {
+  auto gen = server->generation();
+  bool known = false;
+  for (const auto& sw : gen->config->degrade_switches)
+    if (sw.name == name) known = true;
+  if (!known) return jsonError(404, "no degrade switch '" + std::string(name) + "' in the running configuration");
+  std::string on;
+  if (!jsonMember(body, "on", &on) || (on != "true" && on != "false"))
+    return jsonError(400, "expected {\"on\": true | false}");
+  Controls::degradeSwitch(std::string(name))->store(on == "true");
+  LOG_WARN("admin: degrade switch %.*s turned %s", static_cast<int>(name.size()), name.data(),
+           on == "true" ? "on" : "off");
+  return json(200, "{\"name\":\"" + jsonEscape(name) + "\",\"on\":" + on + "}");
+}
+
+// GET /config: the serving configuration file, with every secret's value replaced. Values of
+// keys named like a secret are redacted wherever they appear (block or flow style).
+std::string redactSecrets(const std::string& yaml) {
+  static const char* kSecretKeys[] = {"token", "hs256_secret", "password", "master_secret", "secret"};
+  std::string out;
+  out.reserve(yaml.size());
+  size_t i = 0;
+  while (i < yaml.size()) {
+    bool matched = false;
+    for (const char* k : kSecretKeys) {
+      size_t n = strlen(k);
+      bool boundary = i == 0 || !(isalnum(static_cast<unsigned char>(yaml[i - 1])) || yaml[i - 1] == '_');
+      if (boundary && yaml.compare(i, n, k) == 0 && i + n < yaml.size() && yaml[i + n] == ':') {
+        out.append(yaml, i, n + 1);
+        size_t j = i + n + 1;
+        while (j < yaml.size() && yaml[j] == ' ') out.push_back(yaml[j++]);
+        size_t end = j;
+        while (end < yaml.size() && yaml[end] != '\n' && yaml[end] != ',' && yaml[end] != '}') end++;
+        if (end > j) out.append("\"<redacted>\"");
+        i = end;
+        matched = true;
+        break;
+      }
+    }
+    if (!matched) out.push_back(yaml[i++]);
+  }
+  return out;
+}
+
+LocalResponse configJson(Server* server) {
+  auto gen = server->generation();
+  std::string text;
+  if (FILE* f = fopen(gen->config->source_path.c_str(), "rb")) {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+    fclose(f);
+  }
+  // The file may have been edited since it was loaded: say which version this is.
+  return json(200, "{\"path\":\"" + jsonEscape(gen->config->source_path) + "\",\"loaded_hash\":\"" +
+                       gen->config->hash + "\",\"generation\":" + std::to_string(gen->id) +
+                       ",\"workers\":" + std::to_string(gen->config->workers) + ",\"yaml\":\"" +
+                       jsonEscape(redactSecrets(text)) + "\"}");
+}
+
 }  // namespace
 
 LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
@@ -209,6 +308,13 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/status" && read) return json(200, statusJson(server));
   if (path == "/upstreams" && read) return json(200, upstreamsJson(server));
   if (path == "/limits" && read) return json(200, limitsJson(server));
+  if (path == "/config" && read) return configJson(server);
+  if (path == "/degrade" && read) return json(200, degradeJson(server));
+  if (path.rfind("/degrade/", 0) == 0 && head.method == HTTP_POST)
+    return setDegradeSwitch(server, path.substr(9), body);
+  if (path.rfind("/rules/", 0) == 0 && path.size() > 12 && path.substr(path.size() - 5) == "/mode" &&
+      head.method == HTTP_POST)
+    return setRuleMode(server, path.substr(7, path.size() - 12), body);
   if (path == "/cache" && read) return json(200, cacheJson(server));
   if (path == "/cache/purge" && head.method == HTTP_POST) return cachePurge(server, body);
   if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));

@@ -141,6 +141,18 @@ struct CacheConfig {
   std::string status_header = "X-Cache";  // HIT | MISS | STALE | COALESCED; "" = none
 };
 
+// An emergency lever (POST /degrade/{name} on the admin API): while on, the routes it names are
+// answered at the edge — with their last cached response when they cache and `from_cache`, else
+// with `status` / `body` — and never reach the application tier.
+struct DegradeSwitchConfig {
+  std::string name;
+  std::vector<std::string> routes;
+  int status = 200;
+  std::string body;
+  std::string content_type = "application/json";
+  bool from_cache = true;
+};
+
 // Which routes go first when the application tier reports saturation.
 enum class RoutePriority { kLow, kNormal, kHigh, kCritical };
 
@@ -164,6 +176,7 @@ struct RouteConfig {
   std::string direct_body;
   RoutePriority priority = RoutePriority::kNormal;
   std::shared_ptr<const RouteCacheConfig> cache;  // null: not cached
+  std::vector<int> degrade_switches;              // indexes into Config::degrade_switches
   std::vector<std::string> limit_names;  // rule ids, in the order written
   std::vector<int> limits;                // indexes into Config::limit_rules
 };
@@ -305,6 +318,8 @@ struct Config {
   HotItemsConfig hot_items;
   JwtConfig jwt;
   CacheConfig cache;
+  std::vector<DegradeSwitchConfig> degrade_switches;
+  std::string pid_file;  // written at start, removed at exit; `sluice -s` signals through it
 
   const UpstreamConfig* findUpstream(const std::string& name) const {
     for (const auto& u : upstreams)

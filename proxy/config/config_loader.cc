@@ -439,6 +439,7 @@ class Loader {
   void loadMatch(const Node& n, const std::string& path, RouteConfig& r);
   void loadRouteCache(const Node& n, const std::string& path, RouteConfig& r);
   void loadCache(const Node& n, Config& cfg);
+  void loadDegradeSwitches(const Node& n, Config& cfg);
   bool readNameList(const Node& n, const std::string& path, std::vector<std::string>* out);
   void loadLimits(const Node& n, Config& cfg);
   void loadHotItems(const Node& n, Config& cfg);
@@ -465,7 +466,7 @@ void Loader::load(const Node& root, Config& cfg) {
   Mapping top = mapping(root, "",
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
-                         "routes", "limits", "jwt", "cache"});
+                         "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -502,6 +503,8 @@ void Loader::load(const Node& root, Config& cfg) {
   if (auto n = top.get("limits")) loadLimits(*n, cfg);
   if (auto n = top.get("routes")) loadRoutes(*n, cfg);
   resolveRouteLimits(cfg);
+  if (auto n = top.get("degrade_switches")) loadDegradeSwitches(*n, cfg);
+  if (auto n = top.get("pid_file")) readString(*n, "pid_file", &cfg.pid_file);
 }
 
 // ---- limits
@@ -1463,6 +1466,54 @@ void Loader::loadCache(const Node& n, Config& cfg) {
     if (readString(*v, m.child("status_header"), &cfg.cache.status_header) &&
         !cfg.cache.status_header.empty() && !isToken(cfg.cache.status_header))
       fail(*v, m.child("status_header") + ": '" + cfg.cache.status_header + "' is not a valid header name");
+  }
+}
+
+void Loader::loadDegradeSwitches(const Node& n, Config& cfg) {
+  std::vector<Node> items;
+  if (!sequence(n, "degrade_switches", &items)) return;
+  for (size_t i = 0; i < items.size(); i++) {
+    std::string path = "degrade_switches[" + std::to_string(i) + "]";
+    Mapping m = mapping(items[i], path, {"name", "routes", "status", "body", "content_type", "from_cache"});
+    if (!m.valid) continue;
+    DegradeSwitchConfig sw;
+    if (auto v = m.get("name")) {
+      if (readString(*v, m.child("name"), &sw.name) && !isName(sw.name))
+        fail(*v, m.child("name") + ": invalid name '" + sw.name + "' (letters, digits, '_', '-' and '.')");
+    } else {
+      fail(items[i], path + ": missing required key 'name'");
+    }
+    for (const auto& other : cfg.degrade_switches)
+      if (!sw.name.empty() && other.name == sw.name) fail(items[i], path + ": duplicate switch name '" + sw.name + "'");
+    if (auto v = m.get("routes")) {
+      std::vector<Node> names;
+      if (sequence(*v, m.child("routes"), &names, /*allow_scalar=*/true)) {
+        for (size_t j = 0; j < names.size(); j++) {
+          std::string rn;
+          std::string p = m.child("routes") + "[" + std::to_string(j) + "]";
+          if (!readString(names[j], p, &rn)) continue;
+          bool found = false;
+          for (auto& r : cfg.routes)
+            if (r.name == rn) {
+              found = true;
+              r.degrade_switches.push_back(static_cast<int>(cfg.degrade_switches.size()));
+            }
+          if (!found) {
+            std::vector<std::string> known;
+            for (const auto& r : cfg.routes) known.push_back(r.name);
+            fail(names[j], p + ": unknown route '" + rn + "'" + suggestion(rn, known));
+          }
+          sw.routes.push_back(rn);
+        }
+      }
+    } else {
+      fail(items[i], path + ": missing required key 'routes'");
+    }
+    if (auto v = m.get("status")) readInt(*v, m.child("status"), 200, 599, &sw.status);
+    if (auto v = m.get("body")) scalar(*v, m.child("body"), "a string", &sw.body);
+    if (auto v = m.get("content_type")) readString(*v, m.child("content_type"), &sw.content_type);
+    if (auto v = m.get("from_cache")) readBool(*v, m.child("from_cache"), &sw.from_cache);
+    cfg.degrade_switches.push_back(std::move(sw));
   }
 }
 

@@ -5,6 +5,7 @@
 #include "core/hash.h"
 #include "core/strings.h"
 #include "proxy/http/header_map.h"
+#include "proxy/server/controls.h"
 #include "proxy/router/router.h"
 #include "proxy/upstream/balance_key.h"
 
@@ -98,6 +99,7 @@ LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
   for (const auto& rc : config.limit_rules) {
     auto rt = std::make_unique<LimitRuleRuntime>();
     rt->config = &rc;
+    rt->mode_override = Controls::ruleMode(rc.id);
     const LimitRuleRuntime* old = findPrevious(previous, rc);
     switch (rc.algorithm) {
       case LimitAlgorithm::kLeakyBucket: {

@@ -39,6 +39,8 @@ struct LimitRuleRuntime {
   // circuit_breaker rules: one breaker per route (key route, indexed like config.routes) or per
   // upstream pool (key upstream, indexed like config.upstreams).
   std::vector<std::unique_ptr<limiter::CircuitBreaker>> breakers;
+  // The admin API's override of this rule id's mode (Controls; RuleModeOverride values).
+  const std::atomic<uint8_t>* mode_override = nullptr;
 
   // The limiter for a request whose item hashes to `item_hash` (the rule's own, or the item's).
   limiter::RateLimiter* rateFor(uint64_t item_hash) const {

@@ -11,6 +11,7 @@
 #include "core/strings.h"
 #include "proxy/admin/admin.h"
 #include "proxy/http/status.h"
+#include "proxy/server/controls.h"
 #include "proxy/server/identify.h"
 #include "proxy/server/proxy_protocol.h"
 #include "proxy/server/read_buffer.h"
@@ -337,6 +338,20 @@ int ClientConnection::onHeadersComplete() {
 
   int ui = ex_->gen->gen->route_upstream[ex_->route];
   if (ui >= 0) ex_->pool = ex_->gen->pools[ui].get();
+  for (int si : route.degrade_switches) {
+    if (!ex_->gen->gen->degrade_switches[si]->load(std::memory_order_relaxed)) continue;
+    // An operator switched this feature off: answered here, nothing counted, nothing upstream.
+    const auto& sw = cfg.degrade_switches[si];
+    if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+    ex_->decisions.append("\"degrade_switch\":\"" + sw.name + "\"");
+    if (sw.from_cache && serveStale(-1)) return closing_ ? -1 : 0;
+    LocalResponse r;
+    r.status = sw.status;
+    r.content_type = sw.content_type;
+    r.body = sw.body;
+    respondLocal(r, false);
+    return closing_ ? -1 : 0;
+  }
   recordHotItem();
   int limited = route.limits.empty() ? 0 : limitPhase(route);
   if (closing_) return -1;
@@ -476,6 +491,11 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
   for (int idx : route.limits) {
     auto& rt = limits.rule(static_cast<size_t>(idx));
     const auto& rc = *rt.config;
+    // An operator's override from the admin API wins over the configured action.
+    auto override = static_cast<RuleModeOverride>(rt.mode_override->load(std::memory_order_relaxed));
+    if (override == RuleModeOverride::kOff) continue;
+    bool shadow_mode = override == RuleModeOverride::kNone ? rc.action == LimitAction::kShadow
+                                                           : override == RuleModeOverride::kShadow;
     if (rc.algorithm == LimitAlgorithm::kCircuitBreaker) {
       // Breakers first: an open breaker answers before any bucket is charged.
       int bi = rc.key[0].kind == LimitKeyKind::kUpstream ? ui : ex_->route;
@@ -486,7 +506,7 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
         count(counters(idx).allowed);
         continue;
       }
-      if (rc.action == LimitAction::kShadow) {
+      if (shadow_mode) {
         noteShadow(idx);
         continue;
       }
@@ -509,7 +529,7 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
     // A hot-only rule governs an item only while the sketch marks it hot.
     if (rc.only_hot && (!limits.hotItems() || item_hash == 0 || !limits.hotItems()->isHot(item_hash)))
       continue;
-    auto mode = rc.action == LimitAction::kShadow ? limiter::RuleMode::kShadow : limiter::RuleMode::kEnforce;
+    auto mode = shadow_mode ? limiter::RuleMode::kShadow : limiter::RuleMode::kEnforce;
     if (rt.rate && nr < limiter::kMaxRateRules) {
       // Past max_delay a delay is a rejection by that rule, uncharged like any other.
       limiter::RateLimiter* rl = rt.item_limits.empty() ? rt.rate.get() : rt.rateFor(item_hash);

@@ -1,5 +1,7 @@
 #include "proxy/server/generation.h"
 
+#include "proxy/server/controls.h"
+
 #include <atomic>
 
 namespace sluice {
@@ -23,6 +25,7 @@ Generation::Generation(ConfigPtr cfg, const Generation* previous,
     clusters.push_back(std::make_shared<UpstreamCluster>(u, old));
   }
   limits = std::make_shared<LimitSet>(*config, previous ? previous->limits.get() : nullptr);
+  for (const auto& sw : config->degrade_switches) degrade_switches.push_back(Controls::degradeSwitch(sw.name));
   if (previous && previous->cache) {
     cache = previous->cache;
   } else {

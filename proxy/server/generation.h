@@ -30,6 +30,8 @@ struct Generation {
   // The micro-cache all routes share: created with the first generation (sized by its `cache:`
   // section) and handed to every later one, so entries survive reloads.
   std::shared_ptr<cache::MicroCache> cache;
+  // The admin API's degrade switches (Controls), same order as config->degrade_switches.
+  std::vector<const std::atomic<bool>*> degrade_switches;
   uint64_t id = 0;
   std::shared_ptr<ProxyMetrics> metrics_owner;  // keeps the cells `metrics` points into alive
   std::vector<WorkerMetrics> metrics;           // per shard (ProxyMetrics::shardOf); empty if off

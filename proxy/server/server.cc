@@ -12,6 +12,10 @@
 
 namespace sluice {
 
+namespace {
+bool writePidFile(const std::string& path, std::string* err);
+}  // namespace
+
 Server::Server(ConfigPtr config) : config_(std::move(config)) {}
 
 Server::~Server() = default;
@@ -78,9 +82,9 @@ int Server::run() {
   uv_loop_t* loop = control_->loop();
   health_ = std::make_unique<HealthChecker>(loop, generation_->clusters);
   health_->start();
-  uv_signal_t* sigs[] = {&sigterm_, &sigquit_, &sigint_, &sighup_};
-  int nums[] = {SIGTERM, SIGQUIT, SIGINT, SIGHUP};
-  for (int i = 0; i < 4; i++) {
+  uv_signal_t* sigs[] = {&sigterm_, &sigquit_, &sigint_, &sighup_, &sigusr1_};
+  int nums[] = {SIGTERM, SIGQUIT, SIGINT, SIGHUP, SIGUSR1};
+  for (int i = 0; i < 5; i++) {
     uv_signal_init(loop, sigs[i]);
     sigs[i]->data = this;
     uv_signal_start(sigs[i], onSignal, nums[i]);
@@ -91,7 +95,12 @@ int Server::run() {
     uv_close(reinterpret_cast<uv_handle_t*>(&sigquit_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sighup_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sigusr1_), nullptr);
   };
+  if (!cfg.pid_file.empty() && !writePidFile(cfg.pid_file, &err)) {
+    LOG_ERROR("%s", err.c_str());
+    return 1;
+  }
 
   for (auto& w : workers_) w->start();
   for (const auto& l : cfg.listeners)
@@ -102,6 +111,7 @@ int Server::run() {
 
   control_->runHere();
   for (auto& w : workers_) w->join();
+  if (!cfg.pid_file.empty()) ::unlink(cfg.pid_file.c_str());
   LOG_INFO("sluice stopped");
   workers_.clear();
   control_.reset();
@@ -115,6 +125,19 @@ void Server::onSignal(uv_signal_t* s, int signum) {
     self->reload(&msg);
     return;
   }
+  if (signum == SIGUSR1) {
+    // logrotate: the files were renamed; open new ones under the configured names.
+    std::string err;
+    const auto& target = self->generation()->config->error_log;
+    if (target != "stderr" && target != "stdout" && !log::setTarget(target, &err))
+      LOG_ERROR("reopening the error log: %s", err.c_str());
+    for (auto& w : self->workers_) {
+      Worker* worker = w.get();
+      worker->post([worker] { worker->reopenAccessLog(); });
+    }
+    LOG_INFO("received %s, log files reopened", strsignal(signum));
+    return;
+  }
   // A second Ctrl-C means "now": skip the drain.
   bool graceful = !(signum == SIGINT && self->stopping_);
   LOG_INFO("received %s, %s", strsignal(signum),
@@ -123,6 +146,27 @@ void Server::onSignal(uv_signal_t* s, int signum) {
 }
 
 namespace {
+
+// The pid file `sluice -s` reads. Refuses to overwrite the file of a process that still runs.
+bool writePidFile(const std::string& path, std::string* err) {
+  if (FILE* f = fopen(path.c_str(), "r")) {
+    long pid = 0;
+    bool have = fscanf(f, "%ld", &pid) == 1;
+    fclose(f);
+    if (have && pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) == 0) {
+      *err = "pid file " + path + " names running process " + std::to_string(pid) + " (is another sluice running?)";
+      return false;
+    }
+  }
+  std::string tmp = path + ".tmp";
+  FILE* f = fopen(tmp.c_str(), "w");
+  if (!f || fprintf(f, "%ld\n", static_cast<long>(getpid())) < 0 || fclose(f) != 0 ||
+      rename(tmp.c_str(), path.c_str()) != 0) {
+    *err = "cannot write pid file " + path + ": " + strerror(errno);
+    return false;
+  }
+  return true;
+}
 
 bool sameListeners(const Config& a, const Config& b) {
   if (a.listeners.size() != b.listeners.size()) return false;

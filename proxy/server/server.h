@@ -48,7 +48,7 @@ class Server {
   std::unique_ptr<Worker> control_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<HealthChecker> health_;
-  uv_signal_t sigterm_, sigquit_, sigint_, sighup_;
+  uv_signal_t sigterm_, sigquit_, sigint_, sighup_, sigusr1_;
   std::string last_reload_ = "none";
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;

@@ -106,6 +106,17 @@ void Worker::swapGeneration(GenerationPtr gen) {
   }
 }
 
+void Worker::reopenAccessLog() {
+  if (control_ || !current_) return;
+  const auto& target = current_->gen->config->access_log.target;
+  std::string err;
+  if (access_log_) access_log_->stop();  // flushes what it holds into the old (renamed) file
+  if (!setupAccessLog(target, &err)) {
+    LOG_ERROR("worker %d: %s; access log off until the next reopen or reload", id_, err.c_str());
+    setupAccessLog("off", &err);
+  }
+}
+
 bool Worker::setupAccessLog(const std::string& target, std::string* err) {
   int fd = openAccessLogTarget(target, err);
   if (fd < 0 && target != "off") return false;

@@ -44,6 +44,8 @@ class Worker {
   // pools retire (idle upstream connections close, busy ones close when their request ends).
   void swapGeneration(GenerationPtr gen);
   bool setupAccessLog(const std::string& target, std::string* err);
+  // SIGUSR1 (logrotate): close and reopen the access log file. On this worker's thread.
+  void reopenAccessLog();
 
   void start();    // data workers: runs the loop on a new thread
   void runHere();  // control worker: runs the loop on the calling thread

@@ -688,3 +688,32 @@ routes:
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST_CASE("degrade switches and pid_file", "[config][operations]") {
+  const std::string head = "listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  app:\n"
+                           "    servers: [{address: 127.0.0.1:9080}]\nroutes:\n  - {name: recs, upstream: app}\n"
+                           "  - {name: all, upstream: app}\n";
+  ConfigPtr c = loadOk(head + "pid_file: /run/sluice.pid\ndegrade_switches:\n"
+                              "  - {name: recommendations, routes: [recs], status: 503, body: off, from_cache: false}\n");
+  CHECK(c->pid_file == "/run/sluice.pid");
+  REQUIRE(c->degrade_switches.size() == 1);
+  const auto& sw = c->degrade_switches[0];
+  CHECK(sw.name == "recommendations");
+  CHECK(sw.status == 503);
+  CHECK(sw.body == "off");
+  CHECK_FALSE(sw.from_cache);
+  CHECK(c->routes[0].degrade_switches == std::vector<int>{0});
+  CHECK(c->routes[1].degrade_switches.empty());
+  CHECK(loadError(head + "degrade_switches:\n  - {name: x, routes: [rec]}\n").format() ==
+        "test.yaml:9:24: degrade_switches[0].routes[0]: unknown route 'rec' (did you mean 'recs'?)");
+  CHECK_THAT(loadError(head + "degrade_switches:\n  - {name: x, routes: [recs]}\n  - {name: x, routes: [all]}\n").message,
+             Catch::Contains("duplicate switch name 'x'"));
+  CHECK_THAT(loadError(head + "degrade_switches:\n  - {routes: [recs]}\n").message,
+             Catch::Contains("missing required key 'name'"));
+}
+
+}  // namespace
+}  // namespace sluice
