@@ -201,6 +201,7 @@ struct LimitKeyPart {
   LimitKeyKind kind = LimitKeyKind::kIp;
   std::string source;  // "cookie:NAME", "header:NAME", "query:NAME", "path:REGEX", "jwt:CLAIM"
   std::shared_ptr<const re2::RE2> path_regex;  // for path: sources
+  bool default_item = false;  // the default item pattern: matched without RE2 (limit_set.h)
 };
 
 enum class LimitAlgorithm { kLeakyBucket, kSlidingWindow, kConcurrency, kCircuitBreaker };

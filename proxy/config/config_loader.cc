@@ -565,6 +565,7 @@ void Loader::loadHotItems(const Node& n, Config& cfg) {
   h.source.kind = LimitKeyKind::kItem;
   h.source.source = std::string("path:") + kDefaultItemPattern;
   h.source.path_regex = std::make_shared<re2::RE2>(kDefaultItemPattern);
+  h.source.default_item = true;
   Mapping m = mapping(n, "limits.hot_items", {"enabled", "item", "window", "sub_windows", "hot_rate", "top_k"});
   if (!m.valid) return;
   if (auto v = m.get("enabled")) readBool(*v, m.child("enabled"), &h.enabled);
@@ -703,6 +704,7 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
         return false;
       }
       part->path_regex = re;
+      part->default_item = what == kDefaultItemPattern;
     }
   }
   part->source = source;

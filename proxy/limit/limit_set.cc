@@ -64,18 +64,34 @@ bool jwtToken(const JwtConfig& cfg, const HeaderMap& headers, std::string_view* 
 }  // namespace
 
 void normaliseUserAgent(std::string_view ua, std::string* out) {
-  out->clear();
-  out->reserve(ua.size());
+  // One pass into a buffer sized up front: the bench profile had the push_back version at 19
+  // instructions per byte of a ~110-byte UA, on every request of every UA rule.
+  out->resize(ua.size());
+  char* w = out->data();
   bool in_digits = false;
   for (char c : ua) {
-    if (c >= '0' && c <= '9') {
-      if (!in_digits) out->push_back('#');
-      in_digits = true;
-      continue;
+    bool digit = static_cast<unsigned char>(c - '0') <= 9;
+    if (!digit) {
+      *w++ = static_cast<unsigned char>(c - 'A') <= 25 ? static_cast<char>(c | 0x20) : c;
+    } else if (!in_digits) {
+      *w++ = '#';
     }
-    in_digits = false;
-    out->push_back(asciiLower(c));
+    in_digits = digit;
   }
+  out->resize(static_cast<size_t>(w - out->data()));
+}
+
+bool matchDefaultItemPath(std::string_view path, std::string_view* id) {
+  // ^/(?:api/)?items?/([^/?]+) without a regex engine: the pattern every default item key uses.
+  if (path.rfind("/api/", 0) == 0) path.remove_prefix(4);
+  if (path.rfind("/item", 0) != 0) return false;
+  path.remove_prefix(5);
+  if (!path.empty() && path.front() == 's') path.remove_prefix(1);
+  if (path.empty() || path.front() != '/') return false;
+  path.remove_prefix(1);
+  size_t end = path.find_first_of("/?");
+  *id = path.substr(0, end);
+  return !id->empty();
 }
 
 LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
@@ -171,6 +187,24 @@ size_t LimitRuleRuntime::liveKeys(Nanos now) const {
 
 bool LimitSet::sourceValue(const LimitKeyPart& part, const LimitRequestView& req, std::string_view* out) {
   const std::string& s = part.source;
+  // Several rules usually read the same source (the item id, the member cookie): look each up
+  // once per request.
+  for (uint8_t i = 0; i < req.cached; i++) {
+    const auto& c = req.cache[i];
+    if (c.source == std::string_view(s)) {
+      *out = c.value;
+      return c.found;
+    }
+  }
+  bool found = sourceValueUncached(part, req, out);
+  if (req.cached < LimitRequestView::kCacheSlots && s.rfind("jwt:", 0) != 0)  // claims live in scratch
+    req.cache[req.cached++] = {s, *out, found};
+  return found;
+}
+
+bool LimitSet::sourceValueUncached(const LimitKeyPart& part, const LimitRequestView& req,
+                                   std::string_view* out) {
+  const std::string& s = part.source;
   if (s.rfind("header:", 0) == 0) return req.headers->get(std::string_view(s).substr(7), out) && !out->empty();
   if (s.rfind("cookie:", 0) == 0) return findCookie(*req.headers, std::string_view(s).substr(7), out) && !out->empty();
   if (s.rfind("jwt:", 0) == 0) {
@@ -188,6 +222,7 @@ bool LimitSet::sourceValue(const LimitKeyPart& part, const LimitRequestView& req
   std::string_view path, query;
   splitTarget(req.target, &path, &query);
   if (s.rfind("query:", 0) == 0) return findQueryArg(query, std::string_view(s).substr(6), out) && !out->empty();
+  if (part.default_item) return matchDefaultItemPath(path, out);
   if (part.path_regex) {
     re2::StringPiece capture;
     if (!RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *part.path_regex, &capture))

@@ -466,6 +466,8 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
                         ui >= 0 ? std::string_view(cfg.upstreams[ui].name) : std::string_view()};
   view.jwt = limits.jwt();
   view.jwt_config = &cfg.jwt;
+  if (ex_->item_looked_up)  // hot-item detection already matched the item source
+    view.cache[view.cached++] = {cfg.hot_items.source.source, ex_->item_value, !ex_->item_value.empty()};
   view.now_unix = ex_->start_wall_us / 1000000;
   // Decision counters: this worker's cells, or a sink when metrics are off (unit tests).
   static const LimitRuleMetrics kNoMetrics{};
@@ -629,7 +631,9 @@ void ClientConnection::recordHotItem() {
   const auto& h = parser_.head();
   LimitRequestView view{&ex_->client_ip, cfg.routes[ex_->route].name, h.target, &h.headers};
   std::string_view item;
+  ex_->item_looked_up = true;
   if (!LimitSet::sourceValue(cfg.hot_items.source, view, &item)) return;
+  ex_->item_value = item;  // a view into the request head: the limit phase reuses it
   // Item ids are short; a hostile 8 KB one is truncated inside the sketch's candidate list.
   ex_->item_hash = hash64(item);
   ex_->item_hot = sketch->record(item, ex_->item_hash, SteadyClock::monotonicNanos());

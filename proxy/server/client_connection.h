@@ -99,6 +99,8 @@ struct Exchange {
   std::string cache_body;
   uint64_t item_hash = 0;  // hash64 of the hot-item source's value (0: none)
   bool item_hot = false;   // the sketch marked it hot when this request was recorded
+  bool item_looked_up = false;
+  std::string_view item_value;  // the hot-item source's value (a view into the request head)
   bool delayed = false;
   std::string decisions;  // JSON members for the access log ("limit":{...})
 

@@ -1,6 +1,8 @@
 // proxy/limit/limit_set: the key of each rule kind for a request (LimitSet::keyFor), the
 // User-Agent normalisation, and rule state carried across a reload (a LimitSet built with the
 // previous one).
+#include <re2/re2.h>
+
 #include <catch2/catch.hpp>
 #include <string>
 #include <utility>
@@ -401,6 +403,59 @@ TEST_CASE("LimitSet: a reload with a new memory size keeps nothing, a new rate k
   LimitSet setC(*bigger, &setB);
   CHECK(setC.rule(0).gcra_table != setB.rule(0).gcra_table);
   CHECK(drain(setC, 0, key, kT0) == 5);
+}
+
+}  // namespace
+}  // namespace sluice
+
+namespace sluice {
+namespace {
+
+// The hand-written default item matcher must agree with the regex it replaces on every path.
+TEST_CASE("limit set: the default item matcher agrees with its regex", "[limit_set]") {
+  re2::RE2 re("^/(?:api/)?items?/([^/?]+)");
+  std::vector<std::string> paths = {"/item/42", "/items/42", "/api/items/42/price", "/api/item/7",
+                                    "/api/items/", "/api/items", "/items//x", "/itemz/1", "/api/api/items/1",
+                                    "/item/a?b", "/x/items/1", "", "/", "/items/\xc3\xa9", "/api/items/42?x=1",
+                                    "/ITEMS/1", "/api/itemss/1", "/item/%2F"};
+  uint64_t seed = 12345;
+  const char alphabet[] = "/ai?tems1p";
+  for (int i = 0; i < 20000; i++) {  // random paths over the pattern's own characters
+    std::string p;
+    size_t n = (seed >> 33) % 16;
+    for (size_t j = 0; j < n; j++) {
+      seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+      p.push_back(alphabet[(seed >> 33) % (sizeof(alphabet) - 1)]);
+    }
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    paths.push_back("/" + p);
+  }
+  for (const auto& p : paths) {
+    INFO(p);
+    re2::StringPiece capture;
+    bool want = RE2::PartialMatch(p, re, &capture) && !capture.empty();
+    std::string_view got;
+    bool have = matchDefaultItemPath(p, &got);
+    REQUIRE(have == want);
+    if (have) REQUIRE(got == std::string_view(capture.data(), capture.size()));
+  }
+  // One deliberate difference: RE2 (UTF-8 mode) finds no item in invalid UTF-8; the matcher takes
+  // the bytes as they are, so such ids are still limited per item rather than skipped.
+  std::string_view got;
+  CHECK(matchDefaultItemPath("/items/\xff\xfe", &got));
+  CHECK(got == "\xff\xfe");
+}
+
+TEST_CASE("limit set: UA normalisation folds case and digit runs in one pass", "[limit_set]") {
+  std::string out;
+  normaliseUserAgent("Mozilla/5.0 (X11) Chrome/120.0.6099.71 ZZ", &out);
+  CHECK(out == "mozilla/#.# (x#) chrome/#.#.#.# zz");
+  normaliseUserAgent("", &out);
+  CHECK(out.empty());
+  normaliseUserAgent("12345", &out);
+  CHECK(out == "#");
+  normaliseUserAgent("\xC3\x89[]@`{", &out);  // bytes outside A-Z are kept as they are
+  CHECK(out == "\xC3\x89[]@`{");
 }
 
 }  // namespace
