@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build run test bench bench-limits clean test-asan test-tsan fuzz fuzz-build fuzz-ci
+.PHONY: all deps configure build run test bench bench-limits install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -25,6 +25,11 @@ test: build
 
 bench: build
 	@bench/run $(BUILD_DIR)
+
+# Installs under PREFIX (binary, /etc-style config dir, docs, systemd unit); DESTDIR stages it.
+PREFIX ?= /usr/local
+install: build
+	@cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 # The limit phase's cost: sluice without rules, with rules on all six dimensions, and nginx with
 # limit_req / limit_conn, side by side (bench/limits, docs/benchmarks.md).
