@@ -8,6 +8,7 @@
 #include "core/jwt.h"
 #include "core/log.h"
 #include "core/strings.h"
+#include "proxy/admin/dashboard.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
 #include "proxy/server/controls.h"
@@ -288,6 +289,20 @@ LocalResponse configJson(Server* server) {
                        jsonEscape(redactSecrets(text)) + "\"}");
 }
 
+// GET /dashboard (and /): the operator page. It only reads the JSON endpoints and sends the
+// mutating calls with the token the operator types in; the CSP keeps it from loading anything.
+LocalResponse dashboardPage() {
+  LocalResponse r;
+  r.content_type = "text/html; charset=utf-8";
+  r.body = std::string(dashboardHtml());
+  r.headers.emplace_back("Cache-Control", "no-store");
+  r.headers.emplace_back("X-Frame-Options", "DENY");
+  r.headers.emplace_back("Content-Security-Policy",
+                         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                         "connect-src 'self'; img-src data:; frame-ancestors 'none'");
+  return r;
+}
+
 }  // namespace
 
 LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
@@ -319,6 +334,7 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/cache/purge" && head.method == HTTP_POST) return cachePurge(server, body);
   if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
+  if ((path == "/dashboard" || path == "/") && read) return dashboardPage();
   if (path == "/metrics" && read && server->metrics()) {
     LocalResponse r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";

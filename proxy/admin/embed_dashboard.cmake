@@ -1,0 +1,15 @@
+# Writes OUT (a .cc file): dashboardHtml() returning IN (proxy/admin/dashboard.html) byte for byte,
+# held in a raw string literal. Run by proxy/CMakeLists.txt whenever the page changes.
+file(READ ${IN} body)
+string(FIND "${body}" ")sluice_html\"" clash)
+if(NOT clash EQUAL -1)
+  message(FATAL_ERROR "${IN} contains the raw-string delimiter )sluice_html\"")
+endif()
+set(out "// Generated from proxy/admin/dashboard.html by embed_dashboard.cmake. Do not edit.\n")
+string(APPEND out "#include \"proxy/admin/dashboard.h\"\n\nnamespace sluice {\nnamespace {\n")
+string(APPEND out "constexpr char kPage[] = R\"sluice_html(${body})sluice_html\";\n")
+string(APPEND out "}  // namespace\n\n")
+string(APPEND out "std::string_view dashboardHtml() { return {kPage, sizeof(kPage) - 1}; }\n\n")
+string(APPEND out "}  // namespace sluice\n")
+file(WRITE ${OUT}.tmp "${out}")
+file(COPY_FILE ${OUT}.tmp ${OUT} ONLY_IF_DIFFERENT)
