@@ -267,6 +267,9 @@ bool WorkerVm::build(std::vector<std::string>* errors) {
     return false;
   }
   core->L = L;
+  // luaopen_jit initialises the compiler (CPU flags, hot-loop parameters); without it the
+  // engine never compiles anything. Its table stays out of every sandbox environment.
+  openLib(L, luaopen_jit, LUA_JITLIBNAME);
   luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | (core->options.jit ? LUAJIT_MODE_ON : LUAJIT_MODE_OFF));
   // Only what the sandbox hands out, plus debug and jit for the trusted bootstrap.
   openLib(L, luaopen_base, "");
