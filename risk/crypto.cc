@@ -1,3 +1,7 @@
+// The low-level SHA256_* calls are deprecated in OpenSSL 3 but remain the only allocation-free way
+// to copy a mid-stream SHA-256 state (EVP_MD_CTX_copy_ex duplicates the provider context on the
+// heap). They run the same assembly (SHA-NI / AVX2) as EVP.
+#define OPENSSL_SUPPRESS_DEPRECATED 1
 #include "risk/crypto.h"
 
 #include <openssl/core_names.h>
@@ -5,16 +9,15 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <atomic>
 
 #include <cstring>
 
 namespace sluice::risk {
 namespace {
 
-EVP_MAC* hmacAlgorithm() {
-  static EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  return mac;
-}
 EVP_CIPHER* gcmAlgorithm() {
   static EVP_CIPHER* c = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
   return c;
@@ -24,15 +27,71 @@ EVP_MD* sha256Algorithm() {
   return md;
 }
 
-// One cipher context per thread, re-initialised per call: allocation-free on the data path.
-struct CipherCtx {
-  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-  ~CipherCtx() { EVP_CIPHER_CTX_free(ctx); }
+std::atomic<uint64_t> nextGcmId{1};
+
+// Per thread, a few GCM contexts with a key already scheduled, by (key instance id, direction).
+// A hit only sets the nonce; a miss (first use on this thread, or more live keys than slots)
+// schedules the key into the least recently used slot. Ids are never reused, so a slot of a
+// destroyed key is simply never hit again; EVP_CIPHER_CTX_free cleanses it at eviction or thread
+// exit.
+class GcmContextCache {
+ public:
+  static constexpr int kSlots = 8;
+  ~GcmContextCache() {
+    for (auto& s : slots_) EVP_CIPHER_CTX_free(s.ctx);
+  }
+  // A context ready for nonce-only (re)initialisation with `key`, or null on failure.
+  EVP_CIPHER_CTX* get(uint64_t id, bool encrypt, const uint8_t* key) {
+    ++clock_;
+    for (auto& s : slots_) {
+      if (s.id == id && s.encrypt == encrypt && s.ctx) {
+        s.used = clock_;
+        return s.ctx;
+      }
+    }
+    Slot* victim = &slots_[0];
+    for (auto& s : slots_)
+      if (s.used < victim->used) victim = &s;
+    if (!victim->ctx) victim->ctx = EVP_CIPHER_CTX_new();
+    victim->id = 0;
+    if (!victim->ctx ||
+        EVP_CipherInit_ex2(victim->ctx, gcmAlgorithm(), key, nullptr, encrypt ? 1 : 0, nullptr) != 1)
+      return nullptr;
+    victim->id = id;
+    victim->encrypt = encrypt;
+    victim->used = clock_;
+    return victim->ctx;
+  }
+
+ private:
+  struct Slot {
+    uint64_t id = 0;
+    bool encrypt = false;
+    uint64_t used = 0;
+    EVP_CIPHER_CTX* ctx = nullptr;
+  };
+  Slot slots_[kSlots];
+  uint64_t clock_ = 0;
 };
-EVP_CIPHER_CTX* threadCipherCtx() {
-  thread_local CipherCtx c;
-  return c.ctx;
+
+EVP_CIPHER_CTX* threadGcmCtx(uint64_t id, bool encrypt, const uint8_t* key) {
+  thread_local GcmContextCache cache;
+  return cache.get(id, encrypt, key);
 }
+
+// base64url alphabet value per byte, -1 for anything else.
+struct B64Table {
+  int8_t v[256];
+  constexpr B64Table() : v() {
+    for (int i = 0; i < 256; ++i) v[i] = -1;
+    for (int i = 0; i < 26; ++i) v['A' + i] = static_cast<int8_t>(i);
+    for (int i = 0; i < 26; ++i) v['a' + i] = static_cast<int8_t>(26 + i);
+    for (int i = 0; i < 10; ++i) v['0' + i] = static_cast<int8_t>(52 + i);
+    v[static_cast<int>('-')] = 62;
+    v[static_cast<int>('_')] = 63;
+  }
+};
+constexpr B64Table kB64Values;
 
 bool addAad(EVP_CIPHER_CTX* ctx, std::string_view aad, bool encrypt) {
   if (aad.empty()) return true;
@@ -44,14 +103,7 @@ bool addAad(EVP_CIPHER_CTX* ctx, std::string_view aad, bool encrypt) {
 
 constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-int b64Value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '-') return 62;
-  if (c == '_') return 63;
-  return -1;
-}
+int b64Value(char c) { return kB64Values.v[static_cast<unsigned char>(c)]; }
 
 }  // namespace
 
@@ -127,6 +179,39 @@ bool base64UrlDecode(std::string_view in, std::string* out) {
   return (acc & ((1u << bits) - 1)) == 0;
 }
 
+bool base64UrlDecode(std::string_view in, uint8_t* out, size_t cap, size_t* outLen) {
+  if (in.size() % 4 == 1 || in.size() / 4 * 3 + (in.size() % 4 ? in.size() % 4 - 1 : 0) > cap)
+    return false;
+  size_t n = 0;
+  const auto* p = reinterpret_cast<const unsigned char*>(in.data());
+  const size_t full = in.size() / 4 * 4;
+  size_t i = 0;
+  for (; i < full; i += 4) {
+    const int a = kB64Values.v[p[i]], b = kB64Values.v[p[i + 1]], c = kB64Values.v[p[i + 2]],
+              d = kB64Values.v[p[i + 3]];
+    if ((a | b | c | d) < 0) return false;
+    const uint32_t v = static_cast<uint32_t>(a << 18 | b << 12 | c << 6 | d);
+    out[n++] = static_cast<uint8_t>(v >> 16);
+    out[n++] = static_cast<uint8_t>(v >> 8);
+    out[n++] = static_cast<uint8_t>(v);
+  }
+  uint32_t acc = 0;
+  int bits = 0;
+  for (; i < in.size(); ++i) {
+    const int v = kB64Values.v[p[i]];
+    if (v < 0) return false;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[n++] = static_cast<uint8_t>((acc >> bits) & 0xff);
+    }
+  }
+  *outLen = n;
+  // Leftover bits must be zero, so each byte string has exactly one encoding.
+  return (acc & ((1u << bits) - 1)) == 0;
+}
+
 std::string hexEncode(const uint8_t* d, size_t n) {
   static const char kHex[] = "0123456789abcdef";
   std::string s(n * 2, '0');
@@ -153,47 +238,65 @@ bool hexDecode(std::string_view in, uint8_t* out, size_t n) {
   return true;
 }
 
+static_assert(sizeof(SHA256_CTX) <= 128, "HmacSha256 state storage too small");
+
 HmacSha256::HmacSha256(std::string_view key) {
-  EVP_MAC* mac = hmacAlgorithm();
-  if (!mac) return;
-  ctx_ = EVP_MAC_CTX_new(mac);
-  char digest[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                         OSSL_PARAM_construct_end()};
-  // An empty key is legal HMAC; OpenSSL wants a non-null pointer.
-  static const unsigned char kEmpty = 0;
-  const auto* k = key.empty() ? &kEmpty : reinterpret_cast<const unsigned char*>(key.data());
-  if (ctx_ && EVP_MAC_init(ctx_, k, key.size(), params) != 1) {
-    EVP_MAC_CTX_free(ctx_);
-    ctx_ = nullptr;
+  // RFC 2104: a key longer than the block is hashed first, then zero-padded to 64 bytes.
+  unsigned char k[SHA256_CBLOCK] = {};
+  if (key.size() > SHA256_CBLOCK) {
+    SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), k);
+  } else if (!key.empty()) {
+    std::memcpy(k, key.data(), key.size());
   }
+  unsigned char pad[SHA256_CBLOCK];
+  auto* inner = reinterpret_cast<SHA256_CTX*>(inner_);
+  auto* outer = reinterpret_cast<SHA256_CTX*>(outer_);
+  for (size_t i = 0; i < sizeof pad; ++i) pad[i] = k[i] ^ 0x36;
+  valid_ = SHA256_Init(inner) == 1 && SHA256_Update(inner, pad, sizeof pad) == 1;
+  for (size_t i = 0; i < sizeof pad; ++i) pad[i] = k[i] ^ 0x5c;
+  valid_ = valid_ && SHA256_Init(outer) == 1 && SHA256_Update(outer, pad, sizeof pad) == 1;
+  OPENSSL_cleanse(k, sizeof k);
+  OPENSSL_cleanse(pad, sizeof pad);
 }
 
-HmacSha256::~HmacSha256() { EVP_MAC_CTX_free(ctx_); }
+HmacSha256::~HmacSha256() {
+  OPENSSL_cleanse(inner_, sizeof inner_);
+  OPENSSL_cleanse(outer_, sizeof outer_);
+}
 
 Sha256Digest HmacSha256::mac(std::string_view data) const { return mac2(data, {}); }
 
 Sha256Digest HmacSha256::mac2(std::string_view a, std::string_view b) const {
   Sha256Digest d{};
-  if (!ctx_) return d;
-  EVP_MAC_CTX* c = EVP_MAC_CTX_dup(ctx_);
-  if (!c) return d;
-  size_t len = 0;
-  EVP_MAC_update(c, reinterpret_cast<const unsigned char*>(a.data()), a.size());
-  if (!b.empty()) EVP_MAC_update(c, reinterpret_cast<const unsigned char*>(b.data()), b.size());
-  EVP_MAC_final(c, d.data(), &len, d.size());
-  EVP_MAC_CTX_free(c);
+  if (!valid_) return d;
+  SHA256_CTX c;
+  std::memcpy(&c, inner_, sizeof c);
+  if (!a.empty()) SHA256_Update(&c, a.data(), a.size());
+  if (!b.empty()) SHA256_Update(&c, b.data(), b.size());
+  unsigned char innerDigest[SHA256_DIGEST_LENGTH];
+  SHA256_Final(innerDigest, &c);
+  std::memcpy(&c, outer_, sizeof c);
+  SHA256_Update(&c, innerDigest, sizeof innerDigest);
+  SHA256_Final(d.data(), &c);
+  // The copies hold key-equivalent chaining values.
+  OPENSSL_cleanse(&c, sizeof c);
   return d;
 }
 
-Aes256Gcm::Aes256Gcm(const uint8_t key[kKeyBytes]) { std::memcpy(key_, key, kKeyBytes); }
+Aes256Gcm::Aes256Gcm(const uint8_t key[kKeyBytes])
+    : id_(nextGcmId.fetch_add(1, std::memory_order_relaxed)) {
+  std::memcpy(key_, key, kKeyBytes);
+}
+
+Aes256Gcm::~Aes256Gcm() { OPENSSL_cleanse(key_, sizeof key_); }
 
 bool Aes256Gcm::seal(const uint8_t* nonce, std::string_view aad1, std::string_view aad2,
                      std::string_view aad3, const uint8_t* pt, size_t n, uint8_t* out,
                      uint8_t* tag) const {
-  EVP_CIPHER_CTX* ctx = threadCipherCtx();
+  EVP_CIPHER_CTX* ctx = threadGcmCtx(id_, true, key_);
   int len = 0;
-  if (!ctx || EVP_EncryptInit_ex2(ctx, gcmAlgorithm(), key_, nonce, nullptr) != 1) return false;
+  // Key already scheduled: only the nonce is set (this also resets the GHASH and counter state).
+  if (!ctx || EVP_EncryptInit_ex2(ctx, nullptr, nullptr, nonce, nullptr) != 1) return false;
   if (!addAad(ctx, aad1, true) || !addAad(ctx, aad2, true) || !addAad(ctx, aad3, true)) return false;
   if (n && EVP_EncryptUpdate(ctx, out, &len, pt, static_cast<int>(n)) != 1) return false;
   if (EVP_EncryptFinal_ex(ctx, out + len, &len) != 1) return false;
@@ -203,9 +306,9 @@ bool Aes256Gcm::seal(const uint8_t* nonce, std::string_view aad1, std::string_vi
 bool Aes256Gcm::open(const uint8_t* nonce, std::string_view aad1, std::string_view aad2,
                      std::string_view aad3, const uint8_t* ct, size_t n, const uint8_t* tag,
                      uint8_t* out) const {
-  EVP_CIPHER_CTX* ctx = threadCipherCtx();
+  EVP_CIPHER_CTX* ctx = threadGcmCtx(id_, false, key_);
   int len = 0;
-  if (!ctx || EVP_DecryptInit_ex2(ctx, gcmAlgorithm(), key_, nonce, nullptr) != 1) return false;
+  if (!ctx || EVP_DecryptInit_ex2(ctx, nullptr, nullptr, nonce, nullptr) != 1) return false;
   if (!addAad(ctx, aad1, false) || !addAad(ctx, aad2, false) || !addAad(ctx, aad3, false)) return false;
   if (n && EVP_DecryptUpdate(ctx, out, &len, ct, static_cast<int>(n)) != 1) return false;
   if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, kTagBytes, const_cast<uint8_t*>(tag)) != 1)

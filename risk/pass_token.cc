@@ -169,9 +169,9 @@ TokenCheck PassTokenCodec::verify(std::string_view text, const TokenSubjectInput
   out.status = TokenStatus::kMalformed;
   // Length first: an oversized cookie is refused before any decoding work.
   if (text.size() != kTokenChars) return out;
-  std::string raw;
-  if (!base64UrlDecode(text, &raw) || raw.size() != kTokenBytes) return out;
-  const auto* buf = reinterpret_cast<const uint8_t*>(raw.data());
+  uint8_t buf[kTokenBytes];
+  size_t rawLen = 0;
+  if (!base64UrlDecode(text, buf, sizeof buf, &rawLen) || rawLen != kTokenBytes) return out;
   if (buf[0] != 1) return out;
   const Aes256Gcm* key = keys_[buf[1]].get();
   if (!key) {
