@@ -384,8 +384,24 @@ int ClientConnection::onHeadersComplete() {
     return 0;
   }
   armTimer(ex_->request_has_body ? TimerKind::kBody : TimerKind::kNone, cfg.client.body_timeout);
-  startContent();
+  runLaterPhases();
   return closing_ ? -1 : 0;
+}
+
+void ClientConnection::runLaterPhases() {
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  ex_->phase = Phase::kRisk;
+  if (RiskPhase::run(*this, route) != PhaseResult::kContinue || closing_) return;
+  ex_->phase = Phase::kAccess;
+  if (LuaPhase::access(*this, route) != PhaseResult::kContinue || closing_) return;
+  startContent();
+}
+
+void ClientConnection::resumeAfterAccess() {
+  if (!ex_ || ex_->response_started || closing_) return;
+  startContent();
+  if (upstream_) upstream_->flush();
+  flush();
 }
 
 namespace {
@@ -739,6 +755,9 @@ int ClientConnection::onMessageComplete() {
 
 void ClientConnection::startContent() {
   ex_->phase = Phase::kContent;
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  // An aggregation route's content is its Lua aggregate handler, not an upstream.
+  if (LuaPhase::aggregate(*this, route) != PhaseResult::kContinue) return;
   int ui = ex_->gen->gen->route_upstream[ex_->route];
   if (ui < 0) {
     respondError(503, "route has no upstream", !ex_->request_complete);
@@ -746,7 +765,6 @@ void ClientConnection::startContent() {
   }
   ex_->pool = ex_->gen->pools[ui].get();
   ex_->delayed = false;
-  const auto& route = ex_->gen->gen->config->routes[ex_->route];
   // A cache hit or a coalesced wait needs no pool slot: only a request going upstream does.
   if (route.cache && cacheLookup(route)) return;
   if (!admitToPool(route)) return;
@@ -1467,6 +1485,10 @@ void ClientConnection::logExchange() {
                                        : SteadyClock::monotonicNanos();
   Nanos total_ns = end_ns - ex_->start_ns;
   reportBreakers(ex_->upstream_ns >= 0 ? ex_->upstream_ns : total_ns);
+  if (ex_->route >= 0 && !admin_) {
+    RiskPhase::log(*this);
+    LuaPhase::log(*this);
+  }
   if (ex_->pool_admission.adaptive && ex_->upstream_ns >= 0 && ex_->status < 500)
     ex_->pool->cluster().gate().recordLatency(ex_->upstream_ns, end_ns);
   if (const WorkerMetrics* m = ex_->gen->metrics; m && !admin_) {
@@ -1593,7 +1615,7 @@ void ClientConnection::onTimer(void* owner) {
       if (self->ex_ && self->ex_->delayed && !self->ex_->response_started) {
         self->armTimer(self->ex_->request_complete ? TimerKind::kNone : TimerKind::kBody,
                        self->clientConfig().body_timeout);
-        self->startContent();
+        self->runLaterPhases();
         if (self->upstream_) self->upstream_->flush();
         self->flush();
       }

@@ -15,7 +15,9 @@
 #include "proxy/http/http_parser.h"
 #include "proxy/server/generation.h"
 #include "proxy/server/lazy_timer.h"
+#include "proxy/server/lua_phase.h"
 #include "proxy/server/phases.h"
+#include "proxy/server/risk_phase.h"
 #include "proxy/upstream/upstream_connection.h"
 
 namespace sluice {
@@ -103,6 +105,10 @@ struct Exchange {
   std::string_view item_value;  // the hot-item source's value (a view into the request head)
   bool delayed = false;
   std::string decisions;  // JSON members for the access log ("limit":{...})
+  // Feature units' per-request state (risk_phase.cc, lua_phase.cc); shared_ptr so this header
+  // needs only their declarations.
+  std::shared_ptr<RiskExchangeState> risk;
+  std::shared_ptr<LuaExchangeState> lua;
 
   void endCacheWait();
   Exchange() = default;
@@ -145,6 +151,8 @@ struct CacheWait final : cache::CacheWaiter {
 class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
  public:
   friend struct CacheWait;
+  friend class RiskPhase;
+  friend class LuaPhase;
   ClientConnection(Worker* worker, const ListenerConfig& listener, bool admin);
   ~ClientConnection() override;
   uv_tcp_t* tcp() { return &tcp_; }
@@ -185,6 +193,10 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   void noteDecision(const LimitRuleConfig& rc, const char* action);
   void recordHotItem();
   bool admitToPool(const RouteConfig& route);
+  // Risk, then Lua access, then content: after the limit phase (or its delay).
+  void runLaterPhases();
+  // A suspended Lua access phase goes on with the content phase (called by LuaPhase).
+  void resumeAfterAccess();
   // Content phase, micro-cache: true when the request was answered (hit, stale) or waits for a
   // coalesced response; false to go upstream (as the flight's leader when the lease is active).
   bool cacheLookup(const RouteConfig& route);
