@@ -52,7 +52,7 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, 
   std::array<std::string_view, kMaxFingerprintCookies> cookies;
   size_t ncookies = 0;
   for (const auto& [name, value] : headers) {
-    if (equalsIgnoreCase(name, "cookie")) {
+    if (name.size() == 6 && equalsIgnoreCase(name, "cookie")) {
       cookie = true;
       forEachCookieName(value, [&](std::string_view n) {
         if (ncookies == cookies.size()) return false;
@@ -61,7 +61,7 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, 
       });
       continue;
     }
-    if (equalsIgnoreCase(name, "referer")) {
+    if (name.size() == 7 && equalsIgnoreCase(name, "referer")) {
       referer = true;
       continue;
     }
@@ -75,7 +75,7 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, 
   fp.namesHash = names;
   fp.cookieHash = cookieHash;
   fp.headerCount = static_cast<uint8_t>(std::min(count, 99u));
-  char buf[34];
+  char* buf = fp.text.chars;
   buf[0] = method.size() > 0 ? asciiLower(method[0]) : 'x';
   buf[1] = method.size() > 1 ? asciiLower(method[1]) : 'x';
   // Method bytes are the client's: keep the label printable whatever they sent.
@@ -97,12 +97,11 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, 
   putHex48(buf + 9, names);
   buf[21] = '_';
   if (ncookies == 0) {
-    std::fill(buf + 22, buf + 34, '0');
+    std::fill(buf + 22, buf + FingerprintText::kSize, '0');
   } else {
     putHex48(buf + 22, cookieHash);
   }
-  fp.text.assign(buf, sizeof buf);
-  fp.hash = hash64(fp.text);
+  fp.hash = hash64(fp.text.view());
   return fp;
 }
 

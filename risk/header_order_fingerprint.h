@@ -16,14 +16,39 @@
 //       when there is no cookie. Values are never read, so a 1 MB cookie value costs nothing.
 // `hash` is hash64 of the text form, for table keys and lists.
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <string_view>
 
 #include "risk/risk_request.h"
 
 namespace sluice::risk {
 
+// The 34-character text form, stored inline (no allocation per request). Reads like a
+// string_view; str() makes a std::string.
+struct FingerprintText {
+  static constexpr size_t kSize = 34;
+  char chars[kSize] = {};
+
+  constexpr size_t size() const { return kSize; }
+  const char* data() const { return chars; }
+  const char* begin() const { return chars; }
+  const char* end() const { return chars + kSize; }
+  char operator[](size_t i) const { return chars[i]; }
+  std::string_view view() const { return {chars, kSize}; }
+  operator std::string_view() const { return view(); }
+  std::string str() const { return std::string(chars, kSize); }
+  std::string_view substr(size_t pos, size_t n = std::string_view::npos) const {
+    return view().substr(pos, n);
+  }
+  friend bool operator==(const FingerprintText& a, const FingerprintText& b) {
+    return std::memcmp(a.chars, b.chars, kSize) == 0;
+  }
+  friend bool operator==(const FingerprintText& a, std::string_view b) { return a.view() == b; }
+};
+
 struct HeaderOrderFingerprint {
-  std::string text;       // e.g. "ge11cr08_abcdef012345_0123456789ab"
+  FingerprintText text;   // e.g. "ge11cr08_abcdef012345_0123456789ab"
   uint64_t hash = 0;      // hash64(text)
   uint64_t namesHash = 0; // the H part before truncation
   uint64_t cookieHash = 0;

@@ -48,7 +48,7 @@ std::pair<EntityKind, uint64_t> RiskEngine::subjectOf(const RiskRequest& r) {
 
 std::string_view RiskEngine::findCookie(const RiskRequest& r, std::string_view name) {
   for (const auto& [h, value] : r.headers) {
-    if (!equalsIgnoreCase(h, "cookie")) continue;
+    if (h.size() != 6 || !equalsIgnoreCase(h, "cookie")) continue;
     size_t pos = 0;
     while (pos < value.size()) {
       size_t end = value.find(';', pos);
@@ -84,7 +84,8 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   if (!precomputed) computed = HeaderOrderFingerprint::compute(r);
   const HeaderOrderFingerprint& fp = precomputed ? *precomputed : computed;
   d.fingerprint = fp.text;
-  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r);
+  const HeaderScan scan = HeaderScan::of(r.headers);
+  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r, scan);
   if (ua.missing) signals.fire(Signal::kUaMissing);
   if (ua.automation) signals.fire(Signal::kUaAutomation);
   if (ua.headless) signals.fire(Signal::kUaHeadless);
@@ -166,7 +167,8 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
     const std::string_view cookie = findCookie(r, cfg.tokens.cookie);
     if (!cookie.empty()) {
       const TokenCheck tc = policy.tokens->verify(cookie, {r.deviceId, r.memberId}, r.clientIp,
-                                                  r.header("user-agent"), r.tlsFingerprint,
+                                                  scan.value(r.headers, HeaderId::kUserAgent),
+                                                  r.tlsFingerprint,
                                                   r.wallSeconds);
       d.tokenStatus = tc.status;
       if (tc.status == TokenStatus::kValid) {

@@ -45,7 +45,7 @@ struct RiskDecision {
   bool satisfiedByToken = false;
   bool allowListed = false;
   std::string_view allowList;    // name of the allow list that matched
-  std::string fingerprint;       // header-order fingerprint text, for the access log
+  FingerprintText fingerprint;   // header-order fingerprint text, for the access log
   // Set when action is kChallenge: the sealed ticket and, for PoW levels, its difficulty.
   std::string ticket;
   uint8_t powDifficulty = 0;

@@ -1,7 +1,9 @@
 #include "risk/user_agent.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <iterator>
 
 #include "core/strings.h"
 
@@ -20,9 +22,17 @@ constexpr std::string_view kHeadlessTokens[] = {"headlesschrome", "phantomjs", "
 
 // Header order rule: when both headers are present, `before` comes first on the wire.
 struct OrderRule {
-  std::string_view before;
-  std::string_view after;
+  HeaderId before;
+  HeaderId after;
 };
+
+// A name whose exact case the browser writes: all lower case, or Title-Case ("User-Agent").
+struct ExactCase {
+  HeaderId id;
+  bool lower;
+};
+
+using H = HeaderId;
 
 // What one browser family writes. Sources: request captures of current desktop and Android
 // releases over HTTP/1.1 (Chrome/Edge 120-124, Firefox 115-125, Safari 17), cross-checked with the
@@ -36,30 +46,30 @@ struct BrowserProfile {
   std::initializer_list<OrderRule> order;
   // Names whose exact case the browser writes over HTTP/1.x (Chromium writes the client hints in
   // lower case but the classic headers in Title-Case).
-  std::initializer_list<std::string_view> exactCase;
+  std::initializer_list<ExactCase> exactCase;
 };
 
 const BrowserProfile kProfiles[] = {
     {BrowserFamily::kChrome, true, 89,
-     {{"sec-ch-ua", "user-agent"}, {"user-agent", "accept-encoding"}, {"accept", "accept-encoding"},
-      {"accept-encoding", "accept-language"}, {"sec-fetch-site", "sec-fetch-mode"},
-      {"sec-fetch-mode", "sec-fetch-dest"}},
-     {"sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform", "User-Agent"}},
+     {{H::kSecChUa, H::kUserAgent}, {H::kUserAgent, H::kAcceptEncoding}, {H::kAccept, H::kAcceptEncoding},
+      {H::kAcceptEncoding, H::kAcceptLanguage}, {H::kSecFetchSite, H::kSecFetchMode},
+      {H::kSecFetchMode, H::kSecFetchDest}},
+     {{H::kSecChUa, true}, {H::kSecChUaMobile, true}, {H::kSecChUaPlatform, true}, {H::kUserAgent, false}}},
     {BrowserFamily::kEdge, true, 89,
-     {{"sec-ch-ua", "user-agent"}, {"user-agent", "accept-encoding"}, {"accept", "accept-encoding"},
-      {"accept-encoding", "accept-language"}, {"sec-fetch-site", "sec-fetch-mode"},
-      {"sec-fetch-mode", "sec-fetch-dest"}},
-     {"sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform", "User-Agent"}},
+     {{H::kSecChUa, H::kUserAgent}, {H::kUserAgent, H::kAcceptEncoding}, {H::kAccept, H::kAcceptEncoding},
+      {H::kAcceptEncoding, H::kAcceptLanguage}, {H::kSecFetchSite, H::kSecFetchMode},
+      {H::kSecFetchMode, H::kSecFetchDest}},
+     {{H::kSecChUa, true}, {H::kSecChUaMobile, true}, {H::kSecChUaPlatform, true}, {H::kUserAgent, false}}},
     // Firefox: User-Agent right after Host, Accept-Language before Accept-Encoding, Sec-Fetch-Dest
     // first of the fetch metadata; never client hints.
     {BrowserFamily::kFirefox, false, 0,
-     {{"user-agent", "accept"}, {"accept", "accept-language"}, {"accept-language", "accept-encoding"},
-      {"sec-fetch-dest", "sec-fetch-mode"}, {"sec-fetch-mode", "sec-fetch-site"}},
-     {"User-Agent"}},
+     {{H::kUserAgent, H::kAccept}, {H::kAccept, H::kAcceptLanguage}, {H::kAcceptLanguage, H::kAcceptEncoding},
+      {H::kSecFetchDest, H::kSecFetchMode}, {H::kSecFetchMode, H::kSecFetchSite}},
+     {{H::kUserAgent, false}}},
     // Safari: Accept before User-Agent; never client hints.
     {BrowserFamily::kSafari, false, 0,
-     {{"accept", "user-agent"}, {"accept", "accept-encoding"}},
-     {"User-Agent"}},
+     {{H::kAccept, H::kUserAgent}, {H::kAccept, H::kAcceptEncoding}},
+     {{H::kUserAgent, false}}},
 };
 
 const BrowserProfile* profileFor(BrowserFamily f) {
@@ -68,10 +78,81 @@ const BrowserProfile* profileFor(BrowserFamily f) {
   return nullptr;
 }
 
-int parseMajorAfter(std::string_view ua, std::string_view token) {
-  size_t pos = ua.find(token);
-  if (pos == std::string_view::npos) return -1;
-  pos += token.size();
+// Every UA token the analysis looks for, found in one pass over the UA: tokens are bucketed by
+// first byte, and each position only tries the tokens starting with its byte. Case-insensitive
+// tokens are matched against the lower-cased copy, case-sensitive ones against the original.
+enum Tok : uint8_t {
+  // kHeadlessTokens then kAutomationTokens, in their priority order (case-insensitive).
+  kTokHeadlessFirst = 0,
+  kTokAutomationFirst = 6,
+  kTokCaseInsensitiveEnd = 22,
+  // Case-sensitive, first position wanted.
+  kTokEdg = kTokCaseInsensitiveEnd, kTokHeadlessChrome, kTokChrome, kTokCriOS, kTokFirefox,
+  kTokFxiOS, kTokSafari, kTokVersion, kTokMobile, kTokIPhone, kTokIPad, kTokAndroid,
+  kTokWindowsNt, kTokMacintosh, kTokLinux, kTokCrOS,
+  kTokCount
+};
+static_assert(std::size(kHeadlessTokens) == kTokAutomationFirst - kTokHeadlessFirst);
+static_assert(std::size(kAutomationTokens) == kTokCaseInsensitiveEnd - kTokAutomationFirst);
+
+constexpr std::string_view kCaseSensitiveTokens[kTokCount - kTokCaseInsensitiveEnd] = {
+    "Edg/", "HeadlessChrome/", "Chrome/", "CriOS/", "Firefox/", "FxiOS/", "Safari/", "Version/",
+    "Mobile", "iPhone", "iPad", "Android", "Windows NT", "Macintosh", "Linux", "CrOS"};
+
+std::string_view tokenText(int t) {
+  if (t < kTokAutomationFirst) return kHeadlessTokens[t];
+  if (t < kTokCaseInsensitiveEnd) return kAutomationTokens[t - kTokAutomationFirst];
+  return kCaseSensitiveTokens[t - kTokCaseInsensitiveEnd];
+}
+
+struct TokenIndex {
+  // Per first byte: up to kPerByte token ids (0xff = none); one table per case mode.
+  static constexpr int kPerByte = 8;
+  uint8_t insensitive[256][kPerByte];
+  uint8_t sensitive[256][kPerByte];
+  TokenIndex() {
+    std::memset(insensitive, 0xff, sizeof insensitive);
+    std::memset(sensitive, 0xff, sizeof sensitive);
+    for (int t = 0; t < kTokCount; ++t) {
+      auto& row = t < kTokCaseInsensitiveEnd ? insensitive : sensitive;
+      uint8_t* slots = row[static_cast<unsigned char>(tokenText(t)[0])];
+      int j = 0;
+      while (j < kPerByte && slots[j] != 0xff) ++j;
+      if (j == kPerByte) abort();  // more tokens share a first byte than a row holds
+      slots[j] = static_cast<uint8_t>(t);
+    }
+  }
+};
+const TokenIndex& tokenIndex() {
+  static const TokenIndex index;
+  return index;
+}
+
+// first[t] = position of token t's first occurrence, or -1.
+void scanTokens(std::string_view lower, std::string_view orig, int16_t* first) {
+  const TokenIndex& idx = tokenIndex();
+  for (int t = 0; t < kTokCount; ++t) first[t] = -1;
+  const size_t n = lower.size();
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t* a = idx.insensitive[static_cast<unsigned char>(lower[i])];
+    for (int j = 0; j < TokenIndex::kPerByte && a[j] != 0xff; ++j) {
+      const std::string_view tok = tokenText(a[j]);
+      if (first[a[j]] < 0 && tok.size() <= n - i && std::memcmp(lower.data() + i, tok.data(), tok.size()) == 0)
+        first[a[j]] = static_cast<int16_t>(i);
+    }
+    const uint8_t* b = idx.sensitive[static_cast<unsigned char>(orig[i])];
+    for (int j = 0; j < TokenIndex::kPerByte && b[j] != 0xff; ++j) {
+      const std::string_view tok = tokenText(b[j]);
+      if (first[b[j]] < 0 && tok.size() <= n - i && std::memcmp(orig.data() + i, tok.data(), tok.size()) == 0)
+        first[b[j]] = static_cast<int16_t>(i);
+    }
+  }
+}
+
+// The major version right after the token's first occurrence (-1 when absent or no digits).
+int majorAt(std::string_view ua, const int16_t* first, int tok) {
+  if (first[tok] < 0) return -1;
+  size_t pos = static_cast<size_t>(first[tok]) + tokenText(tok).size();
   int v = 0;
   size_t digits = 0;
   while (pos < ua.size() && ua[pos] >= '0' && ua[pos] <= '9' && digits < 5) {
@@ -144,43 +225,29 @@ std::string_view unquote(std::string_view v, bool* ok) {
   return v;
 }
 
-bool allLowerCase(const std::vector<HeaderField>& headers) {
-  for (const auto& h : headers)
-    for (char c : h.first)
-      if (c >= 'A' && c <= 'Z') return false;
-  return true;
-}
-
-void checkHeaderOrder(const RiskRequest& r, const BrowserProfile& p, UserAgentAnalysis* out) {
-  // Position of each rule's names: one pass over the headers per rule is fine for ~20 headers.
-  auto indexOf = [&](std::string_view name) -> int {
-    for (size_t i = 0; i < r.headers.size(); ++i)
-      if (equalsIgnoreCase(r.headers[i].first, name)) return static_cast<int>(i);
-    return -1;
-  };
+void checkHeaderOrder(const RiskRequest& r, const HeaderScan& scan, const BrowserProfile& p,
+                      UserAgentAnalysis* out) {
   for (const auto& rule : p.order) {
-    int a = indexOf(rule.before);
-    int b = indexOf(rule.after);
+    const int a = scan.index(rule.before);
+    const int b = scan.index(rule.after);
     if (a >= 0 && b >= 0 && a > b) {
       out->headerOrderMismatch = true;
       out->orderMismatchReason = "header order differs from the claimed browser";
       return;
     }
   }
-  if (indexOf("accept-language") < 0) {
+  if (!scan.has(HeaderId::kAcceptLanguage)) {
     out->headerOrderMismatch = true;
     out->orderMismatchReason = "browser request without Accept-Language";
     return;
   }
   // HTTP/2 names are lower case by rule, and a terminator that downgrades keeps them so.
-  if (r.httpMajor == 1 && !allLowerCase(r.headers)) {
-    for (std::string_view want : p.exactCase) {
-      for (const auto& h : r.headers) {
-        if (equalsIgnoreCase(h.first, want) && h.first != want) {
-          out->headerOrderMismatch = true;
-          out->orderMismatchReason = "header name case differs from the claimed browser";
-          return;
-        }
+  if (r.httpMajor == 1 && scan.anyUpper) {
+    for (const ExactCase& want : p.exactCase) {
+      if ((want.lower ? scan.notLower : scan.notTitle) & HeaderScan::bit(want.id)) {
+        out->headerOrderMismatch = true;
+        out->orderMismatchReason = "header name case differs from the claimed browser";
+        return;
       }
     }
   }
@@ -200,25 +267,18 @@ const char* browserFamilyName(BrowserFamily f) {
 }
 
 UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r) {
+  return analyze(r, HeaderScan::of(r.headers));
+}
+
+UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r, const HeaderScan& scan) {
   UserAgentAnalysis out;
-  std::string_view rawUa;
-  std::string_view chUa, chMobile, chPlatform;
-  bool haveUa = false, haveChUa = false, haveMobile = false, havePlatform = false;
-  for (const auto& [name, value] : r.headers) {
-    if (!haveUa && equalsIgnoreCase(name, "user-agent")) {
-      rawUa = value;
-      haveUa = true;
-    } else if (!haveChUa && equalsIgnoreCase(name, "sec-ch-ua")) {
-      chUa = value;
-      haveChUa = true;
-    } else if (!haveMobile && equalsIgnoreCase(name, "sec-ch-ua-mobile")) {
-      chMobile = value;
-      haveMobile = true;
-    } else if (!havePlatform && equalsIgnoreCase(name, "sec-ch-ua-platform")) {
-      chPlatform = value;
-      havePlatform = true;
-    }
-  }
+  std::string_view rawUa = scan.value(r.headers, HeaderId::kUserAgent);
+  const std::string_view chUa = scan.value(r.headers, HeaderId::kSecChUa);
+  const std::string_view chMobile = scan.value(r.headers, HeaderId::kSecChUaMobile);
+  const std::string_view chPlatform = scan.value(r.headers, HeaderId::kSecChUaPlatform);
+  const bool haveChUa = scan.has(HeaderId::kSecChUa);
+  const bool haveMobile = scan.has(HeaderId::kSecChUaMobile);
+  const bool havePlatform = scan.has(HeaderId::kSecChUaPlatform);
   rawUa = trim(rawUa);
   if (rawUa.empty()) {
     out.missing = true;
@@ -232,18 +292,20 @@ UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r) {
   const std::string_view ua(lower, n);
   const std::string_view orig = rawUa.substr(0, n);
 
-  for (std::string_view t : kHeadlessTokens) {
-    if (ua.find(t) != std::string_view::npos) {
+  int16_t first[kTokCount];
+  scanTokens(ua, orig, first);
+  for (int t = kTokHeadlessFirst; t < kTokAutomationFirst; ++t) {
+    if (first[t] >= 0) {
       out.headless = true;
-      out.automationToken = t;
+      out.automationToken = tokenText(t);
       break;
     }
   }
   if (!out.headless) {
-    for (std::string_view t : kAutomationTokens) {
-      if (ua.find(t) != std::string_view::npos) {
+    for (int t = kTokAutomationFirst; t < kTokCaseInsensitiveEnd; ++t) {
+      if (first[t] >= 0) {
         out.automation = true;
-        out.automationToken = t;
+        out.automationToken = tokenText(t);
         break;
       }
     }
@@ -251,26 +313,24 @@ UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r) {
 
   // Claimed browser. Order matters: Edge's UA also says Chrome and Safari, Chrome's says Safari.
   int v;
-  if ((v = parseMajorAfter(orig, "Edg/")) >= 0) {
+  if ((v = majorAt(orig, first, kTokEdg)) >= 0) {
     out.family = BrowserFamily::kEdge;
-  } else if ((v = parseMajorAfter(orig, "HeadlessChrome/")) >= 0 ||
-             (v = parseMajorAfter(orig, "Chrome/")) >= 0 ||
-             (v = parseMajorAfter(orig, "CriOS/")) >= 0) {
+  } else if ((v = majorAt(orig, first, kTokHeadlessChrome)) >= 0 ||
+             (v = majorAt(orig, first, kTokChrome)) >= 0 ||
+             (v = majorAt(orig, first, kTokCriOS)) >= 0) {
     out.family = BrowserFamily::kChrome;
-  } else if ((v = parseMajorAfter(orig, "Firefox/")) >= 0 ||
-             (v = parseMajorAfter(orig, "FxiOS/")) >= 0) {
+  } else if ((v = majorAt(orig, first, kTokFirefox)) >= 0 ||
+             (v = majorAt(orig, first, kTokFxiOS)) >= 0) {
     out.family = BrowserFamily::kFirefox;
-  } else if (orig.find("Safari/") != std::string_view::npos &&
-             (v = parseMajorAfter(orig, "Version/")) >= 0) {
+  } else if (first[kTokSafari] >= 0 && (v = majorAt(orig, first, kTokVersion)) >= 0) {
     out.family = BrowserFamily::kSafari;
   }
   if (out.family != BrowserFamily::kUnknown) out.majorVersion = v;
   // An HTTP library's UA is not a browser claim, even if it mentions one.
   if (out.automation) out.family = BrowserFamily::kUnknown;
-  out.mobile = orig.find("Mobile") != std::string_view::npos;
+  out.mobile = first[kTokMobile] >= 0;
   // iOS browsers are all WebKit underneath: no client hints whatever the brand says.
-  const bool ios = orig.find("iPhone") != std::string_view::npos ||
-                   orig.find("iPad") != std::string_view::npos;
+  const bool ios = first[kTokIPhone] >= 0 || first[kTokIPad] >= 0;
 
   out.hintsPresent = haveChUa;
   const BrowserFamily f = out.family;
@@ -312,19 +372,19 @@ UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r) {
     if (!quoted || p.size() > 32) {
       out.hintsGarbage = true;
     } else if (chromium) {
-      const bool android = orig.find("Android") != std::string_view::npos;
+      const bool android = first[kTokAndroid] >= 0;
       bool agrees = true;
-      if (p == "Windows") agrees = orig.find("Windows NT") != std::string_view::npos;
-      else if (p == "macOS") agrees = orig.find("Macintosh") != std::string_view::npos;
+      if (p == "Windows") agrees = first[kTokWindowsNt] >= 0;
+      else if (p == "macOS") agrees = first[kTokMacintosh] >= 0;
       else if (p == "Android") agrees = android;
-      else if (p == "Linux") agrees = !android && orig.find("Linux") != std::string_view::npos;
-      else if (p == "Chrome OS" || p == "Chromium OS") agrees = orig.find("CrOS") != std::string_view::npos;
+      else if (p == "Linux") agrees = !android && first[kTokLinux] >= 0;
+      else if (p == "Chrome OS" || p == "Chromium OS") agrees = first[kTokCrOS] >= 0;
       if (!agrees) out.hintsPlatformMismatch = true;
     }
   }
 
   if (const BrowserProfile* profile = profileFor(f); profile != nullptr && !ios) {
-    checkHeaderOrder(r, *profile, &out);
+    checkHeaderOrder(r, scan, *profile, &out);
   }
   return out;
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "risk/header_scan.h"
 #include "risk/risk_request.h"
 
 namespace sluice::risk {
@@ -38,6 +39,8 @@ struct UserAgentAnalysis {
   bool claimsBrowser() const { return family != BrowserFamily::kUnknown; }
 
   static UserAgentAnalysis analyze(const RiskRequest& request);
+  // The same with the request's header scan already done (evaluate() shares one).
+  static UserAgentAnalysis analyze(const RiskRequest& request, const HeaderScan& scan);
 };
 
 constexpr size_t kMaxUserAgentScan = 512;

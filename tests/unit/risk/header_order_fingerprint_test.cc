@@ -13,7 +13,7 @@ using testing::chromeNavigation;
 
 TEST_CASE("fingerprint text has the documented shape", "[risk][fingerprint]") {
   auto fp = HeaderOrderFingerprint::compute("GET", 1, 1, chromeNavigation());
-  CHECK(std::regex_match(fp.text, std::regex("ge11cn14_[0-9a-f]{12}_[0-9a-f]{12}")));
+  CHECK(std::regex_match(fp.text.str(), std::regex("ge11cn14_[0-9a-f]{12}_[0-9a-f]{12}")));
   CHECK(fp.headerCount == 14);
   CHECK(fp.hash == hash64(fp.text));
 }

@@ -1,0 +1,56 @@
+#pragma once
+// HeaderScan: one pass over a request's header names that finds the handful the risk checks care
+// about (User-Agent, client hints, fetch metadata, Cookie...), so the UA analysis, the header-order
+// profile check, the pass-token cookie lookup and the fingerprint do not each rescan every name
+// case-insensitively. Names are classified by length first, then one case-folded compare.
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "risk/risk_request.h"
+
+namespace sluice::risk {
+
+enum class HeaderId : uint8_t {
+  kOther = 0,
+  kHost,
+  kUserAgent,
+  kAccept,
+  kAcceptEncoding,
+  kAcceptLanguage,
+  kCookie,
+  kReferer,
+  kSecChUa,
+  kSecChUaMobile,
+  kSecChUaPlatform,
+  kSecFetchSite,
+  kSecFetchMode,
+  kSecFetchDest,
+  kCount
+};
+constexpr int kHeaderIdCount = static_cast<int>(HeaderId::kCount);
+
+// The known header a name is (case-insensitively), or kOther.
+HeaderId classifyHeader(std::string_view name);
+// The lower-case spelling of a known header ("" for kOther).
+std::string_view headerIdName(HeaderId id);
+
+struct HeaderScan {
+  int32_t first[kHeaderIdCount];  // wire index of the first occurrence, -1 when absent
+  uint32_t notLower = 0;  // bit per id: some occurrence has an upper-case letter
+  uint32_t notTitle = 0;  // bit per id: some occurrence is not exactly Title-Case ("User-Agent")
+  bool anyUpper = false;  // some header name, known or not, has an upper-case letter
+
+  static HeaderScan of(const std::vector<HeaderField>& headers);
+
+  int index(HeaderId id) const { return first[static_cast<int>(id)]; }
+  bool has(HeaderId id) const { return index(id) >= 0; }
+  static uint32_t bit(HeaderId id) { return uint32_t{1} << static_cast<int>(id); }
+  // Value of the first occurrence, empty when absent.
+  std::string_view value(const std::vector<HeaderField>& headers, HeaderId id) const {
+    const int i = index(id);
+    return i >= 0 ? headers[static_cast<size_t>(i)].second : std::string_view{};
+  }
+};
+
+}  // namespace sluice::risk

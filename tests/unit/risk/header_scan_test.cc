@@ -1,0 +1,111 @@
+// HeaderScan (one pass over header names) and the single-pass UA token matcher.
+#include "risk/header_scan.h"
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "core/strings.h"
+#include "risk/user_agent.h"
+#include "tests/unit/risk/risk_test_util.h"
+
+namespace sluice::risk {
+namespace {
+
+using namespace testing;
+
+TEST_CASE("classifyHeader knows every id in any case and nothing else", "[risk][ua][scan]") {
+  for (int k = 1; k < kHeaderIdCount; ++k) {
+    const auto id = static_cast<HeaderId>(k);
+    const std::string lower(headerIdName(id));
+    std::string upper = lower;
+    for (char& c : upper) c = static_cast<char>(c >= 'a' && c <= 'z' ? c - 32 : c);
+    CHECK(classifyHeader(lower) == id);
+    CHECK(classifyHeader(upper) == id);
+    // One byte more, one byte less, or one byte changed: not that header.
+    CHECK(classifyHeader(lower + "x") != id);
+    CHECK(classifyHeader(lower.substr(0, lower.size() - 1)) != id);
+    std::string changed = lower;
+    changed[changed.size() / 2] ^= 1;
+    CHECK(classifyHeader(changed) == HeaderId::kOther);
+  }
+  CHECK(classifyHeader("") == HeaderId::kOther);
+  CHECK(classifyHeader("x-requested-with") == HeaderId::kOther);
+  CHECK(classifyHeader("sec-fetch-user") == HeaderId::kOther);
+  CHECK(classifyHeader(std::string(4000, 'a')) == HeaderId::kOther);
+}
+
+TEST_CASE("HeaderScan records first positions and case per known header", "[risk][ua][scan]") {
+  const std::vector<HeaderField> h = {{"Host", "a"},        {"sec-ch-ua", "x"},
+                                      {"User-Agent", "ua1"}, {"X-Other", "1"},
+                                      {"user-agent", "ua2"}, {"ACCEPT", "*/*"},
+                                      {"Cookie", "a=1"},    {"cookie", "b=2"}};
+  const HeaderScan s = HeaderScan::of(h);
+  CHECK(s.index(HeaderId::kHost) == 0);
+  CHECK(s.index(HeaderId::kSecChUa) == 1);
+  CHECK(s.index(HeaderId::kUserAgent) == 2);
+  CHECK(s.value(h, HeaderId::kUserAgent) == "ua1");  // the first one wins
+  CHECK(s.index(HeaderId::kAccept) == 5);
+  CHECK(s.index(HeaderId::kCookie) == 6);
+  CHECK_FALSE(s.has(HeaderId::kAcceptLanguage));
+  CHECK(s.value(h, HeaderId::kAcceptLanguage).empty());
+  CHECK(s.anyUpper);
+  // User-Agent appears Title-Case and lower case: both "not lower" and "not Title" are set.
+  CHECK((s.notLower & HeaderScan::bit(HeaderId::kUserAgent)));
+  CHECK((s.notTitle & HeaderScan::bit(HeaderId::kUserAgent)));
+  CHECK_FALSE((s.notLower & HeaderScan::bit(HeaderId::kSecChUa)));
+  CHECK((s.notTitle & HeaderScan::bit(HeaderId::kSecChUa)));
+  CHECK((s.notTitle & HeaderScan::bit(HeaderId::kAccept)));  // ACCEPT is not Accept
+  CHECK_FALSE((s.notTitle & HeaderScan::bit(HeaderId::kHost)));
+  const HeaderScan lower = HeaderScan::of({{"user-agent", "x"}, {"x-a", "1"}});
+  CHECK_FALSE(lower.anyUpper);
+  CHECK(HeaderScan::of({}).index(HeaderId::kHost) == -1);
+}
+
+// The original one-find-per-token definition, to compare the single-pass matcher against.
+bool containsIgnoreCase(std::string_view hay, std::string_view needle) {
+  return toLower(hay).find(needle) != std::string::npos;
+}
+
+TEST_CASE("UA token matching: shared first bytes, ends of string, case", "[risk][ua][scan]") {
+  struct Case {
+    const char* ua;
+    bool automation, headless;
+    const char* token;
+  };
+  const Case cases[] = {
+      {"python-httpx/0.27", true, false, "python-httpx"},
+      {"Python-Urllib/3.11", true, false, "python-urllib"},
+      {"PostmanRuntime/7.36", true, false, "postmanruntime"},
+      {"x curl/", true, false, "curl/"},  // token at the very end
+      {"curl", false, false, ""},         // a prefix of a token is not the token
+      {"Mozilla/5.0 PLAYWRIGHT python-requests/2", false, true, "playwright"},  // headless wins
+      {"Mozilla/5.0 (X11) HeadlessChrome/124.0 Safari/537.36", false, true, "headlesschrome"},
+      {"okhttp/4.9 selenium", false, true, "selenium"},
+      {"java/17 wget/1.2", true, false, "wget/"},  // list order decides, not position
+  };
+  for (const auto& c : cases) {
+    auto a = UserAgentAnalysis::analyze(makeRequest({{"User-Agent", c.ua}}));
+    INFO(c.ua);
+    CHECK(a.automation == c.automation);
+    CHECK(a.headless == c.headless);
+    CHECK(a.automationToken == c.token);
+    if (c.automation || c.headless) CHECK(containsIgnoreCase(c.ua, c.token));
+  }
+  // The version follows the first occurrence of the browser token.
+  auto v = UserAgentAnalysis::analyze(
+      makeRequest({{"User-Agent", "Mozilla/5.0 Chrome/120.0 Chrome/99.0 Safari/537.36"}}));
+  CHECK(v.family == BrowserFamily::kChrome);
+  CHECK(v.majorVersion == 120);
+  auto e = UserAgentAnalysis::analyze(
+      makeRequest({{"User-Agent", "Mozilla/5.0 Chrome/124.0 Safari/537.36 Edg/123.0"}}));
+  CHECK(e.family == BrowserFamily::kEdge);
+  CHECK(e.majorVersion == 123);
+  auto s = UserAgentAnalysis::analyze(makeRequest(
+      {{"User-Agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4) Version/17.4 Mobile Safari/604.1"}}));
+  CHECK(s.family == BrowserFamily::kSafari);
+  CHECK(s.majorVersion == 17);
+  CHECK(s.mobile);
+}
+
+}  // namespace
+}  // namespace sluice::risk
