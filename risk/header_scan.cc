@@ -19,13 +19,27 @@ bool is(const char* lower, std::string_view name, HeaderId id) {
 std::string_view headerIdName(HeaderId id) { return kNames[static_cast<int>(id)]; }
 
 HeaderId classifyHeader(std::string_view name) {
+  bool upper;
+  return classifyHeader(name, &upper);
+}
+
+HeaderId classifyHeader(std::string_view name, bool* hasUpper) {
   const size_t n = name.size();
-  if (n < 4 || n > 18) return HeaderId::kOther;
+  if (n < 4 || n > 18) {
+    bool upper = false;
+    for (char c : name) upper |= (c >= 'A' && c <= 'Z');
+    *hasUpper = upper;
+    return HeaderId::kOther;
+  }
   char lower[18];
+  bool upper = false;
   for (size_t i = 0; i < n; ++i) {
     const char c = name[i];
-    lower[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+    const bool u = c >= 'A' && c <= 'Z';
+    upper |= u;
+    lower[i] = u ? static_cast<char>(c + 32) : c;
   }
+  *hasUpper = upper;
   switch (n) {
     case 4: return is(lower, name, HeaderId::kHost) ? HeaderId::kHost : HeaderId::kOther;
     case 6:
@@ -58,9 +72,8 @@ HeaderScan HeaderScan::of(const std::vector<HeaderField>& headers) {
   for (size_t i = 0; i < headers.size(); ++i) {
     const std::string_view name = headers[i].first;
     bool upper = false;
-    for (char c : name) upper |= (c >= 'A' && c <= 'Z');
+    const HeaderId id = classifyHeader(name, &upper);
     s.anyUpper |= upper;
-    const HeaderId id = classifyHeader(name);
     if (id == HeaderId::kOther) continue;
     const int k = static_cast<int>(id);
     if (s.first[k] < 0) s.first[k] = static_cast<int32_t>(i);

@@ -32,6 +32,8 @@ constexpr int kHeaderIdCount = static_cast<int>(HeaderId::kCount);
 
 // The known header a name is (case-insensitively), or kOther.
 HeaderId classifyHeader(std::string_view name);
+// The same, also telling whether the name has an upper-case letter (one pass for both).
+HeaderId classifyHeader(std::string_view name, bool* hasUpper);
 // The lower-case spelling of a known header ("" for kOther).
 std::string_view headerIdName(HeaderId id);
 

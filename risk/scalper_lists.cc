@@ -54,6 +54,28 @@ bool parseListKind(std::string_view s, ListKind* out) {
   return false;
 }
 
+void FlatHashSet::insert(uint64_t key) {
+  key = key ? key : 1;
+  if ((size_ + 1) * 2 > slots_.size()) grow();
+  for (size_t i = static_cast<size_t>(key) & mask_;; i = (i + 1) & mask_) {
+    if (slots_[i] == key) return;
+    if (slots_[i] == 0) {
+      slots_[i] = key;
+      ++size_;
+      return;
+    }
+  }
+}
+
+void FlatHashSet::grow() {
+  std::vector<uint64_t> old = std::move(slots_);
+  slots_.assign(old.empty() ? 16 : old.size() * 2, 0);
+  mask_ = slots_.size() - 1;
+  size_ = 0;
+  for (uint64_t k : old)
+    if (k) insert(k);
+}
+
 void CidrMatcher::add(const Cidr& c) {
   masked_.insert(maskedKey(c.base, c.prefix));
   if (std::find(prefixes_.begin(), prefixes_.end(), c.prefix) == prefixes_.end()) {
@@ -65,7 +87,7 @@ void CidrMatcher::add(const Cidr& c) {
 
 bool CidrMatcher::contains(const IpAddress& ip) const {
   for (int p : prefixes_)
-    if (masked_.count(maskedKey(ip, p))) return true;
+    if (masked_.contains(maskedKey(ip, p))) return true;
   return false;
 }
 
@@ -156,7 +178,7 @@ ListMatch ScalperLists::match(const ListQuery& q) const {
     if (l.kind == ListKind::kIp) {
       hit = q.ip != nullptr && l.cidrs.contains(*q.ip);
     } else {
-      hit = have[k] && l.ids.count(keys[k]) > 0;
+      hit = have[k] && l.ids.contains(keys[k]);
     }
     if (!hit) continue;
     if (i < 64) m.matchedLists |= uint64_t{1} << i;

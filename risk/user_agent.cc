@@ -110,6 +110,7 @@ struct TokenIndex {
   static constexpr int kPerByte = 8;
   uint8_t insensitive[256][kPerByte];
   uint8_t sensitive[256][kPerByte];
+  bool any[256] = {};  // some token (either mode) starts with this byte
   TokenIndex() {
     std::memset(insensitive, 0xff, sizeof insensitive);
     std::memset(sensitive, 0xff, sizeof sensitive);
@@ -120,6 +121,7 @@ struct TokenIndex {
       while (j < kPerByte && slots[j] != 0xff) ++j;
       if (j == kPerByte) abort();  // more tokens share a first byte than a row holds
       slots[j] = static_cast<uint8_t>(t);
+      any[static_cast<unsigned char>(tokenText(t)[0])] = true;
     }
   }
 };
@@ -128,22 +130,32 @@ const TokenIndex& tokenIndex() {
   return index;
 }
 
+bool matchesAt(const char* p, std::string_view tok) {
+  // The first byte already matched (it picked the bucket).
+  for (size_t k = 1; k < tok.size(); ++k)
+    if (p[k] != tok[k]) return false;
+  return true;
+}
+
 // first[t] = position of token t's first occurrence, or -1.
 void scanTokens(std::string_view lower, std::string_view orig, int16_t* first) {
   const TokenIndex& idx = tokenIndex();
   for (int t = 0; t < kTokCount; ++t) first[t] = -1;
   const size_t n = lower.size();
   for (size_t i = 0; i < n; ++i) {
-    const uint8_t* a = idx.insensitive[static_cast<unsigned char>(lower[i])];
+    const unsigned char cl = static_cast<unsigned char>(lower[i]);
+    const unsigned char co = static_cast<unsigned char>(orig[i]);
+    if (!idx.any[cl] && !idx.any[co]) continue;
+    const uint8_t* a = idx.insensitive[cl];
     for (int j = 0; j < TokenIndex::kPerByte && a[j] != 0xff; ++j) {
       const std::string_view tok = tokenText(a[j]);
-      if (first[a[j]] < 0 && tok.size() <= n - i && std::memcmp(lower.data() + i, tok.data(), tok.size()) == 0)
+      if (first[a[j]] < 0 && tok.size() <= n - i && matchesAt(lower.data() + i, tok))
         first[a[j]] = static_cast<int16_t>(i);
     }
-    const uint8_t* b = idx.sensitive[static_cast<unsigned char>(orig[i])];
+    const uint8_t* b = idx.sensitive[co];
     for (int j = 0; j < TokenIndex::kPerByte && b[j] != 0xff; ++j) {
       const std::string_view tok = tokenText(b[j]);
-      if (first[b[j]] < 0 && tok.size() <= n - i && std::memcmp(orig.data() + i, tok.data(), tok.size()) == 0)
+      if (first[b[j]] < 0 && tok.size() <= n - i && matchesAt(orig.data() + i, tok))
         first[b[j]] = static_cast<int16_t>(i);
     }
   }

@@ -118,3 +118,35 @@ TEST_CASE("lists load from files; a missing file is an error", "[risk][lists]") 
 
 }  // namespace
 }  // namespace sluice::risk
+
+namespace sluice::risk {
+namespace {
+
+TEST_CASE("FlatHashSet: membership through growth, collisions and the zero key", "[risk][lists]") {
+  FlatHashSet s;
+  CHECK_FALSE(s.contains(42));
+  CHECK(s.empty());
+  std::vector<uint64_t> keys;
+  // Keys sharing low bits collide in the same probe run; add well-mixed ones too.
+  for (uint64_t i = 0; i < 300; ++i) keys.push_back(i << 20);
+  for (uint64_t i = 1; i < 3000; ++i) keys.push_back(i * 0x9E3779B97F4A7C15ULL);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    s.insert(keys[i]);
+    if (i % 500 == 0)
+      for (size_t j = 0; j <= i; ++j) REQUIRE(s.contains(keys[j]));
+  }
+  s.insert(keys[5]);  // duplicate: no change
+  CHECK(s.size() == keys.size());
+  CHECK(s.capacity() >= 2 * s.size());
+  for (uint64_t k : keys) CHECK(s.contains(k));
+  for (uint64_t i = 0; i < 2000; ++i) CHECK_FALSE(s.contains((i << 20) + 7));
+  // 0 (used for empty slots internally) and 1 are distinct keys only in that 0 maps to 1.
+  FlatHashSet z;
+  z.insert(0);
+  CHECK(z.contains(0));
+  CHECK(z.count(0) == 1);
+  CHECK_FALSE(z.contains(2));
+}
+
+}  // namespace
+}  // namespace sluice::risk
