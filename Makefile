@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build run test bench bench-limits install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
+.PHONY: all deps configure build run test bench bench-limits bench-cache install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -35,6 +35,11 @@ install: build
 # limit_req / limit_conn, side by side (bench/limits, docs/benchmarks.md).
 bench-limits: build
 	@bench/limits $(BUILD_DIR)
+
+# The micro-cache under a hot-item storm: sluice's cache vs nginx proxy_cache microcaching, side by
+# side, with the upstream requests each lets through (bench/cache-storm, docs/benchmarks.md).
+bench-cache: build
+	@bench/cache-storm $(BUILD_DIR)
 
 # Hardening (docs/security.md). Each uses its own build dir, so none disturbs `make test`.
 # ASan+UBSan build of everything; ctest runs unit, e2e and fuzz-corpus tests against it, and any
