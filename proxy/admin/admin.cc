@@ -330,6 +330,7 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path.rfind("/rules/", 0) == 0 && path.size() > 12 && path.substr(path.size() - 5) == "/mode" &&
       head.method == HTTP_POST)
     return setRuleMode(server, path.substr(7, path.size() - 12), body);
+  if (path == "/lua" && read) return json(200, server->luaStatusJson());
   if (path == "/cache" && read) return json(200, cacheJson(server));
   if (path == "/cache/purge" && head.method == HTTP_POST) return cachePurge(server, body);
   if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));

@@ -20,6 +20,8 @@ class RE2;
 
 namespace sluice {
 
+struct LuaSettings;  // proxy/config/lua_config.h: the `lua:` section and its validated bundle
+
 struct ListenerConfig {
   std::string name;             // defaults to the address
   std::string host = "127.0.0.1";  // numeric IP; IPv6 without brackets
@@ -321,6 +323,8 @@ struct Config {
   CacheConfig cache;
   std::vector<DegradeSwitchConfig> degrade_switches;
   std::string pid_file;  // written at start, removed at exit; `sluice -s` signals through it
+  // Lua policies (`lua:` + routes' `policies:`), validated at load; null when there are none.
+  std::shared_ptr<const LuaSettings> lua;
 
   const UpstreamConfig* findUpstream(const std::string& name) const {
     for (const auto& u : upstreams)

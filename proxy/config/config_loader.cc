@@ -47,7 +47,8 @@ void Loader::load(const Node& root, Config& cfg) {
   Mapping top = mapping(root, "",
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
-                         "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file"});
+                         "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file",
+                         "lua"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -86,6 +87,7 @@ void Loader::load(const Node& root, Config& cfg) {
   resolveRouteLimits(cfg);
   if (auto n = top.get("degrade_switches")) loadDegradeSwitches(*n, cfg);
   if (auto n = top.get("pid_file")) readString(*n, "pid_file", &cfg.pid_file);
+  loadLua(top.get("lua"), cfg);
 }
 
 // ---- limits
@@ -950,7 +952,7 @@ void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   Mapping m = mapping(n, path,
                       {"name", "match", "upstream", "connect_timeout", "send_timeout",
                        "read_timeout", "max_body_size", "direct_response", "limits", "priority",
-                       "cache"});
+                       "cache", "policies", "aggregate"});
   if (!m.valid) return;
   if (auto v = m.get("cache")) loadRouteCache(*v, m.child("cache"), r);
   if (auto v = m.get("priority")) {
@@ -972,12 +974,13 @@ void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
     fail(n, path + ": missing required key 'name'");
   }
   if (auto v = m.get("match")) loadMatch(*v, m.child("match"), r);
+  loadRouteLua(m, path, r);
 
   auto upstream = m.get("upstream");
   auto direct = m.get("direct_response");
   if (upstream && direct) {
     fail(*direct, path + ": a route has either 'upstream' or 'direct_response', not both");
-  } else if (!upstream && !direct) {
+  } else if (!upstream && !direct && !m.get("aggregate")) {
     fail(n, path + ": missing 'upstream' (or 'direct_response')");
   }
   if (upstream) {

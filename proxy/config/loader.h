@@ -437,6 +437,10 @@ class Loader {
   bool loadLimitRule(const Node& n, const std::string& path, LimitRuleConfig& rule);
   bool loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPart* part);
   void resolveRouteLimits(Config& cfg);
+  // Lua (lua_section.cc): a route's `policies:` / `aggregate:` are collected while routes load,
+  // then the `lua:` section builds and validates the policy bundle (file:line errors here too).
+  void loadRouteLua(const Mapping& m, const std::string& path, RouteConfig& r);
+  void loadLua(const std::optional<Node>& n, Config& cfg);
 
   std::string file_;
   std::vector<ConfigError> errors_;
@@ -446,6 +450,15 @@ class Loader {
   std::vector<std::string> limit_ids_;
   // Listener addresses, to refuse an admin listener on the same socket.
   std::vector<std::pair<IpAddress, uint16_t>> listener_addrs_;
+  // Routes' Lua attachments, by route, until loadLua() puts them into the bundle.
+  struct LuaRouteAttachment {
+    std::string route;
+    std::string policy;
+    std::string config_json;
+    YAML::Mark mark;
+  };
+  std::vector<LuaRouteAttachment> lua_attachments_;
+  std::vector<std::pair<std::string, YAML::Mark>> lua_aggregate_routes_;
 };
 
 }  // namespace sluice::config_detail

@@ -1,5 +1,6 @@
 #include "proxy/server/generation.h"
 
+#include "proxy/config/lua_config.h"
 #include "proxy/server/controls.h"
 
 #include <atomic>
@@ -34,6 +35,11 @@ Generation::Generation(ConfigPtr cfg, const Generation* previous,
     p.shards = config->cache.shards;
     cache = std::make_shared<cache::MicroCache>(p);
   }
+  static const SteadyClock kDictClock;
+  lua_dicts = previous && previous->lua_dicts ? previous->lua_dicts
+                                              : std::make_shared<lua::SharedDicts>(kDictClock);
+  if (config->lua)
+    for (const auto& d : config->lua->shared_dicts) lua_dicts->getOrCreate(d.name, d.size);
   for (const auto& r : config->routes) {
     int idx = -1;
     for (size_t i = 0; i < config->upstreams.size(); i++)

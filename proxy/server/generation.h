@@ -6,6 +6,8 @@
 #include <memory>
 #include <vector>
 
+#include "lua/shared_dict.h"
+#include "lua/vm.h"
 #include "proxy/config/config.h"
 #include "proxy/cache/micro_cache.h"
 #include "proxy/limit/limit_set.h"
@@ -30,6 +32,9 @@ struct Generation {
   // The micro-cache all routes share: created with the first generation (sized by its `cache:`
   // section) and handed to every later one, so entries survive reloads.
   std::shared_ptr<cache::MicroCache> cache;
+  // Lua shared dicts (sluice.shared.NAME): process-wide, handed from generation to generation so
+  // their contents survive reloads; created on first use of a name.
+  lua::SharedDictsPtr lua_dicts;
   // The admin API's degrade switches (Controls), same order as config->degrade_switches.
   std::vector<const std::atomic<bool>*> degrade_switches;
   uint64_t id = 0;
@@ -44,6 +49,12 @@ struct WorkerGeneration {
   GenerationPtr gen;
   std::vector<std::shared_ptr<UpstreamPool>> pools;  // same order as gen->clusters
   const WorkerMetrics* metrics = nullptr;            // this worker's handles; null if off
+  // This worker's Lua VM for the generation (null without Lua policies). Prepared by
+  // Worker::prepareGeneration, committed by Worker::commitGeneration; a bundle equal to the
+  // previous generation's (LuaSettings::hash) reuses the running VM.
+  lua::WorkerVmPtr vm;
+  bool vm_reused = false;
+  std::vector<uint8_t> lua_route_phases;  // route index -> LuaRouteMask bits (lua_phase.h)
 };
 using WorkerGenerationPtr = std::shared_ptr<WorkerGeneration>;
 

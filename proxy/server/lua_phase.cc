@@ -1,12 +1,732 @@
+// The Lua phases on the proxy's side (docs/lua-api.md, docs/request-lifecycle.md): a
+// lua::RequestHost over the connection's exchange, sub-requests to named upstream pools on the
+// worker's loop (UpstreamPool connections, per-call deadline, body cap, cancelled with the
+// request), and the per-worker runtime (timers, retired VMs, statistics).
 #include "proxy/server/lua_phase.h"
 
+#include <algorithm>
+#include <cstring>
+
+#include "core/hash.h"
+#include "core/log.h"
+#include "core/strings.h"
+#include "proxy/config/lua_config.h"
+#include "proxy/limit/limit_set.h"
+#include "proxy/router/router.h"
 #include "proxy/server/client_connection.h"
+#include "proxy/server/worker.h"
+#include "proxy/upstream/upstream_pool.h"
 
 namespace sluice {
 
-// Stubs until the Lua issue wires lua/ in: no policy runs.
-PhaseResult LuaPhase::access(ClientConnection&, const RouteConfig&) { return PhaseResult::kContinue; }
-PhaseResult LuaPhase::aggregate(ClientConnection&, const RouteConfig&) { return PhaseResult::kContinue; }
-void LuaPhase::log(ClientConnection&) {}
+class LuaSubrequest;
+
+// Per request (Exchange::lua). Destroyed with the exchange: cancels the coroutine and every
+// sub-request still running.
+struct LuaExchangeState final : lua::RequestHost {
+  ClientConnection* conn = nullptr;
+  LuaWorkerRuntime* rt = nullptr;
+  lua::WorkerVmPtr vm;
+  lua::LuaRequestPtr req;
+  const RouteConfig* route = nullptr;
+  lua::Phase phase = lua::Phase::kAccess;
+  std::weak_ptr<LuaExchangeState> self;
+  // resp.exit
+  bool responded = false;
+  int resp_status = 0;
+  lua::HeaderList resp_headers;
+  std::string resp_body;
+  lua::HeaderList queued_headers;  // resp.set_header before there is a response
+  // Sub-requests in flight.
+  std::map<lua::OperationId, LuaSubrequest*> subs;
+  lua::OperationId next_sub = 1;
+  // Request headers as the API sees them (live fields only), rebuilt after a change.
+  std::vector<uint32_t> live;
+  bool live_dirty = true;
+  std::string scratch;
+
+  ~LuaExchangeState() override;
+  Exchange* exch = nullptr;      // the exchange this state lives in
+  HttpMessageHead* hd = nullptr;  // its request head (the connection's parser)
+  Worker* worker = nullptr;
+  Exchange& ex() const { return *exch; }
+  HttpMessageHead& head() const { return *hd; }
+  void buildLive() {
+    if (!live_dirty) return;
+    live.clear();
+    const HeaderMap& hm = head().headers;
+    for (size_t i = 0; i < hm.size(); i++)
+      if (!hm.removed(i)) live.push_back(static_cast<uint32_t>(i));
+    live_dirty = false;
+  }
+
+  std::string_view method() const override { return head().method_name; }
+  std::string_view path() const override {
+    std::string_view p, q;
+    splitTarget(head().target, &p, &q);
+    return p;
+  }
+  std::string_view query() const override {
+    std::string_view p, q;
+    splitTarget(head().target, &p, &q);
+    return q;
+  }
+  size_t headerCount() const override {
+    const_cast<LuaExchangeState*>(this)->buildLive();
+    return live.size();
+  }
+  std::string_view headerName(size_t i) const override { return head().headers.name(live[i]); }
+  std::string_view headerValue(size_t i) const override { return head().headers.value(live[i]); }
+  bool body(std::string_view* out) const override {
+    const Exchange& e = ex();
+    if (!e.request_complete) return false;
+    if (!e.request_has_body) {
+      *out = {};
+      return true;
+    }
+    if (e.request_chunked || e.pool) return false;  // framed or already on its way upstream
+    *out = e.body_buffer;
+    return true;
+  }
+  static std::string_view cookie(const HeaderMap& hm, std::string_view name) {
+    for (size_t i = 0; i < hm.size(); i++) {
+      if (hm.removed(i) || !equalsIgnoreCase(hm.name(i), "cookie")) continue;
+      std::string_view v = hm.value(i);
+      while (!v.empty()) {
+        size_t semi = v.find(';');
+        std::string_view kv = trim(v.substr(0, semi));
+        size_t eq = kv.find('=');
+        if (eq != std::string_view::npos && kv.substr(0, eq) == name) return kv.substr(eq + 1);
+        if (semi == std::string_view::npos) break;
+        v.remove_prefix(semi + 1);
+      }
+    }
+    return {};
+  }
+  std::string_view var(lua::RequestVar v) const override {
+    const Exchange& e = ex();
+    switch (v) {
+      case lua::RequestVar::kClientIp: return e.client_ip_str;
+      case lua::RequestVar::kRoute: return route ? std::string_view(route->name) : std::string_view();
+      case lua::RequestVar::kRequestId: return e.request_id;
+      case lua::RequestVar::kMemberId: return cookie(head().headers, "member");
+      case lua::RequestVar::kDeviceId: return cookie(head().headers, "device");
+      case lua::RequestVar::kItemId: {
+        if (e.item_looked_up && !e.item_value.empty()) return e.item_value;
+        std::string_view id;
+        return matchDefaultItemPath(path(), &id) ? id : std::string_view();
+      }
+      default: return {};  // fingerprint: the risk phase's, not wired yet
+    }
+  }
+  void setRequestHeader(std::string_view name, std::string_view value, bool remove) override {
+    HeaderMap& hm = head().headers;
+    // item_value may view the head's buffer, which add() can move: copy it first.
+    Exchange& e = ex();
+    if (e.item_looked_up && !e.item_value.empty()) {
+      scratch.assign(e.item_value);
+      e.item_value = scratch;
+    }
+    hm.removeAll(name);
+    if (!remove) hm.add(name, value);
+    live_dirty = true;
+  }
+  void respond(int status, const lua::HeaderList& headers, std::string_view b) override {
+    responded = true;
+    resp_status = status;
+    resp_headers = headers;
+    resp_body.assign(b);
+  }
+  void setResponseHeader(std::string_view name, std::string_view value, bool remove) override {
+    auto& q = responded ? resp_headers : queued_headers;
+    q.erase(std::remove_if(q.begin(), q.end(),
+                           [&](const lua::Header& h) { return equalsIgnoreCase(h.name, name); }),
+            q.end());
+    if (!remove) q.push_back(lua::Header{std::string(name), std::string(value)});
+  }
+  int responseStatus() const override { return ex().status; }
+  void setResponseStatus(int status) override {
+    if (responded) resp_status = status;
+  }
+  lua::LimitTakeResult limitTake(std::string_view rule_or_key, uint32_t cost) override;
+  // The risk phase is wired by its own unit; until then these are neutral.
+  void riskAdd(std::string_view, int) override {}
+  int riskScore() override { return 0; }
+  lua::OperationId startSubrequest(const lua::SubrequestSpec& spec,
+                                   lua::SubrequestCallback done) override;
+  void cancelSubrequest(lua::OperationId id) override;
+  void scheduleResume() override {
+    std::weak_ptr<LuaExchangeState> w = self;
+    worker->post([w] { LuaPhase::onResume(w); });
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Sub-requests
+
+class LuaSubrequest final : public UpstreamHandler {
+ public:
+  LuaSubrequest(LuaExchangeState* st, lua::OperationId id, std::shared_ptr<UpstreamPool> pool,
+                lua::SubrequestCallback done, size_t max_body, uv_loop_t* loop)
+      : st_(st), id_(id), pool_(std::move(pool)), done_(std::move(done)), max_body_(max_body) {
+    uv_timer_init(loop, &timer_);
+    timer_.data = this;
+  }
+
+  void start(const lua::SubrequestSpec& spec, const std::string& request_id,
+             const std::string& request_id_header) {
+    Nanos now = SteadyClock::monotonicNanos();
+    int server = pool_->pick(hash64(spec.path), 0, now);
+    if (server < 0) {
+      finish(false, "no server");
+      return;
+    }
+    server_ = server;
+    auto& st = pool_->cluster().server(static_cast<size_t>(server));
+    st.active.fetch_add(1, std::memory_order_relaxed);
+    st.requests.fetch_add(1, std::memory_order_relaxed);
+    // The request head, written once the connection is ready.
+    req_.append(spec.method).append(" ").append(spec.path).append(" HTTP/1.1\r\nHost: ");
+    req_.append(st.address).append("\r\n");
+    bool has_rid = false;
+    for (const auto& h : spec.headers) {
+      if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
+          equalsIgnoreCase(h.name, "connection") || equalsIgnoreCase(h.name, "transfer-encoding"))
+        continue;
+      if (equalsIgnoreCase(h.name, request_id_header)) has_rid = true;
+      req_.append(h.name).append(": ").append(h.value).append("\r\n");
+    }
+    if (!has_rid) req_.append(request_id_header).append(": ").append(request_id).append("\r\n");
+    if (!spec.body.empty() || (spec.method != "GET" && spec.method != "HEAD")) {
+      req_.append("Content-Length: ").append(std::to_string(spec.body.size())).append("\r\n");
+    }
+    req_.append("\r\n").append(spec.body);
+    head_request_ = spec.method == "HEAD";
+    Nanos timeout = spec.timeout > 0 ? spec.timeout : kSeconds;
+    uv_timer_start(&timer_, onTimeout, static_cast<uint64_t>((timeout + kMillis - 1) / kMillis), 0);
+    conn_ = pool_->acquire(static_cast<size_t>(server), this);
+    conn_->setExpectations(head_request_, timeout, timeout, 1 << 20);
+    if (conn_->state() == UpstreamConnection::State::kActive) sendHead();
+  }
+
+  // The request is gone: no callback.
+  void cancel() {
+    st_ = nullptr;
+    done_ = nullptr;
+    dropConnection(false, false);
+    destroy();
+  }
+
+ private:
+  static void onTimeout(uv_timer_t* t) {
+    auto* self = static_cast<LuaSubrequest*>(t->data);
+    self->dropConnection(false, false);
+    self->finish(false, "timeout");
+  }
+
+  void sendHead() {
+    conn_->out().append(req_);
+    req_.clear();
+    conn_->requestComplete();
+    conn_->flush();
+  }
+
+  void dropConnection(bool release, bool reusable) {
+    if (server_ >= 0) {
+      pool_->cluster().server(static_cast<size_t>(server_)).active.fetch_sub(1, std::memory_order_relaxed);
+      server_ = -1;
+    }
+    if (!conn_) return;
+    auto* c = conn_;
+    conn_ = nullptr;
+    if (release) pool_->release(c, reusable);
+    else c->abort();
+  }
+
+  void finish(bool ok, const char* error) {
+    if (finished_) return;
+    finished_ = true;
+    uv_timer_stop(&timer_);
+    result_.ok = ok;
+    if (!ok) {
+      result_.error = error;
+      result_.body.clear();
+    }
+    LuaExchangeState* st = st_;
+    st_ = nullptr;
+    if (st) st->subs.erase(id_);
+    auto done = std::move(done_);
+    done_ = nullptr;
+    if (done) done(std::move(result_));
+    destroy();
+  }
+
+  void destroy() {
+    if (destroying_) return;
+    destroying_ = true;
+    if (st_) st_->subs.erase(id_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&timer_),
+             [](uv_handle_t* h) { delete static_cast<LuaSubrequest*>(h->data); });
+  }
+
+  // UpstreamHandler
+  void onUpstreamConnected() override {
+    if (conn_) sendHead();
+  }
+  void onUpstreamInterim(const HttpMessageHead&) override {}
+  void onUpstreamHeaders(HttpMessageHead& head) override {
+    result_.status = head.status;
+    if (server_ >= 0) pool_->cluster().reportSuccess(static_cast<size_t>(server_));
+    for (size_t i = 0; i < head.headers.size(); i++)
+      if (!head.headers.removed(i))
+        result_.headers.push_back(
+            lua::Header{std::string(head.headers.name(i)), std::string(head.headers.value(i))});
+    if (head.has_content_length && head.content_length > max_body_) {
+      dropConnection(false, false);
+      finish(false, "too large");
+    }
+  }
+  void onUpstreamBody(const char* p, size_t n) override {
+    if (finished_) return;
+    if (result_.body.size() + n > max_body_) {
+      dropConnection(false, false);
+      finish(false, "too large");
+      return;
+    }
+    result_.body.append(p, n);
+  }
+  void onUpstreamComplete() override {
+    bool reusable = conn_ && conn_->reusable();
+    dropConnection(true, reusable);
+    finish(true, "");
+  }
+  void onUpstreamTunnelData(const char*, size_t) override {}
+  void onUpstreamTunnelClosed() override {
+    conn_ = nullptr;
+    finish(false, "bad response");
+  }
+  void onUpstreamError(const Error& err) override {
+    conn_ = nullptr;  // it closes itself
+    if (server_ >= 0) {
+      bool keepalive_race = err.type == ErrorType::kConnectionReset && err.retryable;
+      if (!keepalive_race)
+        pool_->cluster().reportFailure(static_cast<size_t>(server_), SteadyClock::monotonicNanos());
+    }
+    dropConnection(false, false);
+    const char* why = "error";
+    switch (err.type) {
+      case ErrorType::kConnectTimeout:
+      case ErrorType::kReadTimeout:
+      case ErrorType::kSendTimeout: why = "timeout"; break;
+      case ErrorType::kConnectFailed: why = "connect"; break;
+      case ErrorType::kConnectionReset: why = "reset"; break;
+      case ErrorType::kBadMessage: why = "bad response"; break;
+      default: break;
+    }
+    finish(false, why);
+  }
+  void onUpstreamDrained() override {}
+  void onUpstreamReadDone() override {}
+
+  LuaExchangeState* st_;
+  lua::OperationId id_;
+  std::shared_ptr<UpstreamPool> pool_;
+  lua::SubrequestCallback done_;
+  size_t max_body_;
+  uv_timer_t timer_;
+  UpstreamConnection* conn_ = nullptr;
+  int server_ = -1;
+  std::string req_;
+  bool head_request_ = false;
+  bool finished_ = false;
+  bool destroying_ = false;
+  lua::SubrequestResult result_;
+};
+
+lua::OperationId LuaExchangeState::startSubrequest(const lua::SubrequestSpec& spec,
+                                                   lua::SubrequestCallback done) {
+  lua::OperationId id = next_sub++;
+  const Exchange& e = ex();
+  const auto& cfg = *e.gen->gen->config;
+  int ui = -1;
+  for (size_t i = 0; i < cfg.upstreams.size(); i++)
+    if (cfg.upstreams[i].name == spec.pool) ui = static_cast<int>(i);
+  auto fail = [&](const char* why) {
+    lua::SubrequestResult r;
+    r.error = why;
+    done(std::move(r));  // synchronous completion is allowed by the protocol
+    return id;
+  };
+  if (ui < 0) return fail("no such pool");
+  if (spec.path.empty() || spec.path[0] != '/' ||
+      spec.path.find_first_of("\r\n ") != std::string::npos)
+    return fail("bad path");
+  for (const auto& h : spec.headers)
+    if (h.name.find_first_of("\r\n:") != std::string::npos ||
+        h.value.find_first_of("\r\n") != std::string::npos)
+      return fail("bad header");
+  auto* sub = new LuaSubrequest(this, id, e.gen->pools[static_cast<size_t>(ui)], std::move(done),
+                                spec.max_body ? spec.max_body : (1u << 20), worker->loop());
+  subs[id] = sub;
+  sub->start(spec, e.request_id, cfg.request_id_header);
+  return id;
+}
+
+void LuaExchangeState::cancelSubrequest(lua::OperationId id) {
+  auto it = subs.find(id);
+  if (it == subs.end()) return;
+  LuaSubrequest* s = it->second;
+  subs.erase(it);
+  s->cancel();
+}
+
+LuaExchangeState::~LuaExchangeState() {
+  if (req) {
+    req->cancel();
+    req.reset();
+  }
+  auto left = std::move(subs);
+  for (auto& [id, s] : left) s->cancel();
+  if (rt) rt->untrack(this);
+}
+
+lua::LimitTakeResult LuaExchangeState::limitTake(std::string_view rule_or_key, uint32_t cost) {
+  lua::LimitTakeResult out;
+  Exchange& e = ex();
+  const auto& cfg = *e.gen->gen->config;
+  auto& limits = *e.gen->gen->limits;
+  // "rule" keys the rule as the limit phase would; "rule:anything" takes the rule with a key
+  // the policy computed (e.g. "per_member:" .. member .. ":" .. item).
+  std::string_view id = rule_or_key, custom;
+  bool has_custom = false;
+  int idx = -1;
+  for (size_t i = 0; i < cfg.limit_rules.size(); i++)
+    if (cfg.limit_rules[i].id == rule_or_key) idx = static_cast<int>(i);
+  if (idx < 0) {
+    size_t colon = rule_or_key.find(':');
+    if (colon != std::string_view::npos) {
+      id = rule_or_key.substr(0, colon);
+      custom = rule_or_key.substr(colon + 1);
+      has_custom = true;
+      for (size_t i = 0; i < cfg.limit_rules.size(); i++)
+        if (cfg.limit_rules[i].id == id) idx = static_cast<int>(i);
+    }
+  }
+  if (idx < 0) {
+    out.found = false;
+    return out;
+  }
+  auto& rt = limits.rule(static_cast<size_t>(idx));
+  if (!rt.rate) {
+    out.found = false;  // only rate rules can be taken (concurrency slots need a release)
+    return out;
+  }
+  uint64_t key = 0;
+  if (has_custom) {
+    key = hash64(custom, 0x10a7a6e5);
+  } else {
+    int ui = e.gen->gen->route_upstream[e.route];
+    LimitRequestView view{&e.client_ip, route->name, head().target, &head().headers,
+                          ui >= 0 ? std::string_view(cfg.upstreams[ui].name) : std::string_view()};
+    view.jwt = limits.jwt();
+    view.jwt_config = &cfg.jwt;
+    view.now_unix = e.start_wall_us / 1000000;
+    if (!LimitSet::keyFor(*rt.config, view, &key)) {
+      out.found = false;
+      return out;
+    }
+  }
+  limiter::RateRuleCheck check{rt.rate.get(), key, cost, limiter::RuleMode::kEnforce, 0};
+  limiter::RateDecision d;
+  auto adm = limiter::admit(std::span<const limiter::RateRuleCheck>(&check, 1), {},
+                            SteadyClock::monotonicNanos(), std::span<limiter::RateDecision>(&d, 1));
+  out.allowed = !adm.rejected();
+  out.remaining = std::max<int64_t>(0, d.remaining);
+  Nanos reset = out.allowed ? d.reset : d.retryAfter;
+  out.reset_seconds = static_cast<double>(reset) / static_cast<double>(kSeconds);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The phases
+
+LuaExchangeState* LuaPhase::ensureState(ClientConnection& conn, const RouteConfig& route,
+                                        uint8_t) {
+  Exchange& e = *conn.ex_;
+  if (e.lua) return e.lua.get();
+  auto st = std::make_shared<LuaExchangeState>();
+  st->conn = &conn;
+  st->exch = &e;
+  st->hd = &conn.parser_.head();
+  st->worker = conn.worker_;
+  st->rt = conn.worker_->lua();
+  st->vm = e.gen->vm;
+  st->route = &route;
+  st->self = st;
+  st->req = st->vm->newRequest(*st, route.name);
+  if (st->rt) st->rt->track(st.get());
+  e.lua = st;
+  return st.get();
+}
+
+namespace {
+
+uint8_t routeMask(const Exchange& e) {
+  if (!e.gen->vm || e.route < 0 || static_cast<size_t>(e.route) >= e.gen->lua_route_phases.size())
+    return 0;
+  return e.gen->lua_route_phases[static_cast<size_t>(e.route)];
+}
+
+LocalResponse localFrom(LuaExchangeState& st) {
+  LocalResponse r;
+  r.status = st.resp_status >= 100 && st.resp_status <= 599 ? st.resp_status : 500;
+  r.body = std::move(st.resp_body);
+  for (auto* list : {&st.queued_headers, &st.resp_headers}) {
+    for (auto& h : *list) {
+      if (equalsIgnoreCase(h.name, "content-type")) {
+        r.content_type = h.value;
+        continue;
+      }
+      if (equalsIgnoreCase(h.name, "content-length") || equalsIgnoreCase(h.name, "connection") ||
+          equalsIgnoreCase(h.name, "transfer-encoding") ||
+          h.name.find_first_of("\r\n:") != std::string::npos ||
+          h.value.find_first_of("\r\n") != std::string::npos)
+        continue;
+      r.headers.emplace_back(h.name, h.value);
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+PhaseResult LuaPhase::handle(ClientConnection& conn, LuaExchangeState& st, lua::RunResult r) {
+  Exchange& e = *conn.ex_;
+  switch (r.status) {
+    case lua::RunStatus::kContinue:
+      if (st.phase != lua::Phase::kAggregate) return PhaseResult::kContinue;
+      r.error = "route '" + st.route->name + "': the aggregate phase ended without sluice.resp.exit";
+      [[fallthrough]];
+    case lua::RunStatus::kError: {
+      LOG_ERROR("lua: request %s route %s: %s", e.request_id.c_str(), st.route->name.c_str(),
+                r.error.c_str());
+      if (!e.decisions.empty()) e.decisions.push_back(',');
+      e.decisions.append("\"lua\":\"error\"");
+      e.error = Error{ErrorSource::kInternal, ErrorType::kNone, false, "lua policy error"};
+      int status = r.error_status >= 500 && r.error_status <= 599 ? r.error_status : 500;
+      conn.respondError(status, "policy error", !e.request_complete);
+      return PhaseResult::kAnswered;
+    }
+    case lua::RunStatus::kResponded:
+      conn.respondLocal(localFrom(st), false);
+      return PhaseResult::kAnswered;
+    case lua::RunStatus::kYielded:
+      return PhaseResult::kSuspended;
+  }
+  return PhaseResult::kContinue;
+}
+
+PhaseResult LuaPhase::access(ClientConnection& conn, const RouteConfig& route) {
+  uint8_t mask = routeMask(*conn.ex_);
+  if (!(mask & kLuaAccess)) return PhaseResult::kContinue;
+  LuaExchangeState* st = ensureState(conn, route, mask);
+  st->phase = lua::Phase::kAccess;
+  return handle(conn, *st, st->req->run(lua::Phase::kAccess));
+}
+
+PhaseResult LuaPhase::aggregate(ClientConnection& conn, const RouteConfig& route) {
+  uint8_t mask = routeMask(*conn.ex_);
+  if (!(mask & kLuaAggregate)) return PhaseResult::kContinue;
+  LuaExchangeState* st = ensureState(conn, route, mask);
+  st->phase = lua::Phase::kAggregate;
+  PhaseResult r = handle(conn, *st, st->req->run(lua::Phase::kAggregate));
+  // Suspended is "answered later" for the content phase: the upstream is not used.
+  return r == PhaseResult::kContinue ? PhaseResult::kAnswered : r;
+}
+
+void LuaPhase::onResume(const std::weak_ptr<LuaExchangeState>& w) {
+  std::shared_ptr<LuaExchangeState> st = w.lock();
+  if (!st || !st->req) return;
+  ClientConnection& c = *st->conn;
+  if (c.closing_ || !c.ex_ || c.ex_->lua != st || c.ex_->response_started) return;
+  lua::Phase phase = st->phase;
+  PhaseResult pr = handle(c, *st, st->req->resume());
+  if (pr == PhaseResult::kContinue && phase == lua::Phase::kAccess) {
+    c.resumeAfterAccess();
+    return;
+  }
+  if (c.upstream_ && !c.closing_) c.upstream_->flush();
+  if (!c.closing_) c.flush();
+}
+
+void LuaPhase::log(ClientConnection& conn) {
+  Exchange& e = *conn.ex_;
+  LuaExchangeState* st = e.lua.get();
+  if (!st || !st->req) return;
+  // The client went away (or the response is done): nothing may still run for it.
+  if (st->req->waiting()) st->req->cancel();
+  auto left = std::move(st->subs);
+  for (auto& [id, s] : left) s->cancel();
+  if (routeMask(e) & kLuaLog) {
+    st->phase = lua::Phase::kLog;
+    lua::RunResult r = st->req->run(lua::Phase::kLog);
+    if (r.status == lua::RunStatus::kError)
+      LOG_ERROR("lua: request %s log phase: %s", e.request_id.c_str(), r.error.c_str());
+  }
+}
+
+void LuaPhase::closeConnection(ClientConnection& conn) {
+  if (conn.ex_ && conn.ex_->status == 0) conn.ex_->status = 503;
+  conn.closeNow();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-worker runtime
+
+struct LuaWorkerRuntime::Timer {
+  uv_timer_t handle;
+  LuaWorkerRuntime* rt;
+  lua::OperationId id;
+  lua::TimerCallback fn;
+};
+
+LuaWorkerRuntime::LuaWorkerRuntime(Worker* worker, uv_loop_t* loop) : worker_(worker), loop_(loop) {
+  sweep_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, sweep_timer_);
+  sweep_timer_->data = this;
+  uv_timer_start(sweep_timer_, onSweep, 1000, 1000);
+  uv_unref(reinterpret_cast<uv_handle_t*>(sweep_timer_));
+}
+
+LuaWorkerRuntime::~LuaWorkerRuntime() { close(); }
+
+Nanos LuaWorkerRuntime::now() const { return SteadyClock::monotonicNanos(); }
+
+lua::OperationId LuaWorkerRuntime::startTimer(Nanos delay, lua::TimerCallback fn) {
+  lua::OperationId id = next_id_++;
+  if (closed_) return id;
+  auto* t = new Timer{{}, this, id, std::move(fn)};
+  uv_timer_init(loop_, &t->handle);
+  t->handle.data = t;
+  uv_timer_start(&t->handle, [](uv_timer_t* h) {
+    auto* t = static_cast<Timer*>(h->data);
+    t->rt->timers_.erase(t->id);
+    auto fn = std::move(t->fn);
+    uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* x) { delete static_cast<Timer*>(x->data); });
+    if (fn) fn();
+  }, static_cast<uint64_t>(std::max<Nanos>(0, delay) / kMillis), 0);
+  timers_[id] = t;
+  return id;
+}
+
+void LuaWorkerRuntime::cancelTimer(lua::OperationId id) {
+  auto it = timers_.find(id);
+  if (it == timers_.end()) return;
+  Timer* t = it->second;
+  timers_.erase(it);
+  t->fn = nullptr;
+  uv_timer_stop(&t->handle);
+  uv_close(reinterpret_cast<uv_handle_t*>(&t->handle), [](uv_handle_t* x) { delete static_cast<Timer*>(x->data); });
+}
+
+void LuaWorkerRuntime::log(LogLevel level, std::string_view message) {
+  if (static_cast<int>(level) < static_cast<int>(log::level())) return;
+  log::write(level, "lua: %.*s", static_cast<int>(message.size()), message.data());
+}
+
+void LuaWorkerRuntime::close() {
+  if (closed_) return;
+  closed_ = true;
+  auto ts = std::move(timers_);
+  for (auto& [id, t] : ts) {
+    t->fn = nullptr;
+    uv_timer_stop(&t->handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(&t->handle), [](uv_handle_t* x) { delete static_cast<Timer*>(x->data); });
+  }
+  if (sweep_timer_) {
+    uv_timer_stop(sweep_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(sweep_timer_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    sweep_timer_ = nullptr;
+  }
+}
+
+void LuaWorkerRuntime::track(LuaExchangeState* s) { states_.push_back(s); }
+
+void LuaWorkerRuntime::untrack(LuaExchangeState* s) {
+  auto it = std::find(states_.begin(), states_.end(), s);
+  if (it != states_.end()) {
+    *it = states_.back();
+    states_.pop_back();
+  }
+}
+
+void LuaWorkerRuntime::retireVm(lua::WorkerVmPtr vm, uint32_t max_generations, Nanos retire_timeout) {
+  vm->retire();
+  retired_.push_back(Retired{vm, now() + retire_timeout});
+  vm.reset();
+  // The current VM counts as one live generation: past the cap, the oldest retired VMs'
+  // stragglers are cancelled so their memory goes.
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                [](const Retired& r) { return r.vm.expired(); }),
+                 retired_.end());
+  while (retired_.size() + 1 > max_generations) {
+    if (auto old = retired_.front().vm.lock()) cancelRequestsOn(old.get());
+    retired_.erase(retired_.begin());
+  }
+  publish(current_, generation_);
+}
+
+void LuaWorkerRuntime::cancelRequestsOn(const lua::WorkerVm* vm) {
+  std::vector<ClientConnection*> conns;
+  for (auto* s : states_)
+    if (s->vm.get() == vm && s->conn) conns.push_back(s->conn);
+  for (auto* c : conns) {
+    cancelled_++;
+    LuaPhase::closeConnection(*c);
+  }
+}
+
+void LuaWorkerRuntime::onSweep(uv_timer_t* t) { static_cast<LuaWorkerRuntime*>(t->data)->sweep(); }
+
+void LuaWorkerRuntime::sweep() {
+  Nanos n = now();
+  for (auto& r : retired_) {
+    auto vm = r.vm.lock();
+    if (vm && n >= r.deadline) {
+      LOG_WARN("lua: a retired generation's requests passed the retire deadline; cancelling them");
+      cancelRequestsOn(vm.get());
+    }
+  }
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                [&](const Retired& r) { return r.vm.expired() || n >= r.deadline; }),
+                 retired_.end());
+  publish(current_, generation_);
+}
+
+void LuaWorkerRuntime::publish(const lua::WorkerVmPtr& current, uint64_t generation) {
+  current_ = current;
+  generation_ = generation;
+  LuaWorkerStats s;
+  s.generation = generation;
+  if (current) {
+    s.memory_bytes = current->memoryBytes();
+    s.policies = current->policies();
+  }
+  for (const auto& r : retired_) {
+    if (auto vm = r.vm.lock()) {
+      s.retired_vms++;
+      s.retired_memory_bytes += vm->memoryBytes();
+    }
+  }
+  s.requests_cancelled = cancelled_;
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_ = std::move(s);
+}
+
+LuaWorkerStats LuaWorkerRuntime::stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
 
 }  // namespace sluice

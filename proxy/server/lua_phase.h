@@ -1,12 +1,29 @@
 #pragma once
 // The Lua policy hooks (docs/lua-api.md): access (after risk, may answer or suspend while
-// sub-requests run), aggregate (the content of aggregation routes), header_filter and log.
+// sub-requests run), aggregate (the content of aggregation routes) and log.
 // A feature unit: ClientConnection calls these and knows nothing else about Lua.
+//
+// LuaWorkerRuntime is the per-worker half: the WorkerHost (timers on the worker's loop, the
+// error log), the VMs of retired generations still finishing requests (capped in number and
+// age), and a snapshot of VM statistics the control thread reads for /lua and /metrics.
+#include <uv.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "lua/host.h"
+#include "lua/request.h"
+#include "lua/vm.h"
 #include "proxy/server/phase_result.h"
 
 namespace sluice {
 
 class ClientConnection;
+class Worker;
 struct RouteConfig;
 struct LuaExchangeState;  // per request, defined in lua_phase.cc
 
@@ -19,6 +36,81 @@ class LuaPhase {
   // has none (then the upstream is used).
   static PhaseResult aggregate(ClientConnection& conn, const RouteConfig& route);
   static void log(ClientConnection& conn);
+
+ private:
+  friend struct LuaExchangeState;
+  friend class LuaSubrequest;
+  friend class LuaWorkerRuntime;
+  static LuaExchangeState* ensureState(ClientConnection& conn, const RouteConfig& route,
+                                       uint8_t route_mask);
+  static PhaseResult handle(ClientConnection& conn, LuaExchangeState& st, lua::RunResult r);
+  static void onResume(const std::weak_ptr<LuaExchangeState>& w);
+  static void closeConnection(ClientConnection& conn);
+};
+
+// Which phases a route's policies have (WorkerGeneration::lua_route_phases), so a request on a
+// route without policies costs one byte read.
+enum LuaRouteMask : uint8_t {
+  kLuaAccess = 1,
+  kLuaAggregate = 2,
+  kLuaLog = 4,
+  kLuaAny = 0x80,
+};
+
+// Statistics of one worker's VMs, copied out by the worker for the control thread.
+struct LuaWorkerStats {
+  uint64_t generation = 0;
+  size_t memory_bytes = 0;         // current VM
+  size_t retired_vms = 0;          // old generations' VMs still finishing requests
+  size_t retired_memory_bytes = 0;
+  std::vector<lua::PolicyInfo> policies;
+  uint64_t requests_cancelled = 0;  // by the retire deadline / generation cap
+};
+
+class LuaWorkerRuntime final : public lua::WorkerHost {
+ public:
+  LuaWorkerRuntime(Worker* worker, uv_loop_t* loop);
+  ~LuaWorkerRuntime() override;
+
+  // lua::WorkerHost
+  Nanos now() const override;
+  lua::OperationId startTimer(Nanos delay, lua::TimerCallback fn) override;
+  void cancelTimer(lua::OperationId id) override;
+  void log(LogLevel level, std::string_view message) override;
+
+  // A generation's VM was replaced: retire it (timers premature, destroy()) and keep watching
+  // it until its last request ends; past the cap or the deadline its requests are cancelled.
+  void retireVm(lua::WorkerVmPtr vm, uint32_t max_generations, Nanos retire_timeout);
+  // Request states register so a retired VM's stragglers can be found.
+  void track(LuaExchangeState* s);
+  void untrack(LuaExchangeState* s);
+  void publish(const lua::WorkerVmPtr& current, uint64_t generation);
+  LuaWorkerStats stats() const;
+  void close();  // worker shutdown: timers closed
+
+ private:
+  struct Timer;
+  struct Retired {
+    std::weak_ptr<lua::WorkerVm> vm;
+    Nanos deadline;
+  };
+  static void onSweep(uv_timer_t* t);
+  void sweep();
+  void cancelRequestsOn(const lua::WorkerVm* vm);
+
+  Worker* worker_;
+  uv_loop_t* loop_;
+  uv_timer_t* sweep_timer_ = nullptr;
+  lua::OperationId next_id_ = 1;
+  std::map<lua::OperationId, Timer*> timers_;
+  std::vector<Retired> retired_;
+  std::vector<LuaExchangeState*> states_;
+  lua::WorkerVmPtr current_;
+  uint64_t generation_ = 0;
+  uint64_t cancelled_ = 0;
+  mutable std::mutex stats_mu_;
+  LuaWorkerStats stats_;
+  bool closed_ = false;
 };
 
 }  // namespace sluice

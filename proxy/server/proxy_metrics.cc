@@ -1,5 +1,7 @@
 #include "proxy/server/proxy_metrics.h"
 
+#include <map>
+
 #include <dirent.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -8,6 +10,7 @@
 
 #include "core/clock.h"
 #include "proxy/limit/limit_set.h"
+#include "proxy/server/lua_phase.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
 
@@ -166,6 +169,36 @@ void ProxyMetrics::addServerFamilies(Server* server) {
                      MetricType::kCounter, {"result"}, [server](MetricSampleSink& s) {
                        s.add({"ok"}, static_cast<double>(server->reloadsOk()));
                        s.add({"failed"}, static_cast<double>(server->reloadsFailed()));
+                     });
+  // Lua (lua_phase.h): each worker publishes a snapshot of its VMs once a second.
+  registry_.callback("sluice_lua_vm_memory_bytes",
+                     "Bytes allocated by the Lua VMs of all workers (state: current generation, "
+                     "or retired ones still finishing requests).",
+                     MetricType::kGauge, {"state"}, [server](MetricSampleSink& s) {
+                       double cur = 0, old = 0;
+                       for (const auto& w : server->luaStats())
+                         cur += static_cast<double>(w.memory_bytes),
+                             old += static_cast<double>(w.retired_memory_bytes);
+                       s.add({"current"}, cur);
+                       s.add({"retired"}, old);
+                     });
+  registry_.callback("sluice_lua_policy_errors",
+                     "Requests a policy failed (error, budget, memory) in the current generation, "
+                     "all workers; starts at 0 with each new generation.",
+                     MetricType::kGauge, {"policy"}, [server](MetricSampleSink& s) {
+                       std::map<std::string, double> m;
+                       for (const auto& w : server->luaStats())
+                         for (const auto& p : w.policies) m[p.name] += static_cast<double>(p.errors);
+                       for (const auto& [name, v] : m) s.add({name}, v);
+                     });
+  registry_.callback("sluice_lua_policy_overruns",
+                     "Time-budget overruns of a policy in the current generation, all workers "
+                     "(a policy is disabled on a worker after lua.overruns_to_disable).",
+                     MetricType::kGauge, {"policy"}, [server](MetricSampleSink& s) {
+                       std::map<std::string, double> m;
+                       for (const auto& w : server->luaStats())
+                         for (const auto& p : w.policies) m[p.name] += static_cast<double>(p.overruns);
+                       for (const auto& [name, v] : m) s.add({name}, v);
                      });
   registry_.callback("process_start_time_seconds", "Start time of the process, Unix seconds.",
                      MetricType::kGauge, {}, [server](MetricSampleSink& s) {

@@ -1,12 +1,17 @@
 #include "proxy/server/server.h"
 
 #include <signal.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/clock.h"
 #include "core/log.h"
 #include "proxy/config/config_loader.h"
+#include "proxy/config/lua_config.h"
 #include "proxy/server/worker.h"
 #include "proxy/upstream/health_checker.h"
 
@@ -227,13 +232,55 @@ bool Server::reload(std::string* message) {
     LOG_ERROR("reload refused: %s", message->c_str());
     return false;
   }
-  if (next.hash == config_->hash) {
+  auto luaHash = [](const Config& c) -> uint64_t { return c.lua ? c.lua->hash : 0; };
+  if (next.hash == config_->hash && luaHash(next) == luaHash(*config_)) {
     *message = "configuration unchanged (generation " + std::to_string(generation_->id) + ")";
     last_reload_ = "ok: " + *message;
     reloads_ok_++;
     return true;
   }
   auto gen = std::make_shared<Generation>(result.config, generation_.get(), metrics_);
+  // Two-phase commit: every worker prepares (pools, its Lua VM with init_worker) on its own
+  // thread; any failure or a worker too slow to answer aborts everywhere and the running
+  // generation keeps serving. The control loop carries no client traffic, so it can wait.
+  struct Round {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t pending = 0;
+    std::vector<std::string> errors;
+  };
+  auto round = std::make_shared<Round>();
+  round->pending = workers_.size();
+  for (auto& w : workers_) {
+    w->post([w = w.get(), gen, round] {
+      std::string err;
+      bool ok = w->prepareGeneration(gen, &err);
+      std::lock_guard<std::mutex> lock(round->mu);
+      if (!ok) round->errors.push_back(err);
+      if (--round->pending == 0) round->cv.notify_all();
+    });
+  }
+  Nanos prepare_timeout = next.lua ? next.lua->prepare_timeout : 5 * kSeconds;
+  std::vector<std::string> prepare_errors;
+  {
+    std::unique_lock<std::mutex> lock(round->mu);
+    if (!round->cv.wait_for(lock, std::chrono::nanoseconds(prepare_timeout),
+                            [&] { return round->pending == 0; }))
+      round->errors.push_back("a worker did not finish preparing within " +
+                              std::to_string(prepare_timeout / kMillis) + " ms");
+    prepare_errors = round->errors;
+  }
+  if (!prepare_errors.empty()) {
+    for (auto& w : workers_) w->post([w = w.get(), gen] { w->abortGeneration(gen); });
+    std::string all;
+    for (const auto& e : prepare_errors) all += (all.empty() ? "" : "\n") + e;
+    *message = all + "\n(nothing was reloaded)";
+    last_reload_ = "failed: " + *message;
+    reloads_failed_++;
+    LOG_ERROR("reload aborted, still serving generation %llu:\n%s",
+              static_cast<unsigned long long>(generation_->id), all.c_str());
+    return false;
+  }
   health_->stop();
   health_ = std::make_unique<HealthChecker>(control_->loop(), gen->clusters);
   health_->start();
@@ -241,13 +288,93 @@ bool Server::reload(std::string* message) {
   if (log::parseLevel(next.log_level, &level)) log::setLevel(level);
   config_ = result.config;
   generation_ = gen;
-  for (auto& w : workers_) w->post([w = w.get(), gen] { w->swapGeneration(gen); });
+  for (auto& w : workers_) w->post([w = w.get(), gen] { w->commitGeneration(gen); });
   control_->swapGeneration(gen);
   *message = "generation " + std::to_string(gen->id) + " live (config " + next.hash.substr(0, 12) + ")";
   last_reload_ = "ok: " + *message;
   reloads_ok_++;
   LOG_INFO("reload: %s", message->c_str());
   return true;
+}
+
+std::vector<LuaWorkerStats> Server::luaStats() const {
+  std::vector<LuaWorkerStats> out;
+  for (const auto& w : workers_)
+    if (w->lua()) out.push_back(w->lua()->stats());
+  return out;
+}
+
+namespace {
+std::string jsonEscape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\', o += c;
+    else if (c == '\n') o += "\\n";
+    else if (static_cast<unsigned char>(c) < 0x20) o += ' ';
+    else o += c;
+  }
+  return o;
+}
+}  // namespace
+
+std::string Server::luaStatusJson() const {
+  const auto& lua = generation_->config->lua;
+  std::string j = "{\"enabled\":";
+  j += lua ? "true" : "false";
+  j += ",\"generation\":" + std::to_string(generation_->id);
+  if (lua) {
+    char h[32];
+    snprintf(h, sizeof(h), "%016llx", static_cast<unsigned long long>(lua->hash));
+    j += ",\"bundle_hash\":\"" + std::string(h) + "\",\"policies_dir\":\"" +
+         jsonEscape(lua->policies_dir) + "\"";
+  }
+  auto stats = luaStats();
+  size_t mem = 0, retired = 0, retired_mem = 0;
+  uint64_t cancelled = 0;
+  struct Agg {
+    lua::PolicyInfo info;
+    uint64_t errors = 0;
+    int overruns = 0;
+    int disabled = 0;
+  };
+  std::map<std::string, Agg> pol;
+  j += ",\"workers\":[";
+  for (size_t i = 0; i < stats.size(); i++) {
+    const auto& s = stats[i];
+    mem += s.memory_bytes;
+    retired += s.retired_vms;
+    retired_mem += s.retired_memory_bytes;
+    cancelled += s.requests_cancelled;
+    if (i) j += ",";
+    j += "{\"generation\":" + std::to_string(s.generation) + ",\"memory_bytes\":" +
+         std::to_string(s.memory_bytes) + ",\"retired_vms\":" + std::to_string(s.retired_vms) + "}";
+    for (const auto& p : s.policies) {
+      auto& a = pol[p.name];
+      a.info = p;
+      a.errors += p.errors;
+      a.overruns += p.overruns;
+      a.disabled += p.disabled ? 1 : 0;
+    }
+  }
+  j += "],\"memory_bytes\":" + std::to_string(mem) + ",\"retired_vms\":" + std::to_string(retired) +
+       ",\"retired_memory_bytes\":" + std::to_string(retired_mem) +
+       ",\"requests_cancelled_on_retire\":" + std::to_string(cancelled) + ",\"policies\":[";
+  bool first = true;
+  for (const auto& [name, a] : pol) {
+    if (!first) j += ",";
+    first = false;
+    j += "{\"name\":\"" + jsonEscape(name) + "\",\"version\":\"" + jsonEscape(a.info.version) +
+         "\",\"file\":\"" + jsonEscape(a.info.file) + "\",\"priority\":" +
+         std::to_string(a.info.priority) + ",\"errors\":" + std::to_string(a.errors) +
+         ",\"overruns\":" + std::to_string(a.overruns) + ",\"disabled_workers\":" +
+         std::to_string(a.disabled) + "}";
+  }
+  j += "],\"aggregate_routes\":[";
+  if (lua)
+    for (size_t i = 0; i < lua->aggregate_routes.size(); i++)
+      j += (i ? ",\"" : "\"") + jsonEscape(lua->aggregate_routes[i]) + "\"";
+  j += "],\"last_reload\":\"" + jsonEscape(last_reload_) + "\"}";
+  return j;
 }
 
 void Server::shutdown(bool graceful) {

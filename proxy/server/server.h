@@ -37,6 +37,9 @@ class Server {
   uint64_t reloadsFailed() const { return reloads_failed_; }
   // The metrics registry (GET /metrics renders it); null before run().
   ProxyMetrics* metrics() const { return metrics_.get(); }
+  // Lua: every data worker's VM statistics (copied under each worker's lock), and GET /lua.
+  std::vector<struct LuaWorkerStats> luaStats() const;
+  std::string luaStatusJson() const;
 
  private:
   static void onSignal(uv_signal_t* s, int signum);

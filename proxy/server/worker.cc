@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/log.h"
+#include "proxy/config/lua_config.h"
 #include "proxy/server/client_connection.h"
 
 namespace sluice {
@@ -61,6 +62,7 @@ Worker::Worker(Server* server, int id, bool control) : server_(server), id_(id),
   async_.data = this;
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
+  if (!control_) lua_ = std::make_unique<LuaWorkerRuntime>(this, &loop_);
 }
 
 Worker::~Worker() {
@@ -73,8 +75,10 @@ Worker::~Worker() {
   }
   // Everything was closed by the drain; run once more so close callbacks complete, then free.
   uv_run(&loop_, UV_RUN_NOWAIT);
+  prepared_.reset();
   current_.reset();
   access_log_.reset();
+  uv_run(&loop_, UV_RUN_NOWAIT);  // close callbacks of VM timers dropped just now
   uv_loop_close(&loop_);
   for (auto& s : sockets_)
     if (s.fd >= 0) ::close(s.fd);
@@ -85,12 +89,64 @@ void Worker::setGeneration(GenerationPtr gen) {
     accepted_counter_ = gen->metrics_owner->connectionsAccepted(ProxyMetrics::shardOf(id_));
     open_gauge_ = gen->metrics_owner->connectionsOpen(ProxyMetrics::shardOf(id_));
   }
-  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_, ProxyMetrics::shardOf(id_));
+  // At start, before the thread runs: a VM that cannot be prepared was already refused by
+  // validation, so a failure here (e.g. init_worker) is logged and the worker runs without it.
+  std::string err;
+  if (!prepareGeneration(gen, &err)) {
+    LOG_ERROR("worker %d: %s", id_, err.c_str());
+    prepared_ = std::make_shared<WorkerGeneration>(gen, &loop_, ProxyMetrics::shardOf(id_));
+  }
+  current_ = std::move(prepared_);
+  if (current_->vm) current_->vm->commit();
+  if (lua_) lua_->publish(current_->vm, current_->gen->id);
 }
 
-void Worker::swapGeneration(GenerationPtr gen) {
+bool Worker::prepareGeneration(const GenerationPtr& gen, std::string* err) {
+  auto wg = std::make_shared<WorkerGeneration>(gen, &loop_, ProxyMetrics::shardOf(id_));
+  const auto& lua = gen->config->lua;
+  if (lua && lua_) {
+    const auto* cur = current_ ? current_->gen->config->lua.get() : nullptr;
+    if (cur && current_->vm && cur->hash == lua->hash) {
+      wg->vm = current_->vm;  // unchanged policies and options: keep the running VM
+      wg->vm_reused = true;
+    } else {
+      std::vector<std::string> errors;
+      wg->vm = lua::WorkerVm::prepare(lua->bundle, lua->vm, lua_.get(), gen->lua_dicts, &errors);
+      if (!wg->vm) {
+        *err = "worker " + std::to_string(id_) + ": Lua VM not prepared:";
+        for (const auto& e : errors) *err += "\n" + e;
+        return false;
+      }
+    }
+  }
+  if (wg->vm) {
+    for (const auto& r : gen->config->routes) {
+      uint8_t m = 0;
+      if (wg->vm->routeHasPhase(r.name, lua::Phase::kAccess)) m |= kLuaAccess;
+      if (wg->vm->routeHasPhase(r.name, lua::Phase::kAggregate)) m |= kLuaAggregate;
+      if (wg->vm->routeHasPhase(r.name, lua::Phase::kLog)) m |= kLuaLog;
+      if (m) m |= kLuaAny;
+      wg->lua_route_phases.push_back(m);
+    }
+  }
+  prepared_ = std::move(wg);
+  return true;
+}
+
+void Worker::abortGeneration(const GenerationPtr& gen) {
+  if (prepared_ && prepared_->gen == gen) prepared_.reset();
+}
+
+void Worker::commitGeneration(const GenerationPtr& gen) {
+  if (!prepared_ || prepared_->gen != gen) return;
   auto old = current_;
-  current_ = std::make_shared<WorkerGeneration>(std::move(gen), &loop_, ProxyMetrics::shardOf(id_));
+  current_ = std::move(prepared_);
+  if (current_->vm && !current_->vm_reused) current_->vm->commit();
+  if (old && old->vm && old->vm != current_->vm && lua_) {
+    const auto& ls = current_->gen->config->lua;
+    lua_->retireVm(old->vm, ls ? ls->max_generations : 4, ls ? ls->retire_timeout : 60 * kSeconds);
+  }
+  if (lua_) lua_->publish(current_->vm, current_->gen->id);
   if (old) {
     for (auto& p : old->pools) p->retire();
     const auto& before = old->gen->config->access_log.target;
@@ -104,6 +160,15 @@ void Worker::swapGeneration(GenerationPtr gen) {
       }
     }
   }
+}
+
+void Worker::swapGeneration(GenerationPtr gen) {
+  std::string err;
+  if (!prepareGeneration(gen, &err)) {
+    LOG_ERROR("worker %d: %s; keeping the running generation", id_, err.c_str());
+    return;
+  }
+  commitGeneration(gen);
 }
 
 void Worker::reopenAccessLog() {
@@ -242,6 +307,7 @@ void Worker::maybeFinish() {
   if (current_)
     for (auto& p : current_->pools) p->closeIdle();
   if (access_log_) access_log_->stop();
+  if (lua_) lua_->close();
   if (on_shutdown) on_shutdown();
 }
 

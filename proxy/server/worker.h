@@ -15,6 +15,7 @@
 
 #include "proxy/log/access_log.h"
 #include "proxy/server/generation.h"
+#include "proxy/server/lua_phase.h"
 
 namespace sluice {
 
@@ -43,6 +44,13 @@ class Worker {
   // On this worker's thread: new requests use `gen`; requests in flight keep theirs. The old
   // pools retire (idle upstream connections close, busy ones close when their request ends).
   void swapGeneration(GenerationPtr gen);
+  // Reload's two-phase commit, each on this worker's thread: prepare builds everything that can
+  // fail (pools, the Lua VM with init_worker) and keeps it aside; commit swaps it in between
+  // events (cannot fail); abort drops it. False + *err when prepare failed.
+  bool prepareGeneration(const GenerationPtr& gen, std::string* err);
+  void commitGeneration(const GenerationPtr& gen);
+  void abortGeneration(const GenerationPtr& gen);
+  LuaWorkerRuntime* lua() { return lua_.get(); }
   bool setupAccessLog(const std::string& target, std::string* err);
   // SIGUSR1 (logrotate): close and reopen the access log file. On this worker's thread.
   void reopenAccessLog();
@@ -98,7 +106,9 @@ class Worker {
   std::thread thread_;
   std::vector<BoundSocket> sockets_;
   std::vector<std::unique_ptr<Listener>> listeners_;
+  std::unique_ptr<LuaWorkerRuntime> lua_;  // before current_: VMs call it when destroyed
   WorkerGenerationPtr current_;
+  WorkerGenerationPtr prepared_;  // between prepareGeneration and commit/abort
   std::unique_ptr<AccessLog> access_log_;
   std::unordered_set<ClientConnection*> connections_;
   std::mutex posted_mu_;
