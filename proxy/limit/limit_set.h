@@ -112,6 +112,8 @@ class LimitSet {
 // "Mozilla/5.0 (X11) Chrome/120.0.6099.71" -> "mozilla/#.# (x##) chrome/#.#.#.#": one bucket per
 // client family rather than per patch version, so rotating version strings buys nothing.
 void normaliseUserAgent(std::string_view ua, std::string* out);
+// hash64 of the normalised UA, through a per-thread cache keyed by the raw bytes' hash.
+uint64_t userAgentKey(std::string_view ua);
 
 // ^/(?:api/)?items?/([^/?]+) by hand: the default item source, matched per request by every
 // item rule and by hot-item detection (RE2 cost ~800 instructions a match here).

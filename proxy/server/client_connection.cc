@@ -316,6 +316,8 @@ int ClientConnection::onHeadersComplete() {
                            requests_on_connection_ < cfg.client.max_requests_per_connection;
 
   ex_->phase = Phase::kIdentify;
+  // One clock reading for the decisions made on the head (hot items, limits, cache).
+  ex_->head_ns = SteadyClock::monotonicNanos();
   identify();
   if (closing_) return -1;
 
@@ -470,7 +472,7 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
   auto& limits = *ex_->gen->gen->limits;
   const auto& cfg = *ex_->gen->gen->config;
   const auto& h = parser_.head();
-  Nanos now = SteadyClock::monotonicNanos();
+  Nanos now = ex_->head_ns;
   limiter::RateRuleCheck rate[limiter::kMaxRateRules];
   int rate_rule[limiter::kMaxRateRules];
   size_t nr = 0;
@@ -652,7 +654,7 @@ void ClientConnection::recordHotItem() {
   ex_->item_value = item;  // a view into the request head: the limit phase reuses it
   // Item ids are short; a hostile 8 KB one is truncated inside the sketch's candidate list.
   ex_->item_hash = hash64(item);
-  ex_->item_hot = sketch->record(item, ex_->item_hash, SteadyClock::monotonicNanos());
+  ex_->item_hot = sketch->record(item, ex_->item_hash, ex_->head_ns);
 }
 
 void ClientConnection::releaseBreakers() {

@@ -39,6 +39,7 @@ struct Exchange {
   WorkerGenerationPtr gen;
   Phase phase = Phase::kRead;
   Nanos start_ns = 0;
+  Nanos head_ns = 0;  // when the request head was complete (limits, hot items)
   int64_t start_wall_us = 0;
   std::string request_id;
   bool request_id_generated = false;

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/hash.h"
 #include "core/ip.h"
 #include "proxy/config/config_loader.h"
 #include "proxy/http/header_map.h"
@@ -456,6 +457,23 @@ TEST_CASE("limit set: UA normalisation folds case and digit runs in one pass", "
   CHECK(out == "#");
   normaliseUserAgent("\xC3\x89[]@`{", &out);  // bytes outside A-Z are kept as they are
   CHECK(out == "\xC3\x89[]@`{");
+}
+
+}  // namespace
+}  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST_CASE("limit set: the cached UA key equals the key of the normalised UA", "[limit_set]") {
+  std::string norm;
+  for (const char* ua : {"Mozilla/5.0 (X11) Chrome/120.0.6099.71", "MOZILLA/4.1 (x11) chrome/1.2.3.4", "", "curl/8.1"}) {
+    normaliseUserAgent(ua, &norm);
+    CHECK(userAgentKey(ua) == hash64(norm));
+    CHECK(userAgentKey(ua) == hash64(norm));  // second call: from the cache
+  }
+  CHECK(userAgentKey("Chrome/120.0") == userAgentKey("chrome/121.1"));
+  CHECK(userAgentKey("Chrome/120.0") != userAgentKey("Firefox/120.0"));
 }
 
 }  // namespace
