@@ -631,7 +631,7 @@ void LuaWorkerRuntime::cancelTimer(lua::OperationId id) {
 
 void LuaWorkerRuntime::log(LogLevel level, std::string_view message) {
   if (static_cast<int>(level) < static_cast<int>(log::level())) return;
-  log::write(level, "lua: %.*s", static_cast<int>(message.size()), message.data());
+  log::write(level, "%.*s", static_cast<int>(message.size()), message.data());
 }
 
 void LuaWorkerRuntime::close() {
