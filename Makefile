@@ -17,8 +17,10 @@ build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
 # Starts the demo storefront on 127.0.0.1:9080 and sluice on 127.0.0.1:8080 (admin 9901).
+# `make run CONF=conf/flash-sale.yaml`: the sale-night config (limits, risk, cache, switches).
+CONF ?= conf/sluice.yaml
 run: build
-	@scripts/run-demo $(BUILD_DIR)
+	@scripts/run-demo $(BUILD_DIR) $(CONF)
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900

@@ -13,6 +13,7 @@
 #include "proxy/router/router.h"
 #include "proxy/server/controls.h"
 #include "proxy/server/proxy_metrics.h"
+#include "proxy/server/risk_phase.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
 
@@ -334,6 +335,11 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/cache" && read) return json(200, cacheJson(server));
   if (path == "/cache/purge" && head.method == HTTP_POST) return cachePurge(server, body);
   if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));
+  if (path == "/risk" && read) return json(200, RiskPhase::statusJson(cfg));
+  if (path == "/risk/explain" && read) {
+    auto [status, body] = RiskPhase::explain(cfg, query);
+    return json(status, body);
+  }
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
   if ((path == "/dashboard" || path == "/") && read) return dashboardPage();
   if (path == "/metrics" && read && server->metrics()) {

@@ -20,6 +20,7 @@ class RE2;
 
 namespace sluice {
 
+struct RiskSettings;  // proxy/config/risk_settings.h: the `risk:` section and its RiskPolicy
 struct LuaSettings;  // proxy/config/lua_config.h: the `lua:` section and its validated bundle
 
 struct ListenerConfig {
@@ -181,6 +182,11 @@ struct RouteConfig {
   std::vector<int> degrade_switches;              // indexes into Config::degrade_switches
   std::vector<std::string> limit_names;  // rule ids, in the order written
   std::vector<int> limits;                // indexes into Config::limit_rules
+  // Risk phase (`risk: {profile, class}` or `risk: off`): the ladder profile ("" = default) and
+  // the route class the behaviour tracker sees (risk::RouteClass; page unless configured).
+  bool risk_enabled = true;
+  std::string risk_profile;
+  uint8_t risk_class = 1;  // risk::RouteClass::kPageView
 };
 
 // Limit rules (docs/limiting.md). A rule's key is one part or several (a composite key such as
@@ -323,6 +329,8 @@ struct Config {
   CacheConfig cache;
   std::vector<DegradeSwitchConfig> degrade_switches;
   std::string pid_file;  // written at start, removed at exit; `sluice -s` signals through it
+  // Scalper risk scoring (`risk:`); null when the section is absent or `enabled: false`.
+  std::shared_ptr<const RiskSettings> risk;
   // Lua policies (`lua:` + routes' `policies:`), validated at load; null when there are none.
   std::shared_ptr<const LuaSettings> lua;
 

@@ -47,7 +47,7 @@ void Loader::load(const Node& root, Config& cfg) {
   Mapping top = mapping(root, "",
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
-                         "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file",
+                         "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file", "risk",
                          "lua"});
   if (!top.valid) return;
 
@@ -83,6 +83,7 @@ void Loader::load(const Node& root, Config& cfg) {
   if (auto n = top.get("jwt")) loadJwt(*n, cfg);
   if (auto n = top.get("cache")) loadCache(*n, cfg);
   if (auto n = top.get("limits")) loadLimits(*n, cfg);
+  if (auto n = top.get("risk")) loadRisk(*n, cfg);
   if (auto n = top.get("routes")) loadRoutes(*n, cfg);
   resolveRouteLimits(cfg);
   if (auto n = top.get("degrade_switches")) loadDegradeSwitches(*n, cfg);
@@ -952,9 +953,10 @@ void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   Mapping m = mapping(n, path,
                       {"name", "match", "upstream", "connect_timeout", "send_timeout",
                        "read_timeout", "max_body_size", "direct_response", "limits", "priority",
-                       "cache", "policies", "aggregate"});
+                       "cache", "policies", "aggregate", "risk"});
   if (!m.valid) return;
   if (auto v = m.get("cache")) loadRouteCache(*v, m.child("cache"), r);
+  if (auto v = m.get("risk")) loadRouteRisk(*v, m.child("risk"), r);
   if (auto v = m.get("priority")) {
     std::string pr;
     if (readEnum(*v, m.child("priority"), {"low", "normal", "high", "critical"}, &pr))

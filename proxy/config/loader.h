@@ -437,6 +437,11 @@ class Loader {
   bool loadLimitRule(const Node& n, const std::string& path, LimitRuleConfig& rule);
   bool loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPart* part);
   void resolveRouteLimits(Config& cfg);
+  // Risk (risk_section.cc): the `risk:` section -> RiskSettings + RiskPolicy (before routes, so
+  // a route's `risk: {profile: x}` is checked against the profiles), and a route's `risk:`.
+  void loadRisk(const Node& n, Config& cfg);
+  void loadRouteRisk(const Node& n, const std::string& path, RouteConfig& r);
+  bool readSecret(const Mapping& m, const std::string& what, std::string* out, std::string* source);
   // Lua (lua_section.cc): a route's `policies:` / `aggregate:` are collected while routes load,
   // then the `lua:` section builds and validates the policy bundle (file:line errors here too).
   void loadRouteLua(const Mapping& m, const std::string& path, RouteConfig& r);
@@ -450,6 +455,9 @@ class Loader {
   std::vector<std::string> limit_ids_;
   // Listener addresses, to refuse an admin listener on the same socket.
   std::vector<std::pair<IpAddress, uint16_t>> listener_addrs_;
+  // Profile names of the `risk:` section (loaded before routes); empty when risk is off.
+  std::vector<std::string> risk_profiles_;
+  bool risk_on_ = false;
   // Routes' Lua attachments, by route, until loadLua() puts them into the bundle.
   struct LuaRouteAttachment {
     std::string route;

@@ -329,6 +329,8 @@ int ClientConnection::onHeadersComplete() {
     return 0;
   }
 
+  // The risk unit's own endpoints (/.sluice/pow, /verify) are answered whatever the routes say.
+  if (RiskPhase::endpoint(*this) != PhaseResult::kContinue) return closing_ ? -1 : 0;
   if (ex_->route < 0) {
     respondError(404, "no route", false);
     return closing_ ? -1 : 0;
@@ -742,6 +744,8 @@ int ClientConnection::onMessageComplete() {
   if (admin_ && !ex_->response_started) {
     LocalResponse r = handleAdminRequest(worker_->server(), parser_.head(), ex_->body_buffer);
     respondLocal(r, false);
+  } else if (!ex_->response_started && ex_->risk && RiskPhase::requestComplete(*this)) {
+    // answered by the risk unit's endpoint
   } else if (!ex_->response_started && ex_->pool) {
     if (ex_->request_chunked) forwardBody(nullptr, 0);  // the last chunk
     ex_->request_body_sent_all = true;

@@ -11,6 +11,7 @@
 #include "core/clock.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/server/lua_phase.h"
+#include "proxy/server/risk_phase.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
 
@@ -66,7 +67,10 @@ ProxyMetrics::ProxyMetrics(size_t data_workers, Server* server)
                 .gauge("sluice_client_connections_open",
                        "Client connections open on the proxy listeners.")
                 .with({})) {
-  if (server) addServerFamilies(server);
+  if (server) {
+    addServerFamilies(server);
+    RiskPhase::registerMetrics(registry_);  // sluice_risk_*: process-wide, like the risk tables
+  }
 }
 
 std::vector<WorkerMetrics> ProxyMetrics::bind(const Config& cfg) {

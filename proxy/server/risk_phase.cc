@@ -1,11 +1,695 @@
 #include "proxy/server/risk_phase.h"
 
+#include <array>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/metrics.h"
+#include "core/strings.h"
+#include "proxy/config/risk_settings.h"
+#include "proxy/router/router.h"
 #include "proxy/server/client_connection.h"
+#include "proxy/server/proxy_metrics.h"
+#include "proxy/server/worker.h"
+#include "proxy/upstream/balance_key.h"
+#include "risk/risk_engine.h"
 
 namespace sluice {
 
-// Stubs until the risk issue wires risk/ in: every request continues.
-PhaseResult RiskPhase::run(ClientConnection&, const RouteConfig&) { return PhaseResult::kContinue; }
-void RiskPhase::log(ClientConnection&) {}
+// Per request, in Exchange::risk.
+struct RiskExchangeState {
+  enum class Endpoint : uint8_t { kNone, kPow, kVerify };
+  Endpoint endpoint = Endpoint::kNone;
+  bool evaluated = false;
+  bool answered = false;  // this phase answered (challenge / block)
+  uint8_t route_class = 0;
+  std::string device;
+  std::string member;
+};
+
+namespace {
+
+using risk::RiskAction;
+
+constexpr int kLevelSlots = 17;  // level 0 (none) .. 16
+enum DecisionIndex { kDecAllow, kDecChallenge, kDecBlock, kDecWouldChallenge, kDecWouldBlock, kDecCount };
+const char* const kDecisionNames[kDecCount] = {"allow", "challenge", "block", "monitor_challenge",
+                                               "monitor_block"};
+enum ChallengeResult { kIssued, kPassed, kFailed, kResultCount };
+const char* const kResultNames[kResultCount] = {"issued", "passed", "failed"};
+
+// The last decision's score and top signals per entity, for GET /risk/explain: a lossy,
+// direct-mapped cache (the behaviour tables keep the decaying score, not the why).
+struct ExplainSlot {
+  uint64_t key = 0;
+  int score = 0;
+  int request_score = 0;
+  int64_t wall = 0;
+  char action[24] = {};
+  char top[160] = {};
+};
+constexpr size_t kExplainSlots = 8192;
+constexpr size_t kExplainLocks = 32;
+
+struct Runtime {
+  std::once_flag once;
+  std::unique_ptr<risk::RiskEngine> engine;
+  size_t behaviour_memory = 0;
+  size_t spent_memory = 0;
+
+  std::atomic<const MetricsRegistry*> registry{nullptr};
+  Histogram score;
+  std::atomic<uint64_t> decisions[kDecCount][kLevelSlots] = {};
+  std::atomic<uint64_t> challenges[kLevelSlots][kResultCount] = {};
+  std::mutex names_mu;
+  std::vector<std::string> level_names;
+  std::atomic<const void*> names_of{nullptr};
+
+  std::mutex explain_mu[kExplainLocks];
+  std::vector<ExplainSlot> explain[risk::kEntityKinds];
+  Runtime() {
+    for (auto& e : explain) e.resize(kExplainSlots);
+  }
+};
+
+Runtime& runtime() {
+  static Runtime* r = new Runtime;  // process-wide, never destroyed (workers may outlive main)
+  return *r;
+}
+
+risk::RiskEngine& engineFor(const RiskSettings& s) {
+  Runtime& rt = runtime();
+  std::call_once(rt.once, [&] {
+    risk::RiskStateOptions o;
+    o.behaviourMemoryPerKind = s.behaviour_memory;
+    o.spentMemory = s.spent_memory;
+    rt.behaviour_memory = s.behaviour_memory;
+    rt.spent_memory = s.spent_memory;
+    rt.engine = std::make_unique<risk::RiskEngine>(o);
+  });
+  if (rt.names_of.load(std::memory_order_relaxed) != s.policy.get()) {
+    std::lock_guard<std::mutex> lk(rt.names_mu);
+    rt.level_names = s.policy->levelNames;
+    rt.names_of.store(s.policy.get(), std::memory_order_relaxed);
+  }
+  return *rt.engine;
+}
+
+void count(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+bool ieq(std::string_view a, std::string_view b) { return equalsIgnoreCase(a, b); }
+
+// Headers a trusted hop adds: not the client's, so not part of its header-order fingerprint.
+bool hopHeader(std::string_view name) {
+  return ieq(name, "x-forwarded-for") || ieq(name, "x-forwarded-proto") ||
+         ieq(name, "x-forwarded-host") || ieq(name, "x-real-ip") || ieq(name, "forwarded") ||
+         ieq(name, "via");
+}
+
+// The item id in /item/{id}, /items/{id}, /api/item(s)/{id}/... (the limiter's default pattern).
+std::string_view itemIdOf(std::string_view path) {
+  if (path.rfind("/api/", 0) == 0) path.remove_prefix(4);
+  if (path.rfind("/items/", 0) == 0) path.remove_prefix(7);
+  else if (path.rfind("/item/", 0) == 0) path.remove_prefix(6);
+  else return {};
+  size_t end = path.find('/');
+  return path.substr(0, end);
+}
+
+std::string percentDecode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < s.size(); i++) {
+    if (s[i] == '+') out.push_back(' ');
+    else if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+std::string urlEncode(std::string_view s) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '_' || c == '.' || c == '~' || c == '/') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// The RiskRequest view of the connection's current request (thread-local scratch: its header
+// vector keeps its capacity, so scoring allocates nothing per request).
+risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettings& s,
+                                           uint8_t route_class, std::string_view profile) {
+  {
+    thread_local risk::RiskRequest r;
+    auto& h = c.parser_.head();
+    const Config& cfg = *c.ex_->gen->gen->config;
+    const bool trusted_peer = !cfg.trusted_proxies.empty() && cfg.trusted_proxies.contains(c.peer_ip_);
+    r.method = h.method_name;
+    r.httpMajor = static_cast<uint8_t>(h.version_major);
+    r.httpMinor = static_cast<uint8_t>(h.version_minor);
+    splitTarget(h.target, &r.path, &r.query);
+    r.headers.clear();
+    r.tlsFingerprint = {};
+    r.deviceId = r.memberId = r.addressHash = {};
+    const std::string& tls = s.tls_fingerprint_header;
+    for (size_t i = 0; i < h.headers.size(); i++) {
+      if (h.headers.removed(i)) continue;
+      std::string_view name = h.headers.name(i);
+      if (!tls.empty() && ieq(name, tls)) {
+        // Honoured only from a trusted terminator; anyone else's copy is dropped (never forwarded).
+        if (trusted_peer) {
+          if (r.tlsFingerprint.empty()) r.tlsFingerprint = h.headers.value(i);
+        } else {
+          h.headers.remove(i);
+        }
+        continue;
+      }
+      if (trusted_peer && hopHeader(name)) continue;
+      r.headers.emplace_back(name, h.headers.value(i));
+    }
+    r.clientIp = c.ex_->client_ip;
+    if (!s.member_cookie.empty()) r.memberId = risk::RiskEngine::findCookie(r, s.member_cookie);
+    if (!s.device_cookie.empty()) r.deviceId = risk::RiskEngine::findCookie(r, s.device_cookie);
+    if (r.deviceId.empty() && !s.device_header.empty()) r.deviceId = r.header(s.device_header);
+    if (!s.address_header.empty()) r.addressHash = r.header(s.address_header);
+    // Ids are opaque tokens; a hostile 8 KB one is cut rather than hashed and stored whole.
+    if (r.memberId.size() > 256) r.memberId = r.memberId.substr(0, 256);
+    if (r.deviceId.size() > 256) r.deviceId = r.deviceId.substr(0, 256);
+    r.routeClass = static_cast<risk::RouteClass>(route_class);
+    r.itemId = (r.routeClass == risk::RouteClass::kItemDetail ||
+                r.routeClass == risk::RouteClass::kCheckout)
+                   ? itemIdOf(r.path)
+                   : std::string_view();
+    r.profile = profile;
+    r.wallSeconds = c.ex_->start_wall_us / 1000000;
+    r.extraSignals.clear();
+    return r;
+  }
+}
+
+namespace {
+
+void rememberForExplain(const risk::RiskRequest& r, const risk::RiskDecision& d,
+                        const char* action) {
+  if (d.requestScore == 0 && d.score == 0) return;
+  Runtime& rt = runtime();
+  char top[160];
+  size_t n = 0;
+  top[0] = 0;
+  for (int i = 0; i < d.topCount && n + 40 < sizeof(top); i++) {
+    int w = snprintf(top + n, sizeof(top) - n, "%s%.*s:%d", i ? "," : "",
+                     static_cast<int>(std::min<size_t>(d.top[i].name.size(), 32)),
+                     d.top[i].name.data(), d.top[i].points);
+    if (w < 0) break;
+    n += static_cast<size_t>(w);
+  }
+  uint64_t keys[risk::kEntityKinds] = {risk::RiskEngine::ipKey(r.clientIp),
+                                       risk::RiskEngine::deviceKey(r.deviceId),
+                                       risk::RiskEngine::memberKey(r.memberId)};
+  for (int k = 0; k < risk::kEntityKinds; k++) {
+    if (keys[k] == 0) continue;
+    size_t slot = (keys[k] * 0x9E3779B97F4A7C15ULL) >> 51;  // 13 bits
+    std::lock_guard<std::mutex> lk(rt.explain_mu[slot % kExplainLocks]);
+    ExplainSlot& e = rt.explain[k][slot];
+    e.key = keys[k];
+    e.score = d.score;
+    e.request_score = d.requestScore;
+    e.wall = r.wallSeconds;
+    snprintf(e.action, sizeof(e.action), "%s", action);
+    memcpy(e.top, top, sizeof(top));
+  }
+}
+
+std::string cookieHeader(const RiskSettings& s, const std::string& token) {
+  const auto& t = s.policy->config.tokens;
+  return t.cookie + "=" + token + "; Path=/; Max-Age=" + std::to_string(t.ttl / kSeconds) +
+         "; HttpOnly; SameSite=Lax";
+}
+
+}  // namespace
+
+PhaseResult RiskPhase::endpoint(ClientConnection& c) {
+  const Config& cfg = *c.ex_->gen->gen->config;
+  if (!cfg.risk) return PhaseResult::kContinue;
+  const RiskSettings& s = *cfg.risk;
+  auto& h = c.parser_.head();
+  std::string_view path, query;
+  splitTarget(h.target, &path, &query);
+  const std::string& prefix = s.endpoint_prefix;
+  if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0 ||
+      path[prefix.size()] != '/')
+    return PhaseResult::kContinue;
+  std::string_view sub = path.substr(prefix.size() + 1);
+  LocalResponse r;
+  r.content_type = "application/json";
+  r.headers.emplace_back("Cache-Control", "no-store");
+  RiskExchangeState::Endpoint kind = sub == "pow"      ? RiskExchangeState::Endpoint::kPow
+                                     : sub == "verify" ? RiskExchangeState::Endpoint::kVerify
+                                                       : RiskExchangeState::Endpoint::kNone;
+  if (kind == RiskExchangeState::Endpoint::kNone) {
+    r.status = 404;
+    r.body = "{\"error\":\"no such endpoint\"}";
+  } else if (h.method != HTTP_POST) {
+    r.status = 405;
+    r.body = "{\"error\":\"POST only\"}";
+    r.headers.emplace_back("Allow", "POST");
+  } else if (h.chunked) {
+    r.status = 411;
+    r.body = "{\"error\":\"Content-Length required\"}";
+  } else if (h.content_length > 8192) {
+    r.status = 413;
+    r.body = "{\"error\":\"body too large\"}";
+  } else {
+    auto st = std::make_shared<RiskExchangeState>();
+    st->endpoint = kind;
+    c.ex_->risk = std::move(st);
+    return PhaseResult::kSuspended;  // requestComplete answers once the body is in
+  }
+  if (!c.ex_->decisions.empty()) c.ex_->decisions.push_back(',');
+  c.ex_->decisions.append("\"risk\":{\"endpoint\":\"refused\"}");
+  c.respondLocal(r, h.content_length > 8192 || h.chunked);
+  return PhaseResult::kAnswered;
+}
+
+bool RiskPhase::requestComplete(ClientConnection& c) {
+  if (!c.ex_->risk || c.ex_->risk->endpoint == RiskExchangeState::Endpoint::kNone) return false;
+  const Config& cfg = *c.ex_->gen->gen->config;
+  if (!cfg.risk) return false;
+  const RiskSettings& s = *cfg.risk;
+  const risk::RiskPolicy& policy = *s.policy;
+  risk::RiskEngine& engine = engineFor(s);
+  Runtime& rt = runtime();
+  const Nanos now = SteadyClock::monotonicNanos();
+  risk::RiskRequest& req = buildRequest(c, s, 0, {});
+  std::string_view body = c.ex_->body_buffer;
+  std::string_view v;
+  auto field = [&](std::string_view name) -> std::string {
+    return findQueryArg(body, name, &v) ? percentDecode(v) : std::string();
+  };
+
+  LocalResponse r;
+  r.content_type = "application/json";
+  r.headers.emplace_back("Cache-Control", "no-store");
+  std::string result;
+  risk::RedeemResult res;
+  if (c.ex_->risk->endpoint == RiskExchangeState::Endpoint::kPow) {
+    std::string ticket = field("ticket"), counter = field("counter");
+    res = engine.redeemProofOfWork(policy, req, ticket, counter, now);
+    result = risk::powStatusName(res.powStatus);
+    if (res.ok) {
+      r.status = 200;
+      r.body = "{\"ok\":true,\"level\":\"" + jsonEscape(policy.levelName(res.level)) + "\"}";
+      std::string ret = field("return");
+      if (!ret.empty()) {
+        // A form post without JavaScript: back to the page it came from (same-site paths only).
+        r.status = 303;
+        r.headers.emplace_back("Location", risk::safeReturnUrl(ret));
+      }
+    } else {
+      r.status = res.replayed ? 409 : res.powStatus == risk::PowStatus::kExpired ? 410 : 403;
+      r.body = "{\"ok\":false,\"error\":\"" + result + "\"}";
+    }
+    if (res.ok || res.powStatus == risk::PowStatus::kBadSolution) {
+      uint8_t lvl = res.level < kLevelSlots ? res.level : 0;
+      count(rt.challenges[lvl][res.ok ? kPassed : kFailed]);
+    }
+  } else {
+    std::string ticket = field("ticket"), level = field("level"), subject = field("subject"),
+                outcome = field("result");
+    std::string_view ts_text, sig;
+    auto& h = c.parser_.head();
+    h.headers.get("x-sluice-timestamp", &ts_text);
+    h.headers.get("x-sluice-signature", &sig);
+    int64_t ts = 0;
+    bool ts_ok = !ts_text.empty() && ts_text.size() <= 18;
+    for (char ch : ts_text) {
+      if (ch < '0' || ch > '9') ts_ok = false;
+      else ts = ts * 10 + (ch - '0');
+    }
+    if (!policy.verifierKey) {
+      r.status = 501;
+      result = "no_verifier_secret";
+      r.body = "{\"ok\":false,\"error\":\"no verifier secret is configured\"}";
+    } else if (!ts_ok || (outcome != "pass" && outcome != "fail") || ticket.empty()) {
+      r.status = 401;
+      result = "malformed";
+      r.body = "{\"ok\":false,\"error\":\"malformed\"}";
+    } else {
+      risk::VerifierReport rep;
+      rep.timestamp = ts;
+      rep.ticket = ticket;
+      rep.level = level;
+      rep.subject = subject;
+      rep.passed = outcome == "pass";
+      res = engine.redeemVerifierReport(policy, req, rep, trim(sig), now);
+      result = res.replayed ? "replayed" : risk::verifierStatusName(res.verifierStatus);
+      if (res.replayed) {
+        r.status = 409;
+      } else if (res.verifierStatus == risk::VerifierStatus::kStale) {
+        r.status = 408;
+      } else if (res.verifierStatus != risk::VerifierStatus::kOk) {
+        r.status = 401;
+      } else {
+        r.status = 200;
+      }
+      if (res.ok) {
+        r.body = "{\"ok\":true,\"level\":\"" + jsonEscape(policy.levelName(res.level)) + "\"}";
+      } else {
+        r.body = "{\"ok\":false,\"error\":\"" + result + "\"}";
+        if (r.status == 200) result = "fail";
+      }
+      if (res.verifierStatus == risk::VerifierStatus::kOk && !res.replayed) {
+        uint8_t lvl = res.level < kLevelSlots ? res.level : 0;
+        count(rt.challenges[lvl][res.ok ? kPassed : kFailed]);
+      }
+    }
+  }
+  if (res.ok) r.headers.emplace_back("Set-Cookie", cookieHeader(s, res.token));
+  if (!c.ex_->decisions.empty()) c.ex_->decisions.push_back(',');
+  c.ex_->decisions.append(std::string("\"risk\":{\"endpoint\":\"") +
+                          (c.ex_->risk->endpoint == RiskExchangeState::Endpoint::kPow ? "pow" : "verify") +
+                          "\",\"result\":\"" + jsonEscape(result) + "\"}");
+  c.respondLocal(r, false);
+  return true;
+}
+
+PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
+  const Config& cfg = *c.ex_->gen->gen->config;
+  if (!cfg.risk) return PhaseResult::kContinue;
+  const RiskSettings& s = *cfg.risk;
+  if (!route.risk_enabled) {
+    // Still never forward a TLS fingerprint an untrusted client made up.
+    if (!s.tls_fingerprint_header.empty() &&
+        !(cfg.trusted_proxies.contains(c.peer_ip_)))
+      c.parser_.head().headers.removeAll(s.tls_fingerprint_header);
+    return PhaseResult::kContinue;
+  }
+  const risk::RiskPolicy& policy = *s.policy;
+  risk::RiskEngine& engine = engineFor(s);
+  Runtime& rt = runtime();
+  risk::RiskRequest& req = buildRequest(c, s, route.risk_class, route.risk_profile);
+  const Nanos now = SteadyClock::monotonicNanos();
+  risk::RiskDecision d = engine.evaluate(policy, req, now);
+
+  auto st = std::make_shared<RiskExchangeState>();
+  st->evaluated = true;
+  st->route_class = route.risk_class;
+  st->device.assign(req.deviceId);
+  st->member.assign(req.memberId);
+
+  // Metrics.
+  if (rt.registry.load(std::memory_order_relaxed))
+    rt.score.observe(ProxyMetrics::shardOf(c.worker_->id()), d.score);
+  const uint8_t lvl = d.level < kLevelSlots ? d.level : 0;
+  const uint8_t wlvl = d.wouldLevel < kLevelSlots ? d.wouldLevel : 0;
+  int dec = d.action == RiskAction::kChallenge ? kDecChallenge
+            : d.action == RiskAction::kBlock   ? kDecBlock
+                                               : kDecAllow;
+  count(rt.decisions[dec][lvl]);
+  if (d.monitor && d.wouldAction != RiskAction::kAllow)
+    count(rt.decisions[d.wouldAction == RiskAction::kBlock ? kDecWouldBlock : kDecWouldChallenge][wlvl]);
+
+  // Access log: score, action/level, what monitor mode would have done, top signals.
+  std::string& log = c.ex_->decisions;
+  if (!log.empty()) log.push_back(',');
+  log.append("\"risk\":{\"score\":");
+  log.append(std::to_string(d.score));
+  log.append(",\"action\":\"");
+  log.append(risk::riskActionName(d.action));
+  log.push_back('"');
+  if (d.level) {
+    log.append(",\"level\":\"");
+    log.append(jsonEscape(d.levelName));
+    log.push_back('"');
+  }
+  if (d.monitor) {
+    log.append(",\"monitor\":true,\"would\":\"");
+    log.append(d.wouldAction == RiskAction::kChallenge ? jsonEscape(d.wouldLevelName)
+                                                       : risk::riskActionName(d.wouldAction));
+    log.push_back('"');
+  }
+  if (d.tokenStatus != risk::TokenStatus::kAbsent) {
+    log.append(",\"token\":\"");
+    log.append(risk::tokenStatusName(d.tokenStatus));
+    log.push_back('"');
+  }
+  if (d.topCount > 0) {
+    log.append(",\"top\":[");
+    for (int i = 0; i < d.topCount; i++) {
+      if (i) log.push_back(',');
+      log.push_back('"');
+      log.append(jsonEscape(d.top[i].name));
+      log.push_back(':');
+      log.append(std::to_string(d.top[i].points));
+      log.push_back('"');
+    }
+    log.push_back(']');
+  }
+  log.push_back('}');
+  const char* action_name = d.action == RiskAction::kChallenge ? "challenge"
+                            : d.action == RiskAction::kBlock   ? "block"
+                            : d.monitor && d.wouldAction != RiskAction::kAllow ? "monitor"
+                                                                               : "allow";
+  rememberForExplain(req, d, action_name);
+
+  if (d.action == RiskAction::kAllow) {
+    c.ex_->risk = std::move(st);
+    return PhaseResult::kContinue;
+  }
+  st->answered = true;
+  c.ex_->risk = std::move(st);
+
+  // Challenge or block: answered here. API/XHR callers get JSON, browsers a page.
+  auto& h = c.parser_.head();
+  std::string_view accept = h.headers.getOr("accept");
+  const bool wants_json = (accept.find("application/json") != std::string_view::npos &&
+                           accept.find("text/html") == std::string_view::npos) ||
+                          h.headers.count("x-requested-with") > 0 ||
+                          route.risk_class == static_cast<uint8_t>(risk::RouteClass::kApi);
+  LocalResponse r;
+  r.headers.emplace_back("Cache-Control", "no-store");
+  if (d.action == RiskAction::kBlock) {
+    r.status = 403;
+    if (wants_json) {
+      r.content_type = "application/json";
+      r.body = "{\"error\":\"blocked\"}";
+    } else {
+      r.body = "Forbidden\n";
+    }
+    c.respondLocal(r, false);
+    return PhaseResult::kAnswered;
+  }
+  count(rt.challenges[lvl][kIssued]);
+  const std::string verify_url = s.endpoint_prefix + (d.powDifficulty > 0 ? "/pow" : "/verify");
+  if (!wants_json && d.powDifficulty > 0 && policy.tickets) {
+    risk::ChallengeTicket t;
+    policy.tickets->open(d.ticket, nullptr, req.wallSeconds, &t);
+    r.status = s.challenge_status;
+    r.content_type = "text/html; charset=utf-8";
+    r.body = risk::proofOfWorkPage(d.ticket, t, verify_url, risk::safeReturnUrl(h.target));
+    r.headers.emplace_back("Content-Security-Policy",
+                           "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                           "'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'");
+  } else if (!wants_json && !s.challenge_url.empty()) {
+    r.status = 302;
+    r.body.clear();
+    std::string loc = s.challenge_url;
+    loc += loc.find('?') == std::string::npos ? '?' : '&';
+    loc += "return=" + urlEncode(risk::safeReturnUrl(h.target)) + "&level=" +
+           urlEncode(d.levelName) + "&ticket=" + d.ticket;
+    r.headers.emplace_back("Location", loc);
+  } else {
+    r.status = s.challenge_status;
+    r.content_type = "application/json";
+    r.body = "{\"challenge\":\"" + jsonEscape(d.levelName) + "\",\"ticket\":\"" + d.ticket +
+             "\",\"verify_url\":\"" + jsonEscape(verify_url) + "\"";
+    if (d.powDifficulty > 0) r.body += ",\"difficulty\":" + std::to_string(d.powDifficulty);
+    r.body += "}";
+  }
+  c.respondLocal(r, false);
+  return PhaseResult::kAnswered;
+}
+
+void RiskPhase::log(ClientConnection& c) {
+  auto* st = c.ex_->risk.get();
+  if (!st || !st->evaluated || st->answered) return;
+  // Only a refused checkout/API call (401/403 from the storefront) changes state.
+  if (c.ex_->status != 401 && c.ex_->status != 403) return;
+  const Config& cfg = *c.ex_->gen->gen->config;
+  if (!cfg.risk) return;
+  risk::RiskRequest r;
+  r.clientIp = c.ex_->client_ip;
+  r.deviceId = st->device;
+  r.memberId = st->member;
+  r.routeClass = static_cast<risk::RouteClass>(st->route_class);
+  engineFor(*cfg.risk).recordOutcome(*cfg.risk->policy, r, c.ex_->status,
+                                     SteadyClock::monotonicNanos());
+}
+
+std::pair<int, std::string> RiskPhase::explain(const Config& cfg, std::string_view query) {
+  if (!cfg.risk) return {404, "{\"error\":\"risk is not enabled\"}"};
+  const RiskSettings& s = *cfg.risk;
+  risk::RiskEngine& engine = engineFor(s);
+  std::string_view v;
+  risk::EntityKind kind;
+  uint64_t key = 0;
+  std::string id, kind_name;
+  if (findQueryArg(query, "ip", &v)) {
+    id = percentDecode(v);
+    IpAddress ip;
+    if (!IpAddress::parse(id, &ip)) return {400, "{\"error\":\"ip= is not an IP address\"}"};
+    kind = risk::EntityKind::kIp;
+    key = risk::RiskEngine::ipKey(ip);
+    kind_name = "ip";
+  } else if (findQueryArg(query, "device", &v)) {
+    id = percentDecode(v);
+    kind = risk::EntityKind::kDevice;
+    key = risk::RiskEngine::deviceKey(id);
+    kind_name = "device";
+  } else if (findQueryArg(query, "member", &v)) {
+    id = percentDecode(v);
+    kind = risk::EntityKind::kMember;
+    key = risk::RiskEngine::memberKey(id);
+    kind_name = "member";
+  } else {
+    return {400, "{\"error\":\"give one of ip=, device=, member=\"}"};
+  }
+  if (key == 0) return {400, "{\"error\":\"empty id\"}"};
+  std::string out = "{\"" + kind_name + "\":\"" + jsonEscape(id) + "\"";
+  risk::EntityState es;
+  const Nanos now = SteadyClock::monotonicNanos();
+  const auto& pc = s.policy->config;
+  if (engine.behaviour().read(kind, key, &es) && es.lastSeenMs != 0) {
+    float decayed = risk::BehaviourTracker::decay(es.score, es.scoreAt, risk::secondsTick(now),
+                                                  pc.scoreHalfLife);
+    char buf[256];
+    snprintf(buf, sizeof(buf),
+             ",\"known\":true,\"score\":%d,\"seen_seconds_ago\":%lld,\"escalation\":%u,"
+             "\"attempts\":%u,\"failures\":%u,\"pending_level\":\"%s\"",
+             static_cast<int>(decayed),
+             static_cast<long long>((now / kMillis + 1 - static_cast<int64_t>(es.lastSeenMs)) / 1000),
+             es.ladder.escalation, es.ladder.attempts, es.ladder.failures,
+             jsonEscape(s.policy->levelName(es.ladder.pendingLevel)).c_str());
+    out += buf;
+  } else {
+    out += ",\"known\":false,\"score\":0";
+  }
+  Runtime& rt = runtime();
+  size_t slot = (key * 0x9E3779B97F4A7C15ULL) >> 51;
+  ExplainSlot e;
+  {
+    std::lock_guard<std::mutex> lk(rt.explain_mu[slot % kExplainLocks]);
+    e = rt.explain[static_cast<int>(kind)][slot];
+  }
+  if (e.key == key) {
+    out += ",\"last\":{\"score\":" + std::to_string(e.score) +
+           ",\"request_score\":" + std::to_string(e.request_score) + ",\"action\":\"" +
+           jsonEscape(e.action) + "\",\"unix\":" + std::to_string(e.wall) + ",\"top\":[";
+    std::string_view top = e.top;
+    bool first = true;
+    while (!top.empty()) {
+      size_t comma = top.find(',');
+      std::string_view one = top.substr(0, comma);
+      size_t colon = one.rfind(':');
+      if (colon != std::string_view::npos) {
+        if (!first) out += ",";
+        first = false;
+        out += "{\"signal\":\"" + jsonEscape(one.substr(0, colon)) + "\",\"points\":" +
+               std::string(one.substr(colon + 1)) + "}";
+      }
+      if (comma == std::string_view::npos) break;
+      top.remove_prefix(comma + 1);
+    }
+    out += "]}";
+  }
+  out += "}";
+  return {200, out};
+}
+
+std::string RiskPhase::statusJson(const Config& cfg) {
+  if (!cfg.risk) return "{\"enabled\":false}";
+  const RiskSettings& s = *cfg.risk;
+  const auto& pc = s.policy->config;
+  std::string out = "{\"enabled\":true,\"secret\":\"" + jsonEscape(s.secret_source) +
+                    "\",\"levels\":[";
+  for (size_t i = 0; i < s.policy->levelNames.size(); i++) {
+    if (i) out += ",";
+    out += "{\"name\":\"" + jsonEscape(s.policy->levelNames[i]) +
+           "\",\"pow_bits\":" + std::to_string(s.policy->levelDifficulty[i]) + "}";
+  }
+  out += "],\"profiles\":[";
+  for (size_t i = 0; i < pc.profiles.size(); i++) {
+    if (i) out += ",";
+    out += "{\"name\":\"" + jsonEscape(pc.profiles[i].name) +
+           "\",\"monitor\":" + (pc.profiles[i].monitor ? "true" : "false") + "}";
+  }
+  out += "],\"lists\":" + std::to_string(pc.lists.size()) +
+         ",\"geoip_databases\":" + std::to_string(s.policy->geoip.size()) +
+         ",\"endpoint_prefix\":\"" + jsonEscape(s.endpoint_prefix) + "\"}";
+  return out;
+}
+
+void RiskPhase::registerMetrics(MetricsRegistry& registry) {
+  Runtime& rt = runtime();
+  std::vector<double> bounds;
+  for (int b = 10; b <= 100; b += 10) bounds.push_back(b);
+  rt.score = registry
+                 .histogram("sluice_risk_score",
+                            "Risk score (0..100) of every request the risk phase scored.", {},
+                            bounds, 1.0)
+                 .with({});
+  rt.registry.store(&registry, std::memory_order_relaxed);
+  auto levelName = [&rt](int lvl) {
+    std::lock_guard<std::mutex> lk(rt.names_mu);
+    if (lvl == 0) return std::string("none");
+    return lvl <= static_cast<int>(rt.level_names.size()) ? rt.level_names[lvl - 1]
+                                                          : "level" + std::to_string(lvl);
+  };
+  registry.callback(
+      "sluice_risk_decisions_total",
+      "Risk phase decisions by action (allow, challenge, block; monitor_challenge and "
+      "monitor_block: what a monitor profile would have done) and challenge level.",
+      MetricType::kCounter, {"action", "level"}, [&rt, levelName](MetricSampleSink& sink) {
+        for (int a = 0; a < kDecCount; a++)
+          for (int l = 0; l < kLevelSlots; l++) {
+            uint64_t v = rt.decisions[a][l].load(std::memory_order_relaxed);
+            if (v || (l == 0 && a == kDecAllow)) sink.add({kDecisionNames[a], levelName(l)}, static_cast<double>(v));
+          }
+      });
+  registry.callback(
+      "sluice_risk_challenges_total",
+      "Challenges by level and result: issued (answered with a challenge), passed and failed "
+      "(proof-of-work solutions and verifier reports).",
+      MetricType::kCounter, {"level", "result"}, [&rt, levelName](MetricSampleSink& sink) {
+        for (int l = 0; l < kLevelSlots; l++)
+          for (int x = 0; x < kResultCount; x++) {
+            uint64_t v = rt.challenges[l][x].load(std::memory_order_relaxed);
+            if (v) sink.add({levelName(l), kResultNames[x]}, static_cast<double>(v));
+          }
+      });
+}
 
 }  // namespace sluice
