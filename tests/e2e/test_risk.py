@@ -87,7 +87,9 @@ def ticket_nonce_hex(ticket):
     return b[12:28].hex()
 
 
-def risk_section(monitor=False, extra=""):
+def risk_section(monitor=False, extra="", thresholds=None):
+    thresholds = thresholds or ("[{score: 30, action: pow}, {score: 50, action: slider}, "
+                                "{score: 70, action: sms}, {score: 90, action: block}]")
     return textwrap.dedent("""\
         trusted_proxies: [10.0.0.0/8]
         risk:
@@ -98,9 +100,8 @@ def risk_section(monitor=False, extra=""):
           profiles:
             - name: default
               monitor: %s
-              thresholds: [{score: 30, action: pow}, {score: 50, action: slider},
-                           {score: 70, action: sms}, {score: 90, action: block}]
-        """ % ("true" if monitor else "false")) + extra
+              thresholds: %s
+        """ % ("true" if monitor else "false", thresholds)) + extra
 
 
 ROUTES = textwrap.dedent("""\
@@ -138,11 +139,11 @@ class RiskCase(ProxyTestCase):
         with open(os.path.join(self.tmp, "verifier.key"), "w") as f:
             f.write(VERIFIER + "\n")
 
-    def start(self, monitor=False, extra=""):
+    def start(self, monitor=False, extra="", thresholds=None):
         self.write_secrets()
         self.demo = self.start_demo()
         return self.start_sluice(upstream_yaml("storefront", [self.demo.address]), ROUTES,
-                                 extra=risk_section(monitor, extra))
+                                 extra=risk_section(monitor, extra, thresholds))
 
 
 class TestRiskPhase(RiskCase):
@@ -388,6 +389,37 @@ class TestRiskConfig(ProxyTestCase):
                              "    - {name: default, thresholds: [{score: 30, action: captcha}]}\n")
         self.assertNotEqual(rc, 0)
         self.assertRegex(out, r"sluice\.yaml:\d+:\d+: risk\.profiles\[0\]\.thresholds\[0\]: unknown action 'captcha'")
+
+
+class TestRiskHeadlessChromium(RiskCase):
+    """Real headless Chromium (Debian chromium, DevTools protocol via tests/e2e/browser.py):
+    a protected page answers the proof-of-work interstitial, its JavaScript solves the ticket
+    with crypto.subtle (127.0.0.1 is a secure context), POSTs it to /.sluice/pow, gets the
+    pass-token cookie and reloads the page, which then loads."""
+
+    def test_pow_challenge_solved_in_browser(self):
+        from browser import Chromium, chromium_binary
+        if not chromium_binary():
+            self.skipTest("chromium is not installed (scripts/install-deps)")
+        # HeadlessChrome scores ua.headless: make that the proof-of-work level here.
+        s = self.start(thresholds="[{score: 20, action: pow}, {score: 100, action: block}]")
+        b = Chromium(self.tmp)
+        try:
+            b.navigate(s.url("/item/42"))
+            b.wait_for("location.pathname === '/item/42' && document.readyState === 'complete' && "
+                       "!document.body.innerText.includes('One moment')", timeout=60,
+                       message="the item page after the proof of work")
+            text = b.eval("document.body.innerText")
+            self.assertNotIn("check failed", text)
+        finally:
+            b.close()
+        log = log_for(s, lambda e: e.get("path") == "/item/42" and e.get("status") == 200)
+        self.assertEqual(log[-1]["risk"].get("token"), "valid")
+        challenged = [e for e in s.access_log() if e.get("path") == "/item/42"
+                      and e.get("risk", {}).get("action") == "challenge"]
+        self.assertTrue(challenged, "the first load was not challenged")
+        pow_posts = [e for e in s.access_log() if e.get("path") == "/.sluice/pow"]
+        self.assertTrue(pow_posts and pow_posts[-1]["status"] == 200, pow_posts)
 
 
 if __name__ == "__main__":
