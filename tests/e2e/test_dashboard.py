@@ -4,7 +4,7 @@ GET /dashboard on the admin listener is loaded in Debian's chromium, driven over
 protocol (tests/e2e/browser.py, standard library only). A background thread puts paced load on
 the proxy; the test reads the figures the page renders (not just that it loads): the QPS follows
 the load up, the rejections panel names the rule that refuses, the status mix shows the 429s,
-the hot item and the upstream appear, the risk panels say they are not wired yet. Then it uses
+the hot item, the upstream and the risk score distribution and funnel (monitor mode) appear. Then it uses
 the emergency switches as an operator would: without a token and with a wrong one (the page
 shows the error, nothing changes), then with the right one: the degrade switch turns on in the
 proxy (the route answers the degraded body) and a rule's mode changes. It ends with a
@@ -34,6 +34,11 @@ EXTRA = ("limits:\n"
          "    - {id: watch-ua, key: user_agent, rate: 10r/s, burst: 5, nodelay: true, action: shadow}\n"
          "degrade_switches:\n"
          "  - {name: recommendations, routes: [recs], body: '{\"items\":[],\"degraded\":true}'}\n")
+# The risk phase in monitor mode: every request is scored and what the profile would do counted,
+# nothing is refused (the load's client sends no browser headers: it scores high).
+RISK = ("risk:\n  master_secret_file: risk.key\n  verifier_secret_file: verifier.key\n"
+        "  profiles:\n    - name: default\n      monitor: true\n"
+        "      thresholds: [{score: 30, action: pow}, {score: 90, action: block}]\n")
 DEGRADED = {"items": [], "degraded": True}
 
 
@@ -118,8 +123,11 @@ class DashboardTest(ProxyTestCase):
         started = time.time()
         self.demo = self.start_demo(threads=2)
         self.port, self.admin_port = free_port(), free_port()
+        for name in ("risk.key", "verifier.key"):
+            with open(os.path.join(self.tmp, name), "w") as f:
+                f.write(name[0] * 48 + "\n")
         config = default_config(self.port, self.admin_port,
-                                upstream_yaml("storefront", [self.demo.address]), ROUTES, EXTRA)
+                                upstream_yaml("storefront", [self.demo.address]), ROUTES, EXTRA + RISK)
         self.s = self.start_sluice_text(config, self.port, self.admin_port)
         self.load = Load(self.port, rate=20)
         b = self.browser = Chromium(self.tmp)
@@ -171,9 +179,18 @@ class DashboardTest(ProxyTestCase):
                                 % self.demo.address), "healthy")
         b.wait_for("parseFloat(document.getElementById('cache-ratio').dataset.value) > 0",
                    message="a cache hit ratio")
-        # Risk panels: no sluice_risk_* families yet.
-        self.assertIn("not wired yet", b.eval("document.getElementById('risk').innerText"))
-        self.assertIn("not wired yet", b.eval("document.getElementById('funnel').innerText"))
+        # Risk panels: the score distribution sums to 1 over the scored requests, and the funnel
+        # counts them and what the monitor profile would have done.
+        scored = b.wait_for("(() => { const t = document.querySelector('#risk table[data-wired=\"true\"]');"
+                            " return t ? parseInt(t.dataset.scored) : 0; })()", message="scored requests")
+        self.assertGreater(scored, 10)
+        shares = b.eval("[...document.querySelectorAll('#risk tr[data-le]')].map(r => parseInt(r.dataset.count))")
+        self.assertEqual(sum(shares), scored)
+        stage = lambda name: b.eval("parseInt(document.querySelector('#funnel tr[data-stage=\"%s\"]').dataset.value)" % name)
+        self.assertGreater(stage("scored"), 10)
+        self.assertEqual(stage("blocked"), 0)  # monitor: nothing refused
+        self.assertGreater(b.eval("[...document.querySelectorAll('#funnel tr[data-stage^=\"would\"]')]"
+                                  ".reduce((n, r) => n + parseInt(r.dataset.value), 0)"), 0)
 
         # The degrade switch, as an operator: no token first, then a wrong one, then the right one.
         switch = "button[data-switch=\"recommendations\"]"
