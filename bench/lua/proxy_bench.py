@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
+    a.build = os.path.abspath(a.build)
     sluice_bin = os.path.join(a.build, "proxy", "sluice")
     demo_bin = os.path.join(a.build, "demo", "sluice-demo-storefront")
     tmp = tempfile.mkdtemp(prefix="sluice-lua-bench-")
@@ -85,7 +86,7 @@ def main():
     up = "    servers: [{ address: 127.0.0.1:%d }]\n    keepalive: { max_idle: 64 }\n" % demo_port
     cfg = ("workers: 1\nlisteners:\n  - address: 127.0.0.1:%d\n"
            "admin:\n  address: 127.0.0.1:%d\n  token: bench\nlog:\n  level: warn\n  access: off\n"
-           "lua:\n  policies_dir: policies\n"
+           "lua:\n  policies_dir: policies\n  time_budget: 1s\n"
            "upstreams:\n  storefront:\n%s  items:\n%s  prices:\n%s  stock:\n%s"
            "routes:\n"
            "  - name: page\n    match: { path: { regex: \"^/api/items/[^/]+/page$\" } }\n"
