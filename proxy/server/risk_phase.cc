@@ -1,5 +1,6 @@
 #include "proxy/server/risk_phase.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include "core/metrics.h"
 #include "core/strings.h"
 #include "proxy/config/risk_settings.h"
+#include "proxy/log/access_log.h"
 #include "proxy/router/router.h"
 #include "proxy/server/client_connection.h"
 #include "proxy/server/proxy_metrics.h"
@@ -19,15 +21,15 @@
 
 namespace sluice {
 
-// Per request, in Exchange::risk.
+// Per request, in Exchange::risk. Immutable: the few distinct states are shared constants, so a
+// scored request costs a reference count, not an allocation (the ids log() needs are read again
+// from the request head, which stays parsed until the exchange is logged).
 struct RiskExchangeState {
   enum class Endpoint : uint8_t { kNone, kPow, kVerify };
   Endpoint endpoint = Endpoint::kNone;
   bool evaluated = false;
   bool answered = false;  // this phase answered (challenge / block)
   uint8_t route_class = 0;
-  std::string device;
-  std::string member;
 };
 
 namespace {
@@ -43,15 +45,23 @@ const char* const kResultNames[kResultCount] = {"issued", "passed", "failed"};
 
 // The last decision's score and top signals per entity, for GET /risk/explain: a lossy,
 // direct-mapped cache (the behaviour tables keep the decaying score, not the why).
+struct ExplainTop {
+  char name[31] = {};
+  int8_t points = 0;
+};
 struct ExplainSlot {
   uint64_t key = 0;
-  int score = 0;
-  int request_score = 0;
+  int16_t score = 0;
+  int16_t request_score = 0;
+  uint8_t count = 0;
+  const char* action = "";
   int64_t wall = 0;
-  char action[24] = {};
-  char top[160] = {};
+  ExplainTop top[5];
 };
 constexpr size_t kExplainSlots = 8192;
+// Entities below this score are not worth explaining (and most traffic is): skipping them keeps
+// the cache for the interesting ones and its cost off the common path.
+constexpr int kExplainMinScore = 20;
 constexpr size_t kExplainLocks = 32;
 
 struct Runtime {
@@ -100,10 +110,39 @@ risk::RiskEngine& engineFor(const RiskSettings& s) {
 
 void count(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
+using StatePtr = std::shared_ptr<RiskExchangeState>;
+StatePtr makeState(RiskExchangeState::Endpoint e, bool evaluated, bool answered, uint8_t rc) {
+  auto st = std::make_shared<RiskExchangeState>();
+  st->endpoint = e;
+  st->evaluated = evaluated;
+  st->answered = answered;
+  st->route_class = rc;
+  return st;
+}
+// The shared states: [answered][route class], and the two endpoints.
+const StatePtr& scoredState(bool answered, uint8_t route_class) {
+  static const auto* table = [] {
+    auto* t = new std::array<std::array<StatePtr, 8>, 2>;
+    for (int a = 0; a < 2; a++)
+      for (uint8_t c = 0; c < 8; c++)
+        (*t)[a][c] = makeState(RiskExchangeState::Endpoint::kNone, true, a == 1, c);
+    return t;
+  }();
+  return (*table)[answered ? 1 : 0][route_class & 7];
+}
+const StatePtr& endpointState(RiskExchangeState::Endpoint e) {
+  static const StatePtr pow = makeState(RiskExchangeState::Endpoint::kPow, false, false, 0);
+  static const StatePtr verify = makeState(RiskExchangeState::Endpoint::kVerify, false, false, 0);
+  return e == RiskExchangeState::Endpoint::kPow ? pow : verify;
+}
+
 bool ieq(std::string_view a, std::string_view b) { return equalsIgnoreCase(a, b); }
 
 // Headers a trusted hop adds: not the client's, so not part of its header-order fingerprint.
 bool hopHeader(std::string_view name) {
+  if (name.size() < 3) return false;
+  const char c = static_cast<char>(name[0] | 0x20);
+  if (c != 'x' && c != 'f' && c != 'v') return false;
   return ieq(name, "x-forwarded-for") || ieq(name, "x-forwarded-proto") ||
          ieq(name, "x-forwarded-host") || ieq(name, "x-real-ip") || ieq(name, "forwarded") ||
          ieq(name, "via");
@@ -178,7 +217,7 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
     for (size_t i = 0; i < h.headers.size(); i++) {
       if (h.headers.removed(i)) continue;
       std::string_view name = h.headers.name(i);
-      if (!tls.empty() && ieq(name, tls)) {
+      if (!tls.empty() && name.size() == tls.size() && ieq(name, tls)) {
         // Honoured only from a trusted terminator; anyone else's copy is dropped (never forwarded).
         if (trusted_peer) {
           if (r.tlsFingerprint.empty()) r.tlsFingerprint = h.headers.value(i);
@@ -214,32 +253,28 @@ namespace {
 
 void rememberForExplain(const risk::RiskRequest& r, const risk::RiskDecision& d,
                         const char* action) {
-  if (d.requestScore == 0 && d.score == 0) return;
+  if (d.score < kExplainMinScore) return;
   Runtime& rt = runtime();
-  char top[160];
-  size_t n = 0;
-  top[0] = 0;
-  for (int i = 0; i < d.topCount && n + 40 < sizeof(top); i++) {
-    int w = snprintf(top + n, sizeof(top) - n, "%s%.*s:%d", i ? "," : "",
-                     static_cast<int>(std::min<size_t>(d.top[i].name.size(), 32)),
-                     d.top[i].name.data(), d.top[i].points);
-    if (w < 0) break;
-    n += static_cast<size_t>(w);
+  ExplainSlot e;
+  e.score = static_cast<int16_t>(d.score);
+  e.request_score = static_cast<int16_t>(d.requestScore);
+  e.action = action;
+  e.wall = r.wallSeconds;
+  e.count = static_cast<uint8_t>(std::min(d.topCount, 5));
+  for (int i = 0; i < e.count; i++) {
+    size_t n = std::min(d.top[i].name.size(), sizeof(e.top[i].name) - 1);
+    memcpy(e.top[i].name, d.top[i].name.data(), n);
+    e.top[i].points = static_cast<int8_t>(std::clamp(d.top[i].points, -100, 100));
   }
-  uint64_t keys[risk::kEntityKinds] = {risk::RiskEngine::ipKey(r.clientIp),
-                                       risk::RiskEngine::deviceKey(r.deviceId),
-                                       risk::RiskEngine::memberKey(r.memberId)};
+  const uint64_t keys[risk::kEntityKinds] = {risk::RiskEngine::ipKey(r.clientIp),
+                                             risk::RiskEngine::deviceKey(r.deviceId),
+                                             risk::RiskEngine::memberKey(r.memberId)};
   for (int k = 0; k < risk::kEntityKinds; k++) {
     if (keys[k] == 0) continue;
-    size_t slot = (keys[k] * 0x9E3779B97F4A7C15ULL) >> 51;  // 13 bits
-    std::lock_guard<std::mutex> lk(rt.explain_mu[slot % kExplainLocks]);
-    ExplainSlot& e = rt.explain[k][slot];
+    const size_t slot = (keys[k] * 0x9E3779B97F4A7C15ULL) >> 51;  // 13 bits
     e.key = keys[k];
-    e.score = d.score;
-    e.request_score = d.requestScore;
-    e.wall = r.wallSeconds;
-    snprintf(e.action, sizeof(e.action), "%s", action);
-    memcpy(e.top, top, sizeof(top));
+    std::lock_guard<std::mutex> lk(rt.explain_mu[slot % kExplainLocks]);
+    rt.explain[k][slot] = e;
   }
 }
 
@@ -283,9 +318,7 @@ PhaseResult RiskPhase::endpoint(ClientConnection& c) {
     r.status = 413;
     r.body = "{\"error\":\"body too large\"}";
   } else {
-    auto st = std::make_shared<RiskExchangeState>();
-    st->endpoint = kind;
-    c.ex_->risk = std::move(st);
+    c.ex_->risk = endpointState(kind);
     return PhaseResult::kSuspended;  // requestComplete answers once the body is in
   }
   if (!c.ex_->decisions.empty()) c.ex_->decisions.push_back(',');
@@ -414,11 +447,6 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   const Nanos now = SteadyClock::monotonicNanos();
   risk::RiskDecision d = engine.evaluate(policy, req, now);
 
-  auto st = std::make_shared<RiskExchangeState>();
-  st->evaluated = true;
-  st->route_class = route.risk_class;
-  st->device.assign(req.deviceId);
-  st->member.assign(req.memberId);
 
   // Metrics.
   if (rt.registry.load(std::memory_order_relaxed))
@@ -433,6 +461,7 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
     count(rt.decisions[d.wouldAction == RiskAction::kBlock ? kDecWouldBlock : kDecWouldChallenge][wlvl]);
 
   // Access log: score, action/level, what monitor mode would have done, top signals.
+  if (AccessLog* al = c.worker_->accessLog(); al && al->enabled()) {
   std::string& log = c.ex_->decisions;
   if (!log.empty()) log.push_back(',');
   log.append("\"risk\":{\"score\":");
@@ -469,6 +498,7 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
     log.push_back(']');
   }
   log.push_back('}');
+  }
   const char* action_name = d.action == RiskAction::kChallenge ? "challenge"
                             : d.action == RiskAction::kBlock   ? "block"
                             : d.monitor && d.wouldAction != RiskAction::kAllow ? "monitor"
@@ -476,11 +506,10 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   rememberForExplain(req, d, action_name);
 
   if (d.action == RiskAction::kAllow) {
-    c.ex_->risk = std::move(st);
+    c.ex_->risk = scoredState(false, route.risk_class);
     return PhaseResult::kContinue;
   }
-  st->answered = true;
-  c.ex_->risk = std::move(st);
+  c.ex_->risk = scoredState(true, route.risk_class);
 
   // Challenge or block: answered here. API/XHR callers get JSON, browsers a page.
   auto& h = c.parser_.head();
@@ -540,11 +569,8 @@ void RiskPhase::log(ClientConnection& c) {
   if (c.ex_->status != 401 && c.ex_->status != 403) return;
   const Config& cfg = *c.ex_->gen->gen->config;
   if (!cfg.risk) return;
-  risk::RiskRequest r;
-  r.clientIp = c.ex_->client_ip;
-  r.deviceId = st->device;
-  r.memberId = st->member;
-  r.routeClass = static_cast<risk::RouteClass>(st->route_class);
+  if (!c.parser_.headersDone()) return;
+  risk::RiskRequest& r = buildRequest(c, *cfg.risk, st->route_class, {});
   engineFor(*cfg.risk).recordOutcome(*cfg.risk->policy, r, c.ex_->status,
                                      SteadyClock::monotonicNanos());
 }
@@ -608,22 +634,14 @@ std::pair<int, std::string> RiskPhase::explain(const Config& cfg, std::string_vi
     out += ",\"last\":{\"score\":" + std::to_string(e.score) +
            ",\"request_score\":" + std::to_string(e.request_score) + ",\"action\":\"" +
            jsonEscape(e.action) + "\",\"unix\":" + std::to_string(e.wall) + ",\"top\":[";
-    std::string_view top = e.top;
-    bool first = true;
-    while (!top.empty()) {
-      size_t comma = top.find(',');
-      std::string_view one = top.substr(0, comma);
-      size_t colon = one.rfind(':');
-      if (colon != std::string_view::npos) {
-        if (!first) out += ",";
-        first = false;
-        out += "{\"signal\":\"" + jsonEscape(one.substr(0, colon)) + "\",\"points\":" +
-               std::string(one.substr(colon + 1)) + "}";
-      }
-      if (comma == std::string_view::npos) break;
-      top.remove_prefix(comma + 1);
+    for (int i = 0; i < e.count; i++) {
+      if (i) out += ",";
+      out += "{\"signal\":\"" + jsonEscape(e.top[i].name) + "\",\"points\":" +
+             std::to_string(e.top[i].points) + "}";
     }
     out += "]}";
+  } else {
+    out += ",\"last\":null";
   }
   out += "}";
   return {200, out};
