@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build run test bench bench-limits bench-cache install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
+.PHONY: all deps configure build run test bench bench-limits bench-risk bench-cache install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -37,6 +37,10 @@ install: build
 # limit_req / limit_conn, side by side (bench/limits, docs/benchmarks.md).
 bench-limits: build
 	@bench/limits $(BUILD_DIR)
+
+# Proxy CPU per request with the risk phase on vs the same config with risk off (bench/risk-e2e).
+bench-risk: build
+	@bench/risk-e2e $(BUILD_DIR)
 
 # The micro-cache under a hot-item storm: sluice's cache vs nginx proxy_cache microcaching, side by
 # side, with the upstream requests each lets through (bench/cache-storm, docs/benchmarks.md).
