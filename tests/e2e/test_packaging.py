@@ -18,12 +18,12 @@ class InstallTest(unittest.TestCase):
         r = subprocess.run(["cmake", "--install", build_dir, "--prefix", prefix],
                            capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        for rel in ("bin/sluice", "etc/sluice/sluice.yaml", "etc/sluice/policies/item_page.lua",
+        for rel in ("bin/sluice", "etc/sluice/conf/sluice.yaml", "etc/sluice/conf/policies/item_page.lua",
                     "share/doc/sluice/operations.md", "lib/systemd/system/sluice.service"):
             self.assertTrue(os.path.exists(os.path.join(prefix, rel)), rel)
         with open(os.path.join(prefix, "lib/systemd/system/sluice.service")) as f:
             unit = f.read()
-        self.assertIn("ExecStart=%s/bin/sluice -c %s/etc/sluice/sluice.yaml" % (prefix, prefix), unit)
+        self.assertIn("ExecStart=%s/bin/sluice -c %s/etc/sluice/conf/sluice.yaml" % (prefix, prefix), unit)
         self.assertIn("ExecReload=/bin/kill -HUP $MAINPID", unit)
         self.assertNotIn("/usr/local", unit)
         # The shipped config reads its admin token from a file the operator provides.
@@ -31,7 +31,7 @@ class InstallTest(unittest.TestCase):
         os.makedirs(os.path.join(etc, "conf"), exist_ok=True)
         with open(os.path.join(etc, "conf/admin.token"), "w") as f:
             f.write("installed-token\n")
-        r = subprocess.run([os.path.join(prefix, "bin/sluice"), "-t", "-c", "sluice.yaml"], cwd=etc,
+        r = subprocess.run([os.path.join(prefix, "bin/sluice"), "-t", "-c", "conf/sluice.yaml"], cwd=etc,
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         if shutil.which("systemd-analyze"):
