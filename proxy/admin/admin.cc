@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/strings.h"
 #include "proxy/admin/dashboard.h"
+#include "proxy/cluster/cluster_limits.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
 #include "proxy/server/controls.h"
@@ -340,6 +341,15 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
     auto [status, body] = RiskPhase::explain(cfg, query);
     return json(status, body);
   }
+  if (path.rfind("/sale/", 0) == 0 && (read || head.method == HTTP_POST)) {
+    // /sale/{item} (GET), /sale/{item}/quota and /sale/{item}/return (POST {"units": N}).
+    std::string_view rest = path.substr(6);
+    size_t slash = rest.find('/');
+    auto [status, out] = saleAdmin(cfg, !read, rest.substr(0, slash),
+                                   slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1), body);
+    return json(status, out);
+  }
+  if (path == "/cluster" && read) return json(200, ClusterPhase::statusJson());
   if (path == "/ready" && read) return json(200, "{\"ready\":true}");
   if ((path == "/dashboard" || path == "/") && read) return dashboardPage();
   if (path == "/metrics" && read && server->metrics()) {

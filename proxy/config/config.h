@@ -22,6 +22,8 @@ namespace sluice {
 
 struct RiskSettings;  // proxy/config/risk_settings.h: the `risk:` section and its RiskPolicy
 struct LuaSettings;  // proxy/config/lua_config.h: the `lua:` section and its validated bundle
+struct RedisSettings;   // proxy/config/redis_settings.h: the `redis:` section (cluster scope)
+struct SaleGateConfig;  // proxy/config/redis_settings.h: a route's `sale_gate:`
 
 struct ListenerConfig {
   std::string name;             // defaults to the address
@@ -187,6 +189,7 @@ struct RouteConfig {
   bool risk_enabled = true;
   std::string risk_profile;
   uint8_t risk_class = 1;  // risk::RouteClass::kPageView
+  std::shared_ptr<const SaleGateConfig> sale_gate;  // null: no flash-sale stock gate
 };
 
 // Limit rules (docs/limiting.md). A rule's key is one part or several (a composite key such as
@@ -280,6 +283,12 @@ struct LimitRuleConfig {
   // degrade: answer a GET with the route's last good cached response when it is at most this
   // old (`degrade_from_cache: 30s`); no entry -> the rule's body. 0 = never from the cache.
   Nanos degrade_from_cache = 0;
+  // Cluster scope (docs/cluster.md): the budget is shared by every instance through `redis:`.
+  bool cluster_scope = false;
+  bool cluster_exact = false;          // cluster_mode: exact (a round trip per request), else lease
+  Nanos sync_interval = 50 * kMillis;  // lease mode: background refill/report period
+  Nanos redis_timeout = 5 * kMillis;   // exact mode: the most a request waits on Redis
+  bool fail_closed = false;            // on_redis_down: fail_closed, else fail_open (local share)
 };
 
 // Automatic hot-item detection (limits.hot_items): a heavy-hitter sketch over a sliding window.
@@ -333,6 +342,8 @@ struct Config {
   std::shared_ptr<const RiskSettings> risk;
   // Lua policies (`lua:` + routes' `policies:`), validated at load; null when there are none.
   std::shared_ptr<const LuaSettings> lua;
+  // Shared state on Redis (`redis:`); null when the section is absent.
+  std::shared_ptr<const RedisSettings> redis;
 
   const UpstreamConfig* findUpstream(const std::string& name) const {
     for (const auto& u : upstreams)

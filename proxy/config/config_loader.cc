@@ -48,7 +48,7 @@ void Loader::load(const Node& root, Config& cfg) {
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
                          "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file", "risk",
-                         "lua"});
+                         "lua", "redis"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -82,6 +82,7 @@ void Loader::load(const Node& root, Config& cfg) {
   if (auto n = top.get("upstreams")) loadUpstreams(*n, cfg);
   if (auto n = top.get("jwt")) loadJwt(*n, cfg);
   if (auto n = top.get("cache")) loadCache(*n, cfg);
+  if (auto n = top.get("redis")) loadRedis(*n, cfg);  // before limits and routes: they use it
   if (auto n = top.get("limits")) loadLimits(*n, cfg);
   if (auto n = top.get("risk")) loadRisk(*n, cfg);
   if (auto n = top.get("routes")) loadRoutes(*n, cfg);
@@ -302,7 +303,8 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
                        "max_delay", "count_rejected", "memory", "missing_key", "ipv6_prefix",
                        "rate_limit_headers", "resolution", "location", "items", "only_hot",
                        "strategy", "threshold", "slow_call", "min_requests", "cooldown",
-                       "half_open_probes", "degrade_from_cache"});
+                       "half_open_probes", "degrade_from_cache", "scope", "cluster_mode",
+                       "sync_interval", "redis_timeout", "on_redis_down"});
   if (!m.valid) return false;
   std::string id;
   if (auto v = m.get("id")) {
@@ -556,6 +558,7 @@ bool Loader::loadLimitRule(const Node& n, const std::string& path, LimitRuleConf
     fail(n, path + ": action 'delay' needs algorithm leaky_bucket");
     ok = false;
   }
+  if (!loadLimitRuleScope(m, rule)) ok = false;
   rule.id = id;
   return ok;
 }
@@ -953,8 +956,9 @@ void Loader::loadRoute(const Node& n, const std::string& path, RouteConfig& r) {
   Mapping m = mapping(n, path,
                       {"name", "match", "upstream", "connect_timeout", "send_timeout",
                        "read_timeout", "max_body_size", "direct_response", "limits", "priority",
-                       "cache", "policies", "aggregate", "risk"});
+                       "cache", "policies", "aggregate", "risk", "sale_gate"});
   if (!m.valid) return;
+  if (auto v = m.get("sale_gate")) loadRouteSaleGate(*v, m.child("sale_gate"), r);
   if (auto v = m.get("cache")) loadRouteCache(*v, m.child("cache"), r);
   if (auto v = m.get("risk")) loadRouteRisk(*v, m.child("risk"), r);
   if (auto v = m.get("priority")) {

@@ -446,6 +446,11 @@ class Loader {
   // then the `lua:` section builds and validates the policy bundle (file:line errors here too).
   void loadRouteLua(const Mapping& m, const std::string& path, RouteConfig& r);
   void loadLua(const std::optional<Node>& n, Config& cfg);
+  // Redis (redis_section.cc): the `redis:` section (before limits and routes, which may need
+  // it), a rule's cluster-scope keys, a route's `sale_gate:`.
+  void loadRedis(const Node& n, Config& cfg);
+  bool loadLimitRuleScope(const Mapping& m, LimitRuleConfig& rule);
+  void loadRouteSaleGate(const Node& n, const std::string& path, RouteConfig& r);
 
   std::string file_;
   std::vector<ConfigError> errors_;
@@ -467,6 +472,7 @@ class Loader {
   };
   std::vector<LuaRouteAttachment> lua_attachments_;
   std::vector<std::pair<std::string, YAML::Mark>> lua_aggregate_routes_;
+  bool redis_on_ = false;  // a `redis:` section was given
 };
 
 }  // namespace sluice::config_detail

@@ -4,6 +4,7 @@
 
 #include "core/hash.h"
 #include "core/strings.h"
+#include "proxy/config/redis_settings.h"
 #include "proxy/http/header_map.h"
 #include "proxy/server/controls.h"
 #include "proxy/router/router.h"
@@ -158,9 +159,22 @@ LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
     JwtKeys keys{config.jwt.hs256_secret, config.jwt.rs256_public_key_pem};
     jwt_ = std::make_shared<JwtVerifier>(keys);
   }
-  for (const auto& rc : config.limit_rules) {
+  // A cluster-scope rule's local limiter is its fail-open fallback: this instance's share
+  // (limit / redis.expected_instances) of the global budget (docs/cluster.md).
+  uint64_t instances = config.redis ? std::max<uint32_t>(1, config.redis->expected_instances) : 1;
+  for (const auto& rc_in : config.limit_rules) {
+    const LimitRuleConfig* rcp = &rc_in;
+    if (rc_in.cluster_scope && instances > 1) {
+      auto share = std::make_unique<LimitRuleConfig>(rc_in);
+      share->requests = std::max<uint64_t>(1, rc_in.requests / instances);
+      share->burst = static_cast<uint32_t>(rc_in.burst / instances);
+      share->limit = std::max<uint64_t>(1, rc_in.limit / instances);
+      share_configs_.push_back(std::move(share));
+      rcp = share_configs_.back().get();
+    }
+    const LimitRuleConfig& rc = *rcp;
     auto rt = std::make_unique<LimitRuleRuntime>();
-    rt->config = &rc;
+    rt->config = &rc_in;
     rt->mode_override = Controls::ruleMode(rc.id);
     const LimitRuleRuntime* old = findPrevious(previous, rc);
     switch (rc.algorithm) {

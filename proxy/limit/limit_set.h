@@ -107,6 +107,8 @@ class LimitSet {
   std::shared_ptr<limiter::HeavyHitterSketch> hot_items_;
   HotItemsConfig hot_items_config_;
   JwtVerifierPtr jwt_;
+  // Cluster-scope rules' local-share numbers (their limiters' params; docs/cluster.md).
+  std::vector<std::unique_ptr<LimitRuleConfig>> share_configs_;
 };
 
 // "Mozilla/5.0 (X11) Chrome/120.0.6099.71" -> "mozilla/#.# (x##) chrome/#.#.#.#": one bucket per

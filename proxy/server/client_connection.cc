@@ -10,6 +10,7 @@
 #include "core/random.h"
 #include "core/strings.h"
 #include "proxy/admin/admin.h"
+#include "proxy/cluster/cluster_limits.h"
 #include "proxy/http/status.h"
 #include "proxy/server/controls.h"
 #include "proxy/server/identify.h"
@@ -359,7 +360,23 @@ int ClientConnection::onHeadersComplete() {
   recordHotItem();
   int limited = route.limits.empty() ? 0 : limitPhase(route);
   if (closing_) return -1;
+  if (limited == 3) return 0;  // waiting on Redis; the body is buffered meanwhile
+  return afterLimit(limited);
+}
+
+void ClientConnection::resumeAfterLimit() {
+  if (!ex_ || ex_->response_started || closing_) return;
+  int limited = limitPhase(ex_->gen->gen->config->routes[ex_->route]);
+  if (!closing_ && limited != 3) afterLimit(limited);
+  if (upstream_ && !closing_) upstream_->flush();
+  if (!closing_) flush();
+}
+
+int ClientConnection::afterLimit(int limited) {
   if (limited == 1) return 0;  // answered; the rest of the body is read and dropped
+  auto& h = parser_.head();
+  const auto& cfg = *ex_->gen->gen->config;
+  const auto& route = cfg.routes[ex_->route];
 
   std::string_view expect;
   if (h.headers.get("expect", &expect)) {
@@ -398,14 +415,27 @@ void ClientConnection::runLaterPhases() {
   if (RiskPhase::run(*this, route) != PhaseResult::kContinue || closing_) return;
   ex_->phase = Phase::kAccess;
   if (LuaPhase::access(*this, route) != PhaseResult::kContinue || closing_) return;
+  if (ClusterPhase::saleGate(*this, route) != PhaseResult::kContinue || closing_) return;
   startContent();
 }
 
 void ClientConnection::resumeAfterAccess() {
   if (!ex_ || ex_->response_started || closing_) return;
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  if (ClusterPhase::saleGate(*this, route) != PhaseResult::kContinue || closing_) {
+    if (!closing_) flush();
+    return;
+  }
   startContent();
   if (upstream_) upstream_->flush();
   flush();
+}
+
+void ClientConnection::resumeAfterSaleGate() {
+  if (!ex_ || ex_->response_started || closing_) return;
+  startContent();
+  if (upstream_ && !closing_) upstream_->flush();
+  if (!closing_) flush();
 }
 
 namespace {
@@ -489,6 +519,8 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
   if (ex_->item_looked_up)  // hot-item detection already matched the item source
     view.cache[view.cached++] = {cfg.hot_items.source.source, ex_->item_value, !ex_->item_value.empty()};
   view.now_unix = ex_->start_wall_us / 1000000;
+  // Cluster exact-mode rules are charged in Redis first; the reply runs this phase again.
+  if (ClusterPhase::startExact(*this, route, view) == PhaseResult::kSuspended) return 3;
   // Decision counters: this worker's cells, or a sink when metrics are off (unit tests).
   static const LimitRuleMetrics kNoMetrics{};
   const WorkerMetrics* wm = ex_->gen->metrics;
@@ -554,7 +586,8 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
     auto mode = shadow_mode ? limiter::RuleMode::kShadow : limiter::RuleMode::kEnforce;
     if (rt.rate && nr < limiter::kMaxRateRules) {
       // Past max_delay a delay is a rejection by that rule, uncharged like any other.
-      limiter::RateLimiter* rl = rt.item_limits.empty() ? rt.rate.get() : rt.rateFor(item_hash);
+      limiter::RateLimiter* rl = rc.cluster_scope ? ClusterPhase::limiterFor(*this, idx, rt, key)
+                                 : rt.item_limits.empty() ? rt.rate.get() : rt.rateFor(item_hash);
       rate[nr] = limiter::RateRuleCheck{rl, key, 1, mode, rc.max_delay};
       rate_rule[nr++] = idx;
     } else if (rt.concurrency && nc < limiter::kMaxConcurrencyRules) {

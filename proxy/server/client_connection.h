@@ -110,6 +110,7 @@ struct Exchange {
   // needs only their declarations.
   std::shared_ptr<RiskExchangeState> risk;
   std::shared_ptr<LuaExchangeState> lua;
+  std::shared_ptr<struct ClusterExchangeState> cluster;  // proxy/cluster/cluster_limits.cc
 
   void endCacheWait();
   Exchange() = default;
@@ -154,6 +155,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   friend struct CacheWait;
   friend class RiskPhase;
   friend class LuaPhase;
+  friend class ClusterPhase;
   ClientConnection(Worker* worker, const ListenerConfig& listener, bool admin);
   ~ClientConnection() override;
   uv_tcp_t* tcp() { return &tcp_; }
@@ -188,8 +190,14 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
 
   // Phases.
   int identify();
-  // 0: go on; 1: answered locally (rejected/degraded); 2: delayed (a timer resumes it).
+  // 0: go on; 1: answered locally (rejected/degraded); 2: delayed (a timer resumes it);
+  // 3: waiting on Redis (cluster exact mode; resumeAfterLimit runs the phase again).
   int limitPhase(const RouteConfig& route);
+  // The rest of the request head's handling after the limit phase's outcome.
+  int afterLimit(int limited);
+  void resumeAfterLimit();
+  // The sale gate (ClusterPhase) took its unit: on to the content phase.
+  void resumeAfterSaleGate();
   LocalResponse limitResponse(const LimitRuleConfig& rc, Nanos retry_after, const limiter::RateDecision* d);
   void noteDecision(const LimitRuleConfig& rc, const char* action);
   void recordHotItem();

@@ -12,6 +12,7 @@
 #include "proxy/limit/limit_set.h"
 #include "proxy/server/lua_phase.h"
 #include "proxy/server/risk_phase.h"
+#include "proxy/cluster/cluster_limits.h"
 #include "proxy/server/server.h"
 #include "proxy/upstream/upstream_cluster.h"
 
@@ -70,6 +71,7 @@ ProxyMetrics::ProxyMetrics(size_t data_workers, Server* server)
   if (server) {
     addServerFamilies(server);
     RiskPhase::registerMetrics(registry_);  // sluice_risk_*: process-wide, like the risk tables
+    ClusterPhase::registerMetrics(registry_);  // sluice_redis_*, sluice_cluster_*, sluice_sale_*
   }
 }
 
