@@ -124,6 +124,20 @@ class CacheTest(ProxyTestCase):
         time.sleep(1.0)  # past max_stale
         self.assertEqual(self.get("/api/items/3")[0], 502)
 
+    def test_stale_served_instead_of_an_upstream_5xx(self):
+        up = CannedUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+        self.addCleanup(up.stop)
+        self.s = self.start_sluice(upstream_yaml("storefront", [up.address]),
+                                   cached_route("{ttl: 100ms, max_stale: 1s}"))
+        self.assertEqual(self.get("/api/items/4")[2], b"fresh")
+        up.response = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+        time.sleep(0.2)
+        status, h, body = self.get("/api/items/4")
+        self.assertEqual((status, header(h, "x-cache"), body), (200, "STALE", b"fresh"))
+        self.assertEqual(self.get("/api/items/4")[0], 200)  # the connection pool is still sound
+        time.sleep(1.0)  # past max_stale: the 503 goes through
+        self.assertEqual(self.get("/api/items/4")[:3:2], (503, b"busy"))
+
     def test_degrade_answers_from_the_cache(self):
         rules = ("limits:\n  rules:\n    - {id: storm, key: global, rate: 1r/m, nodelay: true, "
                  "action: degrade, degrade_from_cache: 30s, body: '{\"degraded\":true}'}\n")
