@@ -23,14 +23,14 @@ ADMIN_TOKEN = "e2e-admin-token"
 class Redis:
     """A throwaway redis-server on a free loopback port (no persistence)."""
 
-    def __init__(self, tmpdir, port=None):
+    def __init__(self, tmpdir, port=None, extra=()):
         self.port = port or free_port()
         self.dir = os.path.join(tmpdir, "redis-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
         self.log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir] + list(extra),
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port, proc=self.proc)
 
@@ -43,6 +43,35 @@ class Redis:
     def cli(self, *args):
         return subprocess.run(["redis-cli", "-p", str(self.port)] + list(args),
                               capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+class RedisCluster:
+    """Three masters, no replicas, on free loopback ports (redis-cli --cluster create)."""
+
+    def __init__(self, tmpdir):
+        self.nodes = [Redis(tmpdir, extra=["--cluster-enabled", "yes", "--cluster-config-file",
+                                            "nodes.conf", "--cluster-node-timeout", "5000"])
+                      for _ in range(3)]
+        out = subprocess.run(["redis-cli", "--cluster", "create"] +
+                             ["127.0.0.1:%d" % n.port for n in self.nodes] +
+                             ["--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60).stdout
+        if "All 16384 slots covered" not in out:
+            raise RuntimeError("cluster create failed:\n" + out)
+        wait_until(lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes),
+                   timeout=20, message="cluster_state:ok on every node")
+
+    def kill(self):
+        for n in self.nodes:
+            n.kill()
+
+    def total(self, pattern):
+        """GET of every key matching `pattern` on every node, summed."""
+        total = 0
+        for n in self.nodes:
+            for k in n.cli("--scan", "--pattern", pattern).split():
+                total += int(n.cli("GET", k) or 0)
+        return total
 
 
 def config(port, admin_port, upstream, redis_port, rules, routes, redis_extra=""):
@@ -282,6 +311,71 @@ class ClusterTest(ProxyTestCase):
             http_get(b.port, "/closed")
         self.assertEqual(metric(b, "sluice_cluster_fallbacks_total", '{policy="fail_closed"}'), fb)
         self.assertTrue(self.redis.cli("KEYS", "sluice:lim:*"))
+
+
+class RedisClusterTest(ProxyTestCase):
+    """The same features on a three-master Redis Cluster: sluice is given one seed node and
+    learns the rest; keys of different items and rules live on different nodes."""
+
+    def setUp(self):
+        super().setUp()
+        self.cluster = RedisCluster(self.tmp)
+        self.addCleanup(self.cluster.kill)
+        self.demo = self.start_demo()
+        self.instances = []
+        for name in ("a", "b"):
+            d = os.path.join(self.tmp, name)
+            os.makedirs(d)
+            port, admin = free_port(), free_port()
+            s = Sluice(d, config(port, admin, self.demo.address, self.cluster.nodes[0].port, RULES,
+                                 ROUTES, redis_extra="  cluster: true\n"), port, admin)
+            self._procs.append(s)
+            self.instances.append(s)
+
+    def test_sale_gate_and_limits_on_a_redis_cluster(self):
+        a, b = self.instances
+        items = [str(i) for i in range(1, 7)]  # hash tags {1}..{6}: spread over the masters
+        for item in items:
+            st, _, body = admin_call((a, b)[int(item) % 2], "POST", "/sale/%s/quota" % item,
+                                     body=b'{"units": 5}')
+            self.assertEqual(st, 200, body)
+        # The stock keys really are spread over several masters.
+        holders = [n for n in self.cluster.nodes if n.cli("--scan", "--pattern", "sluice:sale:*:stock")]
+        self.assertGreater(len(holders), 1)
+        results = []
+        lock = threading.Lock()
+
+        def hammer(k):
+            s = (a, b)[k % 2]
+            for n in range(24):
+                item = items[(k + n) % len(items)]
+                st, _, body = http_get(s.port, "/api/items/%s/checkout" % item, method="POST", body="")
+                with lock:
+                    results.append((item, b"order_id" in body))
+
+        threads = [threading.Thread(target=hammer, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for item in items:
+            sold = sum(1 for i, ok in results if i == item and ok)
+            self.assertEqual(sold, 5, "item %s sold %d of 5" % (item, sold))
+        self.assertEqual(self.cluster.total("sluice:sale:*:stock"), 0)
+        st, _, body = admin_call(b, "GET", "/sale/3")
+        self.assertEqual((st, body["remaining"], body["sold"]), (200, 0, 5), body)
+        # Exact mode on the cluster: 3 per member across both instances.
+        got = [http_get((a, b)[i % 2].port, "/member", headers={"Cookie": "member=c1"})[0] for i in range(6)]
+        self.assertEqual(got, [200, 200, 200, 429, 429, 429])
+        # Lease mode: the leases live on the cluster.
+        for _ in range(50):
+            http_get(a.port, "/rate")
+        wait_until(lambda: any(n.cli("--scan", "--pattern", "sluice:lim:*") for n in self.cluster.nodes),
+                   message="lease keys on the cluster")
+        # (worker counters are published at each sync tick)
+        wait_until(lambda: metric(a, "sluice_cluster_lease_total", '{event="takes"}') > 0,
+                   message="lease takes counted")
+        self.assertEqual(metric(a, "sluice_cluster_fallbacks_total", '{policy="fail_open"}'), 0)
 
 
 if __name__ == "__main__":
