@@ -138,6 +138,7 @@ class ClusterWorker {
     uv_unref(reinterpret_cast<uv_handle_t*>(check_));
   }
   ~ClusterWorker() {
+    retired_.clear();
     client_.reset();  // pending callbacks fire with kClosed now
     uv_close(reinterpret_cast<uv_handle_t*>(tick_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
@@ -258,7 +259,9 @@ class ClusterWorker {
           addTo(base_.latencySumMicros, st.latencySumMicros);
       for (size_t i = 0; i < redis::RedisClientStats::kLatencyBuckets; i++) base_.latencyBuckets[i] += st.latencyBuckets[i];
     }
-    client_.reset();
+    // A replaced client (a reload changed `redis:`) is destroyed at the next tick, not here:
+    // its pending callbacks then fire (kClosed) outside whatever request is running now.
+    if (client_) retired_.push_back(std::move(client_));
     client_ = redis::RedisClient::create(loop_, o);
   }
 
@@ -270,6 +273,7 @@ class ClusterWorker {
     connect(s);
     accounts_.clear();
     cached_set_ = nullptr;
+    probing_ = false;  // the old client's probe ends with kClosed, which does not clear it
   }
   static bool sameSettings(const RedisSettings& a, const RedisSettings& b) {
     return a.endpoints == b.endpoints && a.cluster == b.cluster && a.username == b.username &&
@@ -289,6 +293,7 @@ class ClusterWorker {
   }
 
   void onTick() {
+    retired_.clear();
     Nanos now = SteadyClock::monotonicNanos();
     std::vector<std::pair<std::shared_ptr<cluster::LeaseAccount>, cluster::LeaseTake>> takes;
     bool down = false;
@@ -376,6 +381,7 @@ class ClusterWorker {
   uv_loop_t* loop_;
   RedisSettings settings_;
   redis::RedisClientPtr client_;
+  std::vector<redis::RedisClientPtr> retired_;
   redis::RedisClientStats base_;
   uint64_t lease_base_[5] = {0, 0, 0, 0, 0};
   std::shared_ptr<WorkerStats> stats_;
@@ -521,7 +527,6 @@ PhaseResult ClusterPhase::startExact(ClientConnection& c, const RouteConfig& rou
         d.reset = std::max<int64_t>(0, v[3] - static_cast<int64_t>(wallMicros() / 1000)) * kMillis;
       }
     }
-    if (!rs.empty() && rs[0].status == redis::RedisStatus::kClosed) return;  // worker shutting down
     ClientConnection* c = st->conn;
     if (!c->ex_ || c->ex_->cluster != st || c->ex_->response_started || c->closing_) return;
     c->resumeAfterLimit();
@@ -574,8 +579,10 @@ PhaseResult ClusterPhase::saleGate(ClientConnection& c, const RouteConfig& route
   WorkerStats* ws = &w->stats();
   auto gate = route.sale_gate;  // keeps the config alive for the callback
   w->client().eval(redis::scripts::saleTake(), {key}, {"1"}, [weak, ws, gate, item_id](RedisResult& r) {
+    // kClosed (a client replaced by a reload) is a failure like any other; at shutdown no
+    // connection is left to resume.
     auto st = weak.lock();
-    if (!st || r.status == redis::RedisStatus::kClosed) return;
+    if (!st) return;
     ClientConnection* c = st->conn;
     if (!c->ex_ || c->ex_->cluster != st || c->ex_->response_started || c->closing_) return;
     Exchange& e = *c->ex_;

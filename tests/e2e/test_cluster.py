@@ -13,8 +13,8 @@ import threading
 import time
 import unittest
 
-from harness import (ProxyTestCase, Sluice, admin_call, free_port, http_get, upstream_yaml,
-                     wait_port, wait_until)
+from harness import (ProxyTestCase, Sluice, admin_call, admin_reload, free_port, http_get,
+                     upstream_yaml, wait_port, wait_until, write_config)
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 ADMIN_TOKEN = "e2e-admin-token"
@@ -265,6 +265,25 @@ class ClusterTest(ProxyTestCase):
         self.assertEqual(body["remaining"], 40, body)
         # An item without a quota is not on sale: checkouts pass.
         self.assertIn(b"order_id", http_get(a.port, "/api/items/8/checkout", method="POST", body="")[2])
+
+    def test_reload_changing_redis_settings_reconnects_without_stalling_requests(self):
+        a, _ = self.instances
+        for path in ("/rate", "/closed"):
+            self.assertEqual(http_get(a.port, path)[0], 200)
+        self.assertEqual(http_get(a.port, "/member", headers={"Cookie": "member=r"})[0], 200)
+        with open(a.config_path) as f:
+            text = f.read()
+        write_config(a, text.replace("  expected_instances: 2\n", "  expected_instances: 2\n  key_prefix: 'v2:'\n"))
+        st, body = admin_reload(a)
+        self.assertEqual(st, 200, body)
+        t = time.time()
+        for _ in range(20):
+            self.assertEqual(http_get(a.port, "/rate")[0], 200)
+        got = [http_get(a.port, "/member", headers={"Cookie": "member=r"})[0] for _ in range(4)]
+        self.assertLess(time.time() - t, 2.0)
+        # New keys under the new prefix: the member's quota starts over there.
+        self.assertEqual(got, [200, 200, 200, 429])
+        self.assertTrue(self.redis.cli("KEYS", "v2:sw:*"))
 
     def test_redis_killed_mid_load_then_back(self):
         a, b = self.instances
