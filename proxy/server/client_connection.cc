@@ -920,17 +920,25 @@ bool ClientConnection::serveStale(Nanos max_age) {
   return true;
 }
 
+bool ClientConnection::serveStaleInsteadOf(int status) {
+  // A 5xx from the upstream is an upstream error too: a cached route answers with its stale
+  // entry instead (within max_stale). serveCached aborts the upstream connection, which its
+  // parser notices as soon as this callback returns.
+  const auto& route = ex_->gen->gen->config->routes[ex_->route];
+  if (!route.cache || !route.cache->serve_stale_on_error) return false;
+  auto stale = ex_->gen->gen->cache->lookupStale(ex_->cache_key, SteadyClock::monotonicNanos());
+  if (!stale) return false;
+  ex_->cache_capture = false;
+  ex_->cache_lease.fail();  // waiters look for the stale entry themselves
+  if (!ex_->decisions.empty()) ex_->decisions.push_back(',');
+  ex_->decisions.append("\"cache\":{\"stale_for_status\":" + std::to_string(status) + "}");
+  serveCached(*stale, "STALE");
+  return true;
+}
+
 void ClientConnection::serveCached(const cache::CachedResponse& r, const char* how) {
   if (closing_) return;
-  if (upstream_) {
-    auto* u = upstream_;
-    upstream_ = nullptr;
-    if (ex_->server >= 0 && ex_->pool) {
-      ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
-      ex_->server = -1;
-    }
-    u->abort();
-  }
+  dropUpstream();
   ex_->cache_status = how;
   ex_->status = r.status();
   ex_->response_started = true;
@@ -958,21 +966,8 @@ void ClientConnection::serveCached(const cache::CachedResponse& r, const char* h
     out_.append("\r\n");
   }
   std::string_view existing;
-  if (!r.headers().get(cfg.request_id_header, &existing)) {
-    out_.append(cfg.request_id_header);
-    out_.append(": ");
-    out_.append(ex_->request_id);
-    out_.append("\r\n");
-  }
-  bool keep = ex_->client_keep_alive && !close_after_response_;
-  if (!keep) out_.append("Connection: close\r\n");
-  else if (http10) out_.append("Connection: keep-alive\r\n");
-  out_.append("\r\n");
-  size_t head_len = out_.size();
-  if (!ex_->is_head && !no_body) out_.append(r.body());
-  ex_->bytes_out += out_.size() - head_len;
-  finishResponse();
-  if (!closing_) flush();
+  if (!r.headers().get(cfg.request_id_header, &existing)) appendRequestIdHeader();
+  endLocalResponse(http10, ex_->is_head || no_body ? std::string_view() : r.body());
 }
 
 void ClientConnection::finishCacheFlight() {
@@ -1188,6 +1183,7 @@ void ClientConnection::onUpstreamInterim(const HttpMessageHead& head) {
 }
 
 void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
+  if (head.status >= 500 && ex_->cache_keyed && serveStaleInsteadOf(head.status)) return;
   ex_->phase = Phase::kHeaderFilter;
   ex_->status = head.status;
   ex_->response_started = true;
@@ -1433,16 +1429,8 @@ void ClientConnection::respondLocal(const LocalResponse& r, bool close_after) {
     closeNow();
     return;
   }
-  if (upstream_) {
-    // A local answer while an upstream exchange is open (e.g. 413 mid-body): drop that one.
-    auto* u = upstream_;
-    upstream_ = nullptr;
-    if (ex_->server >= 0 && ex_->pool) {
-      ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
-      ex_->server = -1;
-    }
-    u->abort();
-  }
+  // A local answer while an upstream exchange is open (e.g. 413 mid-body): drop that one.
+  dropUpstream();
   if (close_after) {
     ex_->client_keep_alive = false;
     close_after_response_ = true;
@@ -1465,19 +1453,35 @@ void ClientConnection::respondLocal(const LocalResponse& r, bool close_after) {
     out_.append(v);
     out_.append("\r\n");
   }
-  if (!ex_->request_id.empty()) {
-    out_.append(ex_->gen->gen->config->request_id_header);
-    out_.append(": ");
-    out_.append(ex_->request_id);
-    out_.append("\r\n");
+  if (!ex_->request_id.empty()) appendRequestIdHeader();
+  endLocalResponse(http10, ex_->is_head ? std::string_view() : std::string_view(r.body));
+}
+
+void ClientConnection::dropUpstream() {
+  if (!upstream_) return;
+  auto* u = upstream_;
+  upstream_ = nullptr;
+  if (ex_->server >= 0 && ex_->pool) {
+    ex_->pool->cluster().server(static_cast<size_t>(ex_->server)).active.fetch_sub(1, std::memory_order_relaxed);
+    ex_->server = -1;
   }
+  u->abort();
+}
+
+void ClientConnection::appendRequestIdHeader() {
+  out_.append(ex_->gen->gen->config->request_id_header);
+  out_.append(": ");
+  out_.append(ex_->request_id);
+  out_.append("\r\n");
+}
+
+void ClientConnection::endLocalResponse(bool http10, std::string_view body) {
   bool keep = ex_->client_keep_alive && !close_after_response_;
   if (!keep) out_.append("Connection: close\r\n");
   else if (http10) out_.append("Connection: keep-alive\r\n");
   out_.append("\r\n");
-  size_t head_len = out_.size();
-  if (!ex_->is_head) out_.append(r.body);
-  ex_->bytes_out += out_.size() - head_len;
+  out_.append(body);
+  ex_->bytes_out += body.size();
   finishResponse();
   if (!closing_) flush();
 }

@@ -215,6 +215,12 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   // The route's last good response within max_age (-1: its stale window); true if served.
   bool serveStale(Nanos max_age);
   void serveCached(const cache::CachedResponse& r, const char* how);
+  bool serveStaleInsteadOf(int status);
+  // Shared by every local answer (errors, limits, cache): abandon an open upstream exchange;
+  // write the request id header; end the head (Connection), write the body and finish.
+  void dropUpstream();
+  void appendRequestIdHeader();
+  void endLocalResponse(bool http10, std::string_view body);
   void finishCacheFlight();
   void releaseBreakers();
   void reportBreakers(Nanos latency);
