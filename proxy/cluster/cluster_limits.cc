@@ -353,7 +353,7 @@ class ClusterWorker {
         if (rs[i].status == redis::RedisStatus::kClosed) return;  // shutting down
         int64_t v[4];
         if (rs[i].ok() && redis::scripts::integers(rs[i].reply, v, 4)) {
-          acc->applyGrant(t, v[0], v[1], v[3], now);
+          acc->applyGrant(t, v[0], v[1], v[3], now, v[2]);
         } else {
           if (!acc->down())
             LOG_WARN("cluster: rule lease sync failed (%s %s): falling back until Redis answers",

@@ -15,10 +15,11 @@ constexpr uint64_t kFromDebt = 2;
 
 void LeaseAccount::roll(Entry& e, Nanos now) {
   if (e.window_end == 0 || now < e.window_end) return;
-  // A new window: the old lease expired in Redis too (lease_take keys by window index).
+  // A new window: the old lease expired in Redis too (lease_take keys by window index). Debt
+  // is carried: credit handed out is always charged to some window's budget (a take that
+  // landed in the old window just before it closed must not forgive credit given in the new).
   e.window_end = 0;
   e.lease = 0;
-  e.debt = 0;
   e.exhausted = false;
 }
 
@@ -140,7 +141,7 @@ void LeaseAccount::collect(Nanos now, bool tick, std::vector<LeaseTake>* out) {
 }
 
 void LeaseAccount::applyGrant(const LeaseTake& t, int64_t granted, int64_t window_end_ms,
-                              int64_t redis_now_ms, Nanos now) {
+                              int64_t redis_now_ms, Nanos now, int64_t used) {
   down_ = false;
   auto it = entries_.find(t.key);
   if (it == entries_.end()) return;
@@ -159,10 +160,11 @@ void LeaseAccount::applyGrant(const LeaseTake& t, int64_t granted, int64_t windo
   int64_t repay = std::min(granted, e.debt);
   e.debt -= repay;
   e.lease += granted - repay;
-  if (granted < t.want) {
-    // The window's budget is gone: what was borrowed beyond the grant is the overshoot.
+  if (granted < t.want || (used >= 0 && used >= p_.limit)) {
+    // The window's budget is gone: refuse until it ends. Unpaid credit stays as debt and is
+    // charged to the next window (so over several windows the budget holds exactly; within
+    // one, the overshoot is at most the credit cap per worker).
     e.exhausted = true;
-    e.debt = 0;
     stats_.exhausted++;
   }
 }
@@ -187,8 +189,10 @@ void LeaseAccount::setDown(bool down) {
 size_t LeaseAccount::sweep(Nanos now) {
   for (auto it = entries_.begin(); it != entries_.end();) {
     const Entry& e = it->second;
-    bool idle = !e.in_flight && !e.urgent && e.debt == 0 &&
-                (e.window_end == 0 ? e.lease == 0 : now >= e.window_end + p_.window);
+    // A key quiet for a whole window after its own is forgotten, unpaid credit included
+    // (at most the credit cap, once per key).
+    bool idle = !e.in_flight && !e.urgent &&
+                (e.window_end == 0 ? e.lease == 0 && e.debt == 0 : now >= e.window_end + p_.window);
     if (idle) it = entries_.erase(it);
     else ++it;
   }

@@ -9,7 +9,8 @@
 // budget is gone: the key is refused locally until its window ends, without calling Redis.
 // A key whose lease ran dry may borrow up to one chunk of credit while its take is in flight
 // (asked for at once, not at the next tick); the credit is repaid from the grant, and what the
-// grant cannot repay is the overshoot (bounded: workers x chunk per window).
+// grant cannot repay is carried to the next window's first take: within one window the
+// overshoot is at most workers x chunk, over several windows the budget holds.
 //
 // Redis away (a take failed, or the breaker is open): down() turns true and the caller decides
 // with the rule's fallback instead -- fail_open: the local share limiter (limit /
@@ -66,7 +67,12 @@ class LeaseAccount final : public limiter::RateLimiter {
   void collect(Nanos now, bool tick, std::vector<LeaseTake>* out);
   bool hasUrgent() const { return !urgent_keys_.empty(); }
   // A reply of lease_take: {granted, window_end_ms, used, now_ms} (Redis clock).
-  void applyGrant(const LeaseTake& t, int64_t granted, int64_t window_end_ms, int64_t redis_now_ms, Nanos now);
+  // `used` (the window's units granted so far, all instances; -1 unknown) at the limit means
+  // the budget is gone even though this grant was whole: the key then gets no credit once its
+  // lease is spent (credit in flight is the overshoot, so none is handed out when none can be
+  // repaid).
+  void applyGrant(const LeaseTake& t, int64_t granted, int64_t window_end_ms, int64_t redis_now_ms, Nanos now,
+                  int64_t used = -1);
   // The take failed (timeout, breaker, connection): the rule goes to its fallback.
   void applyFailure(const LeaseTake& t);
   // Redis is away (a failure, or the client's breaker is open) / back (a reply arrived).

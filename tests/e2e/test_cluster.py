@@ -45,12 +45,29 @@ class Redis:
                               capture_output=True, text=True, timeout=10).stdout.strip()
 
 
+def cluster_port():
+    """A free port p whose cluster bus port p + 10000 is free too (and below 65536)."""
+    import random
+    import socket
+    for _ in range(200):
+        p = random.randint(20000, 50000)
+        try:
+            with socket.socket() as s1, socket.socket() as s2:
+                s1.bind(("127.0.0.1", p))
+                s2.bind(("127.0.0.1", p + 10000))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisCluster:
     """Three masters, no replicas, on free loopback ports (redis-cli --cluster create)."""
 
     def __init__(self, tmpdir):
-        self.nodes = [Redis(tmpdir, extra=["--cluster-enabled", "yes", "--cluster-config-file",
-                                            "nodes.conf", "--cluster-node-timeout", "5000"])
+        self.nodes = [Redis(tmpdir, port=cluster_port(),
+                            extra=["--cluster-enabled", "yes", "--cluster-config-file",
+                                   "nodes.conf", "--cluster-node-timeout", "5000"])
                       for _ in range(3)]
         out = subprocess.run(["redis-cli", "--cluster", "create"] +
                              ["127.0.0.1:%d" % n.port for n in self.nodes] +

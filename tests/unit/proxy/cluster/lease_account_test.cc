@@ -43,7 +43,10 @@ LeaseParams params(int64_t limit, int64_t chunk) {
 void answer(LeaseAccount& a, FakeBudget& budget, Nanos now, bool tick, int64_t left_ms = 1000) {
   std::vector<LeaseTake> takes;
   a.collect(now, tick, &takes);
-  for (const auto& t : takes) a.applyGrant(t, budget.grant(t.want), 10000 + left_ms, 10000, now);
+  for (const auto& t : takes) {
+    int64_t g = budget.grant(t.want);
+    a.applyGrant(t, g, 10000 + left_ms, 10000, now, budget.used);
+  }
 }
 
 TEST_CASE("lease: a new key borrows while its first take is in flight, then spends the lease", "[cluster]") {
@@ -93,6 +96,30 @@ TEST_CASE("lease: never more than the global budget plus bounded credit, then re
   now += kSeconds;
   b = FakeBudget{100};
   CHECK(w1.take(42, now, 1, nullptr).verdict == Verdict::kAllow);
+}
+
+TEST_CASE("lease: a whole grant that empties the budget ends credit for the window", "[cluster]") {
+  LeaseAccount a(params(10, 10));
+  FakeBudget b{10};
+  Nanos now = kSeconds;
+  a.take(3, now, 1, nullptr);  // credit 1, then asks 1 + 2
+  answer(a, b, now, false);
+  b.used = 6;  // other instances took all but 4
+  std::vector<LeaseTake> takes;
+  a.take(3, now, 1, nullptr);
+  a.take(3, now, 1, nullptr);  // lease spent: the next take asks 2 x demand 2 = 4
+  a.collect(now, true, &takes);
+  REQUIRE(takes.size() == 1);
+  CHECK(takes[0].want == 4);
+  int64_t g = b.grant(takes[0].want);
+  a.applyGrant(takes[0], g, 11000, 10000, now, b.used);  // whole, and used == limit
+  for (int i = 0; i < 4; i++) CHECK(a.take(3, now, 1, nullptr).verdict == Verdict::kAllow);
+  // Nothing left anywhere: refused at once, no credit handed out, no take sent.
+  CHECK(a.take(3, now, 1, nullptr).verdict == Verdict::kReject);
+  CHECK(a.stats().credit == 1);
+  takes.clear();
+  a.collect(now, true, &takes);
+  CHECK(takes.empty());
 }
 
 TEST_CASE("lease: round trips per request stay small at steady state", "[cluster]") {
