@@ -314,6 +314,10 @@ struct JwtConfig {
 
 struct AccessLogConfig {
   std::string target = "stdout";  // "stdout", "stderr", "off" or a file path
+  // The decision log for tuning: access-log lines of requests some rule, the risk phase or a
+  // switch decided on (limit, shadow, risk, pool, cache...), sampled, in a file of their own.
+  std::string decisions_target = "off";
+  double decision_sample = 1.0;  // share of such requests written, 0..1
 };
 
 struct Config {

@@ -705,12 +705,15 @@ void Loader::loadClient(const Node& n, ClientConfig& c) {
 }
 
 void Loader::loadLog(const Node& n, Config& cfg) {
-  Mapping m = mapping(n, "log", {"level", "error", "access"});
+  Mapping m = mapping(n, "log", {"level", "error", "access", "decisions", "decision_sample"});
   if (!m.valid) return;
   if (auto v = m.get("level"))
     readEnum(*v, m.child("level"), {"debug", "info", "warn", "error"}, &cfg.log_level);
   if (auto v = m.get("error")) readString(*v, m.child("error"), &cfg.error_log);
   if (auto v = m.get("access")) readString(*v, m.child("access"), &cfg.access_log.target);
+  if (auto v = m.get("decisions")) readString(*v, m.child("decisions"), &cfg.access_log.decisions_target);
+  if (auto v = m.get("decision_sample"))
+    readNumber(*v, m.child("decision_sample"), 0.0, 1.0, &cfg.access_log.decision_sample);
 }
 
 void Loader::loadUpstreams(const Node& n, Config& cfg) {

@@ -1519,6 +1519,21 @@ void ClientConnection::finishExchange() {
   if (upstream_ && !closing_) upstream_->flush();
 }
 
+namespace {
+
+// Bernoulli(p) from a per-thread xorshift: no lock, no syscall, good enough for sampling logs.
+bool sampled(double p) {
+  if (p >= 1.0) return true;
+  if (p <= 0.0) return false;
+  thread_local uint64_t x = 0x9e3779b97f4a7c15ULL ^ reinterpret_cast<uintptr_t>(&x);
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return static_cast<double>(x >> 11) * 0x1.0p-53 < p;
+}
+
+}  // namespace
+
 void ClientConnection::logExchange() {
   if (!ex_ || ex_->logged) return;
   ex_->logged = true;
@@ -1548,7 +1563,13 @@ void ClientConnection::logExchange() {
     }
   }
   AccessLog* log = worker_->accessLog();
-  if (!log || !log->enabled()) return;
+  if (log && !log->enabled()) log = nullptr;
+  // The decision log takes a sample of the requests something decided on, for tuning rules.
+  AccessLog* decision_log = worker_->decisionLog();
+  if (decision_log && (!decision_log->enabled() || ex_->decisions.empty() ||
+                       !sampled(ex_->gen->gen->config->access_log.decision_sample)))
+    decision_log = nullptr;
+  if (!log && !decision_log) return;
   const auto& cfg = *ex_->gen->gen->config;
   AccessLogEntry e;
   e.time_us = ex_->start_wall_us;
@@ -1572,7 +1593,8 @@ void ClientConnection::logExchange() {
     err = std::string(errorTypeName(ex_->error.type)) + ": " + ex_->error.detail;
     e.error = err;
   }
-  log->write(e);
+  if (log) log->write(e);
+  if (decision_log) decision_log->write(e);
 }
 
 // ---------------------------------------------------------------------------------------------

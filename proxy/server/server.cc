@@ -64,6 +64,10 @@ int Server::run() {
       w->addListener(BoundSocket{fd, l, false});
     }
     w->setGeneration(generation_);
+    if (!w->setupDecisionLog(cfg.access_log.decisions_target, &err)) {
+      LOG_ERROR("log.decisions: %s", err.c_str());
+      return 1;
+    }
     if (!w->setupAccessLog(cfg.access_log.target, &err)) {
       LOG_ERROR("%s", err.c_str());
       return 1;

@@ -159,6 +159,16 @@ void Worker::commitGeneration(const GenerationPtr& gen) {
         setupAccessLog("off", &err);
       }
     }
+    const auto& dbefore = old->gen->config->access_log.decisions_target;
+    const auto& dafter = current_->gen->config->access_log.decisions_target;
+    if (dbefore != dafter && !control_) {
+      std::string err;
+      if (decision_log_) decision_log_->stop();
+      if (!setupDecisionLog(dafter, &err)) {
+        LOG_ERROR("worker %d: %s; decision log off until the next reload", id_, err.c_str());
+        setupDecisionLog("off", &err);
+      }
+    }
   }
 }
 
@@ -180,6 +190,19 @@ void Worker::reopenAccessLog() {
     LOG_ERROR("worker %d: %s; access log off until the next reopen or reload", id_, err.c_str());
     setupAccessLog("off", &err);
   }
+  const auto& dtarget = current_->gen->config->access_log.decisions_target;
+  if (decision_log_) decision_log_->stop();
+  if (!setupDecisionLog(dtarget, &err)) {
+    LOG_ERROR("worker %d: %s; decision log off until the next reopen or reload", id_, err.c_str());
+    setupDecisionLog("off", &err);
+  }
+}
+
+bool Worker::setupDecisionLog(const std::string& target, std::string* err) {
+  int fd = openAccessLogTarget(target, err);
+  if (fd < 0 && target != "off") return false;
+  decision_log_ = std::make_unique<AccessLog>(&loop_, fd);
+  return true;
 }
 
 bool Worker::setupAccessLog(const std::string& target, std::string* err) {
@@ -307,6 +330,7 @@ void Worker::maybeFinish() {
   if (current_)
     for (auto& p : current_->pools) p->closeIdle();
   if (access_log_) access_log_->stop();
+  if (decision_log_) decision_log_->stop();
   if (lua_) lua_->close();
   if (on_shutdown) on_shutdown();
 }

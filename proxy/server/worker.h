@@ -68,6 +68,8 @@ class Worker {
   uv_loop_t* loop() { return &loop_; }
   const WorkerGenerationPtr& current() const { return current_; }
   AccessLog* accessLog() { return access_log_.get(); }
+  AccessLog* decisionLog() { return decision_log_.get(); }
+  bool setupDecisionLog(const std::string& target, std::string* err);
   Server* server() { return server_; }
   bool draining() const { return draining_; }
   size_t connectionCount() const { return connections_.size(); }
@@ -110,6 +112,7 @@ class Worker {
   WorkerGenerationPtr current_;
   WorkerGenerationPtr prepared_;  // between prepareGeneration and commit/abort
   std::unique_ptr<AccessLog> access_log_;
+  std::unique_ptr<AccessLog> decision_log_;  // sampled decision lines (log.decisions)
   std::unordered_set<ClientConnection*> connections_;
   std::mutex posted_mu_;
   std::vector<std::function<void()>> posted_;

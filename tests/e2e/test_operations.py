@@ -116,6 +116,41 @@ class OperationsTest(ProxyTestCase):
         wait_until(lambda: "healthz-after-rotate" in read(log), message="the new line in the new file")
         self.assertNotIn("healthz-after-rotate", read(log + ".1"))
 
+    def test_decision_log_keeps_only_decided_requests(self):
+        self.start()
+        # The harness's log section is replaced with one that adds the decision log.
+        cfg = self.config.replace("log:\n  level: info\n  access: access.log\n",
+                                  "log:\n  level: info\n  access: access.log\n"
+                                  "  decisions: decisions.log\n  decision_sample: 1.0\n")
+        self.assertNotEqual(cfg, self.config)
+        write_config(self.s, cfg)
+        code, body = admin_reload(self.s)
+        self.assertEqual(code, 200, body)
+        statuses = [self.status() for _ in range(4)]  # 200, 200, then the per-ip rule refuses
+        self.assertEqual(statuses[:2], [200, 200])
+        self.assertEqual(statuses[2:], [429, 429])
+        path = os.path.join(self.s.tmpdir, "decisions.log")
+
+        def lines():
+            if not os.path.exists(path):
+                return []
+            with open(path) as f:
+                return [json.loads(l) for l in f if l.strip()]
+        # Every request here met a decision: the shadow UA rule logs its would-be refusals, the IP
+        # rule its refusals; nothing else is in the file.
+        got = wait_until(lambda: (lambda ls: ls if len(ls) >= 3 else None)(lines()), timeout=5,
+                         message="decision lines")
+        self.assertTrue(all("limit" in l or "limit_shadow" in l for l in got), got)
+        self.assertEqual(sum(1 for l in got if l.get("status") == 429), 2)
+        # decision_sample: 0 writes nothing more.
+        write_config(self.s, cfg.replace("decision_sample: 1.0", "decision_sample: 0"))
+        self.assertEqual(admin_reload(self.s)[0], 200)
+        before = len(lines())
+        for _ in range(3):
+            self.status()
+        time.sleep(0.5)
+        self.assertEqual(len(lines()), before)
+
     def test_pid_file_and_sluice_s(self):
         pid_file = "sluice.pid"  # relative to the working directory, like the log files
         self.start(EXTRA + "pid_file: %s\n" % pid_file)
