@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/log.h"
+#include "core/random.h"
 #include "core/metrics.h"
 #include "core/redis/client.h"
 #include "core/redis/scripts.h"
@@ -92,6 +93,67 @@ class RefuseLimiter final : public limiter::RateLimiter {
 RefuseLimiter kRefuse;
 
 class ClusterWorker;
+
+// A cluster-scope concurrency rule on one worker: slots this worker holds in Redis
+// (concurrency_acquire under its holder id, with a TTL renewed by heartbeats), lent to local
+// requests. A request that finds no free held slot gets one acquired in the limit phase's batch
+// (ClusterPhase::startExact); a slot given back stays held for reuse and is released to Redis
+// after kIdleRelease unused. A crashed instance's holding expires after kTtl.
+class ConcurrencyLease final : public limiter::ConcurrencyGate, public limiter::SlotOwner {
+ public:
+  static constexpr Nanos kTtl = 6 * kSeconds;
+  static constexpr Nanos kHeartbeat = 2 * kSeconds;
+  static constexpr Nanos kIdleRelease = 1 * kSeconds;
+  struct Entry {
+    int64_t held = 0;    // units this worker holds in Redis
+    int64_t in_use = 0;  // local requests holding one of them
+    int64_t pending = 0; // acquires in flight
+    Nanos idle_since = 0;
+    Nanos beat_at = 0;
+  };
+  ConcurrencyLease(std::string id, int64_t limit, bool fail_closed) : id_(std::move(id)), limit_(limit), fail_closed_(fail_closed) {}
+
+  limiter::AcquireResult tryAcquire(uint64_t key, Nanos) override {
+    limiter::AcquireResult r;
+    r.limit = static_cast<uint32_t>(limit_);
+    auto it = entries_.find(key);
+    if (it == entries_.end() || it->second.in_use >= it->second.held) return r;
+    it->second.in_use++;
+    r.status = limiter::AcquireStatus::kAcquired;
+    r.inFlight = static_cast<uint32_t>(it->second.in_use);
+    r.slot = limiter::ConcurrencySlot(this, key);
+    return r;
+  }
+  void releaseSlot(uint64_t key) override {
+    auto it = entries_.find(key);
+    if (it == entries_.end() || it->second.in_use == 0) return;
+    if (--it->second.in_use < it->second.held) it->second.idle_since = SteadyClock::monotonicNanos();
+  }
+  // Does a request for `key` need one more slot acquired first?
+  bool needs(uint64_t key) {
+    Entry& e = entries_[key];
+    return e.in_use + e.pending >= e.held;
+  }
+  Entry& entry(uint64_t key) { return entries_[key]; }
+  std::unordered_map<uint64_t, Entry>& entries() { return entries_; }
+  const std::string& id() const { return id_; }
+  int64_t limit() const { return limit_; }
+  bool failClosed() const { return fail_closed_; }
+  bool down = false;
+
+ private:
+  std::string id_;
+  int64_t limit_;
+  bool fail_closed_;
+  std::unordered_map<uint64_t, Entry> entries_;
+};
+
+// The fail_closed fallback of a concurrency rule: no slot.
+class RefuseGate final : public limiter::ConcurrencyGate {
+ public:
+  limiter::AcquireResult tryAcquire(uint64_t, Nanos) override { return {}; }
+};
+RefuseGate kRefuseGate;
 
 // An exact-mode rule's outcome for one request, replayed to admit(); a refund (a later rule
 // refused) is sent to Redis.
@@ -181,6 +243,36 @@ class ClusterWorker {
     return acc->account.get();
   }
 
+  // The concurrency lease of rule `idx` (kept for the worker's lifetime: slots point into it).
+  ConcurrencyLease* concurrency(const LimitSet* set, size_t idx, const LimitRuleConfig& rc) {
+    if (set != conc_set_) {
+      conc_set_ = set;
+      conc_by_idx_.assign(set->size(), nullptr);
+    }
+    if (idx < conc_by_idx_.size() && conc_by_idx_[idx]) return conc_by_idx_[idx];
+    std::string rid = rc.id + "|" + rc.key_signature + "|" + std::to_string(rc.max_active) + "|" + settings_.key_prefix;
+    ConcurrencyLease* found = nullptr;
+    for (auto& [sig, lease] : conc_)
+      if (sig == rid) found = lease.get();
+    if (!found) {
+      conc_.emplace_back(rid, std::make_unique<ConcurrencyLease>(rc.id, rc.max_active, rc.fail_closed));
+      found = conc_.back().second.get();
+      armTick();
+    }
+    if (idx < conc_by_idx_.size()) conc_by_idx_[idx] = found;
+    return found;
+  }
+  std::string concKey(const ConcurrencyLease* l, uint64_t key) const {
+    return settings_.key_prefix + "conc:{" + l->id() + ":" + hex16(key) + "}";
+  }
+  const std::string& holder() const { return holder_; }
+  void concurrencyFailed(ConcurrencyLease* l) {
+    if (!l->down) LOG_WARN("cluster: worker %d: concurrency acquire failed: rule %s falls back until Redis answers",
+                           worker_->id(), l->id().c_str());
+    l->down = true;
+    if (!probing_) probe();
+  }
+
   std::string leaseKey(const cluster::LeaseAccount* acc, uint64_t key) const {
     for (const auto& a : accounts_)
       if (a.account.get() == acc) return settings_.key_prefix + "lim:{" + a.id + ":" + hex16(key) + "}";
@@ -222,6 +314,8 @@ class ClusterWorker {
   bool anyDown() const {
     for (const auto& a : accounts_)
       if (a.account->down()) return true;
+    for (const auto& [sig, l] : conc_)
+      if (l->down) return true;
     return false;
   }
 
@@ -273,6 +367,7 @@ class ClusterWorker {
     connect(s);
     accounts_.clear();
     cached_set_ = nullptr;
+    conc_set_ = nullptr;  // concurrency leases stay (slots point into them); their TTL handles the old Redis
     probing_ = false;  // the old client's probe ends with kClosed, which does not clear it
   }
   static bool sameSettings(const RedisSettings& a, const RedisSettings& b) {
@@ -297,6 +392,8 @@ class ClusterWorker {
     Nanos now = SteadyClock::monotonicNanos();
     std::vector<std::pair<std::shared_ptr<cluster::LeaseAccount>, cluster::LeaseTake>> takes;
     bool down = false;
+    for (auto& [sig, l] : conc_) down = down || l->down;
+    concurrencyTick(now);
     for (auto& a : accounts_) {
       if (a.account->down()) {
         down = true;
@@ -364,6 +461,35 @@ class ClusterWorker {
     }, timeout);
   }
 
+  // Concurrency holdings: heartbeats (renew the TTL of what this worker holds) and slots idle
+  // for kIdleRelease given back, one batch per tick.
+  void concurrencyTick(Nanos now) {
+    std::vector<RedisCommand> cmds;
+    for (auto& [sig, l] : conc_) {
+      if (l->down) continue;
+      for (auto it = l->entries().begin(); it != l->entries().end();) {
+        auto& e = it->second;
+        std::string key = concKey(l.get(), it->first);
+        int64_t spare = e.held - e.in_use - e.pending;
+        if (spare > 0 && e.idle_since && now - e.idle_since >= ConcurrencyLease::kIdleRelease) {
+          cmds.push_back(RedisCommand::ofScript(redis::scripts::concurrencyRelease(), {key},
+                                                {holder_, std::to_string(spare),
+                                                 std::to_string(ConcurrencyLease::kTtl / kMillis)}));
+          e.held -= spare;
+          e.beat_at = now;
+        } else if (e.held > 0 && now - e.beat_at >= ConcurrencyLease::kHeartbeat) {
+          cmds.push_back(RedisCommand::ofScript(redis::scripts::concurrencyAcquire(), {key},
+                                                {holder_, std::to_string(l->limit()), "0",
+                                                 std::to_string(ConcurrencyLease::kTtl / kMillis)}));
+          e.beat_at = now;
+        }
+        if (e.held == 0 && e.in_use == 0 && e.pending == 0) it = l->entries().erase(it);
+        else ++it;
+      }
+    }
+    if (!cmds.empty()) client_->batch(std::move(cmds), [](std::vector<RedisResult>&) {}, settings_.command_timeout);
+  }
+
   // While a rule is on its fallback, one PING per tick tells when Redis is back (the client's
   // breaker fails it fast while open and lets one probe through after its cooldown).
   void probe() {
@@ -374,6 +500,11 @@ class ClusterWorker {
       if (!r.succeeded()) return;
       LOG_INFO("cluster: worker %d: Redis answers again; leases resume", worker_->id());
       for (auto& a : accounts_) a.account->setDown(false);
+      for (auto& [sig, l] : conc_) {
+        // What this worker held may have expired meanwhile: start over (TTL frees the rest).
+        l->down = false;
+        for (auto& [k, e] : l->entries()) e.held = e.in_use, e.pending = 0;
+      }
     });
   }
 
@@ -390,6 +521,15 @@ class ClusterWorker {
   std::vector<Account> accounts_;  // deque-like use: pointers into it are not kept across calls
   const LimitSet* cached_set_ = nullptr;
   std::vector<cluster::LeaseAccount*> by_idx_;
+  std::vector<std::pair<std::string, std::unique_ptr<ConcurrencyLease>>> conc_;  // never shrinks
+  const LimitSet* conc_set_ = nullptr;
+  std::vector<ConcurrencyLease*> conc_by_idx_;
+  std::string holder_ = [] {
+    char b[17];
+    randomHex(b, 16);
+    b[16] = 0;
+    return std::string(b);
+  }();
   bool probing_ = false;
   Nanos next_sweep_ = 0;
 };
@@ -464,17 +604,35 @@ PhaseResult ClusterPhase::startExact(ClientConnection& c, const RouteConfig& rou
   auto& limits = *e.gen->gen->limits;
   std::vector<RedisCommand> cmds;
   std::vector<ClusterExchangeState::Exact> exact;
+  // What each command of the batch is: >= 0 an exact rule (index into `exact`), < 0 a
+  // concurrency acquire (-1 - index into `conc`).
+  std::vector<int> kinds;
+  std::vector<std::pair<ConcurrencyLease*, uint64_t>> conc;
   Nanos budget = 0;
   ClusterWorker* w = nullptr;
   for (int idx : route.limits) {
     const auto& rt = limits.rule(static_cast<size_t>(idx));
     const auto& rc = *rt.config;
-    if (!rc.cluster_scope || !rc.cluster_exact) continue;
+    bool is_conc = rc.cluster_scope && rc.algorithm == LimitAlgorithm::kConcurrency;
+    if (!rc.cluster_scope || (!rc.cluster_exact && !is_conc)) continue;
     if (static_cast<RuleModeOverride>(rt.mode_override->load(std::memory_order_relaxed)) == RuleModeOverride::kOff)
       continue;
     uint64_t key;
     if (!LimitSet::keyFor(rc, view, &key)) continue;
     if (!w) w = ClusterWorker::get(c.worker_, cfg);
+    if (is_conc) {
+      // A slot this worker already holds in Redis is lent at once; otherwise acquire one.
+      ConcurrencyLease* lease = w->concurrency(&limits, static_cast<size_t>(idx), rc);
+      if (lease->down || !lease->needs(key)) continue;
+      lease->entry(key).pending++;
+      kinds.push_back(-1 - static_cast<int>(conc.size()));
+      conc.emplace_back(lease, key);
+      cmds.push_back(RedisCommand::ofScript(redis::scripts::concurrencyAcquire(), {w->concKey(lease, key)},
+                                            {w->holder(), std::to_string(rc.max_active), "1",
+                                             std::to_string(ConcurrencyLease::kTtl / kMillis)}));
+      budget = budget == 0 ? rc.redis_timeout : std::min(budget, rc.redis_timeout);
+      continue;
+    }
     ClusterExchangeState::Exact x;
     x.idx = idx;
     x.outcome.worker = w;
@@ -485,13 +643,13 @@ PhaseResult ClusterPhase::startExact(ClientConnection& c, const RouteConfig& rou
     if (x.outcome.gcra) {
       int64_t interval_us = std::max<int64_t>(1, rc.period / static_cast<int64_t>(rc.requests) / 1000);
       argv = {std::to_string(interval_us), std::to_string(rc.burst), "1"};
-      x.outcome.refund_argv = {argv[0], argv[1], "-1"};
     } else {
       argv = {std::to_string(std::max<Nanos>(1, rc.window / kMillis)), std::to_string(rc.limit), "1"};
-      x.outcome.refund_argv = {argv[0], argv[1], "-1"};
     }
+    x.outcome.refund_argv = {argv[0], argv[1], "-1"};
     cmds.push_back(RedisCommand::ofScript(x.outcome.gcra ? redis::scripts::gcra() : redis::scripts::slidingWindow(),
                                           {x.outcome.redis_key}, std::move(argv)));
+    kinds.push_back(static_cast<int>(exact.size()));
     exact.push_back(std::move(x));
     budget = budget == 0 ? rc.redis_timeout : std::min(budget, rc.redis_timeout);
   }
@@ -501,12 +659,33 @@ PhaseResult ClusterPhase::startExact(ClientConnection& c, const RouteConfig& rou
   st->exact = std::move(exact);
   add(w->stats().exact_calls);
   std::weak_ptr<ClusterExchangeState> weak = e.cluster;
-  WorkerStats* ws = &w->stats();
-  w->client().batch(std::move(cmds), [weak, ws](std::vector<RedisResult>& rs) {
+  w->client().batch(std::move(cmds), [weak, w, kinds = std::move(kinds), conc = std::move(conc)](std::vector<RedisResult>& rs) {
+    WorkerStats* ws = &w->stats();
+    // Concurrency acquires first, whether or not the request is still there: a slot granted
+    // in Redis is held by this worker either way (lent to the next request, or given back
+    // when idle).
+    for (size_t i = 0; i < kinds.size() && i < rs.size(); i++) {
+      if (kinds[i] >= 0) continue;
+      auto [lease, key] = conc[static_cast<size_t>(-1 - kinds[i])];
+      auto& en = lease->entry(key);
+      en.pending--;
+      int64_t v[3];
+      if (rs[i].ok() && redis::scripts::integers(rs[i].reply, v, 3)) {
+        if (v[0] == 1) {
+          en.held++;
+          en.beat_at = SteadyClock::monotonicNanos();
+          en.idle_since = en.beat_at;
+        }
+      } else if (rs[i].status != redis::RedisStatus::kClosed) {
+        add(ws->exact_failures);
+        w->concurrencyFailed(lease);
+      }
+    }
     auto st = weak.lock();
     if (!st) return;
-    for (size_t i = 0; i < st->exact.size() && i < rs.size(); i++) {
-      auto& x = st->exact[i];
+    for (size_t i = 0; i < kinds.size() && i < rs.size(); i++) {
+      if (kinds[i] < 0) continue;
+      auto& x = st->exact[static_cast<size_t>(kinds[i])];
       int64_t v[4];
       if (!rs[i].ok() || !redis::scripts::integers(rs[i].reply, v, 4)) {
         x.ok = false;
@@ -532,6 +711,21 @@ PhaseResult ClusterPhase::startExact(ClientConnection& c, const RouteConfig& rou
     c->resumeAfterLimit();
   }, budget);
   return PhaseResult::kSuspended;
+}
+
+limiter::ConcurrencyGate* ClusterPhase::gateFor(ClientConnection& c, int idx, const LimitRuleRuntime& rt, uint64_t) {
+  Exchange& e = *c.ex_;
+  const auto& rc = *rt.config;
+  ClusterWorker* w = ClusterWorker::get(c.worker_, *e.gen->gen->config);
+  if (!w) return rt.concurrency.get();
+  ConcurrencyLease* lease = w->concurrency(e.gen->gen->limits.get(), static_cast<size_t>(idx), rc);
+  if (!lease->down) return lease;
+  if (rc.fail_closed) {
+    add(w->stats().fallback_closed);
+    return &kRefuseGate;
+  }
+  add(w->stats().fallback_open);
+  return rt.concurrency.get();  // the local share (max_active / expected_instances)
 }
 
 limiter::RateLimiter* ClusterPhase::limiterFor(ClientConnection& c, int idx, const LimitRuleRuntime& rt, uint64_t) {

@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "limiter/concurrency.h"
 #include "limiter/rate_limiter.h"
 #include "proxy/server/phase_result.h"
 
@@ -39,6 +40,9 @@ class ClusterPhase {
   static PhaseResult startExact(ClientConnection& c, const RouteConfig& route, const LimitRequestView& view);
   // What admit() should charge for cluster-scope rule `idx` (keyed `key`) of this request.
   static limiter::RateLimiter* limiterFor(ClientConnection& c, int idx, const LimitRuleRuntime& rt, uint64_t key);
+  // The gate admit() should use for cluster-scope concurrency rule `idx`: the worker's share of
+  // slots held in Redis (concurrency_acquire with a TTL), or the fallback when Redis is away.
+  static limiter::ConcurrencyGate* gateFor(ClientConnection& c, int idx, const LimitRuleRuntime& rt, uint64_t key);
   // The route's sale gate, before the content phase: kContinue, kAnswered (sold out, or Redis
   // away and fail_closed), or kSuspended (waiting on sale_take; resumeAfterSaleGate goes on).
   static PhaseResult saleGate(ClientConnection& c, const RouteConfig& route);

@@ -71,9 +71,9 @@ bool Loader::loadLimitRuleScope(const Mapping& m, LimitRuleConfig& rule) {
         fail(*v, m.child("scope") + ": scope 'cluster' needs the top-level 'redis:' section");
         ok = false;
       }
-      if (rule.cluster_scope && rule.algorithm != LimitAlgorithm::kLeakyBucket &&
-          rule.algorithm != LimitAlgorithm::kSlidingWindow) {
-        fail(*v, m.child("scope") + ": scope 'cluster' is for leaky_bucket and sliding_window rules");
+      if (rule.cluster_scope && rule.algorithm == LimitAlgorithm::kCircuitBreaker) {
+        fail(*v, m.child("scope") + ": scope 'cluster' is for leaky_bucket, sliding_window and "
+                                    "concurrency rules");
         ok = false;
       }
       if (rule.cluster_scope && rule.action == LimitAction::kDelay) {

@@ -169,6 +169,7 @@ LimitSet::LimitSet(const Config& config, const LimitSet* previous) {
       share->requests = std::max<uint64_t>(1, rc_in.requests / instances);
       share->burst = static_cast<uint32_t>(rc_in.burst / instances);
       share->limit = std::max<uint64_t>(1, rc_in.limit / instances);
+      share->max_active = static_cast<uint32_t>(std::max<uint64_t>(1, rc_in.max_active / instances));
       share_configs_.push_back(std::move(share));
       rcp = share_configs_.back().get();
     }

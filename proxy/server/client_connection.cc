@@ -591,7 +591,9 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
       rate[nr] = limiter::RateRuleCheck{rl, key, 1, mode, rc.max_delay};
       rate_rule[nr++] = idx;
     } else if (rt.concurrency && nc < limiter::kMaxConcurrencyRules) {
-      conc[nc] = limiter::ConcurrencyRuleCheck{rt.concurrency.get(), key, mode};
+      limiter::ConcurrencyGate* gate = rc.cluster_scope ? ClusterPhase::gateFor(*this, idx, rt, key)
+                                                        : rt.concurrency.get();
+      conc[nc] = limiter::ConcurrencyRuleCheck{gate, key, mode};
       conc_rule[nc++] = idx;
     }
   }

@@ -113,6 +113,8 @@ RULES = [
     "id: closed-rate, key: global, rate: 500r/s, scope: cluster, on_redis_down: fail_closed",
     "id: member-exact, key: member, algorithm: sliding_window, limit: 3, window: 1m, "
     "scope: cluster, cluster_mode: exact, redis_timeout: 20ms, on_redis_down: fail_closed",
+    "id: slow-active, key: route, algorithm: concurrency, max_active: 4, scope: cluster, "
+    "redis_timeout: 50ms",
 ]
 
 ROUTES = """\
@@ -128,6 +130,10 @@ ROUTES = """\
     match: { path: { prefix: /member } }
     direct_response: { status: 200, body: "ok" }
     limits: [member-exact]
+  - name: slow
+    match: { path: { prefix: /api/slow } }
+    upstream: storefront
+    limits: [slow-active]
   - name: checkout
     match: { path: { regex: "^/api/items/[^/]+/checkout$" }, methods: [POST] }
     upstream: storefront
@@ -246,6 +252,41 @@ class ClusterTest(ProxyTestCase):
         self.assertEqual(got[3:].count(429), 5, got)
         # Another member has its own quota.
         self.assertEqual(http_get(b.port, "/member", headers={"Cookie": "member=m2"})[0], 200)
+
+    def test_concurrency_across_instances_and_slots_come_back(self):
+        # max_active 4 cluster-wide: 10 slow requests at once, spread over both instances.
+        a, b = self.instances
+        results = []
+        lock = threading.Lock()
+
+        def slow(s):
+            st, _, _ = http_get(s.port, "/api/slow?ms=800")
+            with lock:
+                results.append(st)
+
+        threads = [threading.Thread(target=slow, args=((a, b)[i % 2],)) for i in range(10)]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+        for t in threads:
+            t.join(30)
+        self.assertEqual(results.count(200), 4, results)
+        self.assertEqual(results.count(429), 6, results)
+        # The slots are back (reused locally or released): 4 more fit again, on either instance.
+        results.clear()
+        threads = [threading.Thread(target=slow, args=((b, a)[i % 2],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(results, [200] * 4)
+        # Idle slots go back to Redis after a second (the TTL would free a crashed instance's).
+        def released():
+            raw = self.redis.cli("--scan", "--pattern", "sluice:conc:*").split()
+            return all(sum(int(v) for f, v in zip(*[iter(self.redis.cli("HGETALL", k).split())] * 2)
+                           if f.startswith("n:")) == 0 for k in raw)
+        self.assertTrue(self.redis.cli("--scan", "--pattern", "sluice:conc:*"))
+        wait_until(released, timeout=6, interval=0.2, message="held slots released to Redis")
 
     def test_sale_gate_never_oversells_with_both_instances_hammering(self):
         a, b = self.instances
