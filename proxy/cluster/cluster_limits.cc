@@ -198,6 +198,7 @@ class ClusterWorker {
     uv_check_start(check_, [](uv_check_t* h) { static_cast<ClusterWorker*>(h->data)->flushUrgent(); });
     // The check handle must not keep an idle loop spinning or alive on its own.
     uv_unref(reinterpret_cast<uv_handle_t*>(check_));
+    armTick();  // at least once a second: metrics are published there, sale-gate-only configs too
   }
   ~ClusterWorker() {
     retired_.clear();

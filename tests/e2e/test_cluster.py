@@ -313,6 +313,10 @@ class ClusterTest(ProxyTestCase):
         self.assertEqual(len(sold_out), 200)
         st, _, body = admin_call(b, "GET", "/sale/7")
         self.assertEqual((st, body["remaining"], body["sold"]), (200, 0, 40), body)
+        taken = sum(metric(s, "sluice_sale_gate_total", '{result="taken"}') for s in (a, b))
+        self.assertEqual(taken, 40)
+        # Redis figures are published once a second even without a lease rule in use.
+        wait_until(lambda: metric(a, "sluice_redis_replies_total") > 0, message="redis metrics")
         # An order cancelled: two units come back and sell again, then sold out.
         st, _, body = admin_call(b, "POST", "/sale/7/return", body=b'{"units": 2}')
         self.assertEqual((st, body["remaining"]), (200, 2), body)
