@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build run test bench bench-limits bench-risk bench-cache install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
+.PHONY: all deps configure build run test bench bench-limits bench-risk bench-cache bench-cluster install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -46,6 +46,11 @@ bench-risk: build
 # side, with the upstream requests each lets through (bench/cache-storm, docs/benchmarks.md).
 bench-cache: build
 	@bench/cache-storm $(BUILD_DIR)
+
+# Cluster scope: Redis round trips per request and CPU per request, scope local vs cluster
+# (bench/cluster, docs/benchmarks.md).
+bench-cluster: build
+	@bench/cluster $(BUILD_DIR)
 
 # Hardening (docs/security.md). Each uses its own build dir, so none disturbs `make test`.
 # ASan+UBSan build of everything; ctest runs unit, e2e and fuzz-corpus tests against it, and any
