@@ -350,7 +350,10 @@ class LuaTest(ProxyTestCase):
         self.assertEqual(failed, 50)
         _, _, status = admin_call(s, "GET", "/status")
         # Stable memory: the last samples within a few MB of the first (old VMs are freed).
-        self.assertLess(rss[-1] - rss[0], 8 * 1024, rss)
+        # Not under a sanitizer: ASan's quarantine holds freed memory back on purpose (it grew
+        # ~70 MB over the 100 reloads in make test-asan), so RSS says nothing there.
+        if not os.environ.get("SLUICE_SANITIZER"):
+            self.assertLess(rss[-1] - rss[0], 8 * 1024, rss)
         _, _, lua = admin_call(s, "GET", "/lua")
         self.assertLessEqual(lua["retired_vms"], 2 * 3)
 
