@@ -125,7 +125,7 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
     q.addressHash = r.addressHash;
     q.fingerprint = fp.text;
     q.tlsFingerprint = r.tlsFingerprint;
-    const ListMatch m = policy.lists->match(q);
+    const ListMatch m = policy.lists->match(q, overlay_.current(r.wallSeconds * 1000));
     auto fireList = [&](ListKind k, Signal s) {
       if (int pts = m.pointsByKind[static_cast<int>(k)]; pts > 0) signals.fire(s, pts);
     };

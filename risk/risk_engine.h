@@ -13,6 +13,7 @@
 #include <string>
 
 #include "risk/header_order_fingerprint.h"
+#include "risk/list_overlay.h"
 #include "risk/proof_of_work.h"
 #include "risk/risk_config.h"
 #include "risk/spent_set.h"
@@ -94,6 +95,8 @@ class RiskEngine {
 
   BehaviourTracker& behaviour() { return behaviour_; }
   SpentSet& spent() { return spent_; }
+  // Run-time entries of the named lists (admin API, cluster sync); survive policy swaps.
+  ListOverlay& listOverlay() { return overlay_; }
 
   // Entity keys, exposed for tests and the explain call.
   static uint64_t ipKey(const IpAddress& ip);
@@ -109,6 +112,7 @@ class RiskEngine {
 
   BehaviourTracker behaviour_;
   SpentSet spent_;
+  ListOverlay overlay_;
 };
 
 }  // namespace sluice::risk

@@ -7,6 +7,7 @@
 
 #include "core/hash.h"
 #include "core/strings.h"
+#include "risk/list_overlay.h"
 
 namespace sluice::risk {
 namespace {
@@ -52,6 +53,46 @@ bool parseListKind(std::string_view s, ListKind* out) {
     }
   }
   return false;
+}
+
+bool parseListEntry(ListKind kind, std::string_view entry, ListEntry* out, std::string* message) {
+  out->isCidr = kind == ListKind::kIp;
+  if (out->isCidr) {
+    if (!Cidr::parse(entry, &out->cidr)) {
+      *message = "not an IP address or CIDR: '" + std::string(entry.substr(0, 64)) + "'";
+      return false;
+    }
+    // Canonical text: the masked network, so "10.1.2.3/8" and "10.0.0.0/8" are one entry.
+    IpAddress masked = out->cidr.base;
+    for (int i = 0; i < 16; ++i) {
+      const int bits = out->cidr.prefix - i * 8;
+      if (bits >= 8) continue;
+      masked.bytes[i] &= bits <= 0 ? 0 : static_cast<uint8_t>(0xff << (8 - bits));
+    }
+    out->cidr.base = masked;
+    out->canonical = masked.toString();
+    if (out->cidr.prefix != 128)
+      out->canonical += "/" + std::to_string(masked.v4 ? out->cidr.prefix - 96 : out->cidr.prefix);
+    out->key = maskedKey(masked, out->cidr.prefix);
+    return true;
+  }
+  if (entry.empty()) {
+    *message = "empty entry";
+    return false;
+  }
+  if (entry.size() > kMaxTokenBytes) {
+    *message = "entry longer than 256 bytes";
+    return false;
+  }
+  for (char ch : entry) {
+    if (ch == ' ' || ch == '\t' || static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) {
+      *message = "entry contains whitespace or a control character";
+      return false;
+    }
+  }
+  out->canonical.assign(entry);
+  out->key = tokenKey(kind, entry);
+  return true;
 }
 
 void FlatHashSet::insert(uint64_t key) {
@@ -116,18 +157,13 @@ bool ScalperLists::parseInto(const ListSource& src, std::string_view text,
                ": " + msg;
       return false;
     };
-    if (src.kind == ListKind::kIp) {
-      Cidr c;
-      if (!Cidr::parse(entry, &c)) return fail("not an IP address or CIDR: '" + std::string(entry.substr(0, 64)) + "'");
-      out->cidrs.add(c);
-    } else {
-      if (entry.size() > kMaxTokenBytes) return fail("entry longer than 256 bytes");
-      for (char ch : entry) {
-        if (ch == ' ' || ch == '\t' || static_cast<unsigned char>(ch) < 0x20)
-          return fail("entry contains whitespace or a control character");
-      }
-      out->ids.insert(tokenKey(src.kind, entry));
-    }
+    ListEntry parsed;
+    std::string message;
+    if (!parseListEntry(src.kind, entry, &parsed, &message)) return fail(message);
+    if (parsed.isCidr)
+      out->cidrs.add(parsed.cidr);
+    else
+      out->ids.insert(parsed.key);
     ++out->entries;
   }
   return true;
@@ -158,7 +194,7 @@ ScalperListsPtr ScalperLists::load(const std::vector<ListSource>& sources, std::
   return fromLists(std::move(lists));
 }
 
-ListMatch ScalperLists::match(const ListQuery& q) const {
+ListMatch ScalperLists::match(const ListQuery& q, const ListOverlaySnapshot* overlay) const {
   ListMatch m;
   if (lists_.empty()) return m;
   uint64_t keys[6] = {};
@@ -179,6 +215,11 @@ ListMatch ScalperLists::match(const ListQuery& q) const {
       hit = q.ip != nullptr && l.cidrs.contains(*q.ip);
     } else {
       hit = have[k] && l.ids.contains(keys[k]);
+    }
+    if (!hit && overlay) {
+      if (const OverlayList* ol = overlay->find(l.name, l.kind))
+        hit = l.kind == ListKind::kIp ? q.ip != nullptr && ol->cidrs.contains(*q.ip)
+                                      : have[k] && ol->ids.contains(keys[k]);
     }
     if (!hit) continue;
     if (i < 64) m.matchedLists |= uint64_t{1} << i;

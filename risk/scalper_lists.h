@@ -66,6 +66,19 @@ class CidrMatcher {
   size_t count_ = 0;
 };
 
+// One entry as a list file's line or the admin API gives it (trimmed): its canonical text (an IP
+// entry's masked network, "10.0.0.0/8" for "10.1.2.3/8") and the key lookups use.
+struct ListEntry {
+  bool isCidr = false;
+  Cidr cidr;            // isCidr
+  uint64_t key = 0;     // tokens: hash64 of the token; CIDRs: hash of (prefix, network)
+  std::string canonical;
+};
+// False plus a message without a position ("not an IP address or CIDR: 'x'") when invalid.
+bool parseListEntry(ListKind kind, std::string_view entry, ListEntry* out, std::string* message);
+
+class ListOverlaySnapshot;
+
 struct ScalperList {
   std::string name;
   ListKind kind = ListKind::kIp;
@@ -111,7 +124,9 @@ class ScalperLists {
                         std::string_view fileLabel, ScalperList* out, std::string* error);
   static ScalperListsPtr fromLists(std::vector<ScalperList> lists);
 
-  ListMatch match(const ListQuery& q) const;
+  // `overlay`: entries operators added at run time (list_overlay.h), matched as part of the
+  // configured list of the same name and kind; null when there are none.
+  ListMatch match(const ListQuery& q, const ListOverlaySnapshot* overlay = nullptr) const;
   const std::vector<ScalperList>& lists() const { return lists_; }
   bool empty() const { return lists_.empty(); }
 
