@@ -29,6 +29,29 @@ class JsonScanner {
   explicit JsonScanner(std::string_view s, bool literals) : s_(s), literals_(literals) {}
 
   bool findMember(std::string_view name, std::string* out) {
+    return findMemberWith(name, [&] { return scalarValue(out); });
+  }
+  // The member's value must be an array of strings.
+  bool findStringArray(std::string_view name, std::vector<std::string>* out) {
+    return findMemberWith(name, [&] {
+      out->clear();
+      if (!eat('[')) return false;
+      ws();
+      if (eat(']')) return true;
+      for (;;) {
+        ws();
+        out->emplace_back();
+        if (!string(&out->back())) return false;
+        ws();
+        if (eat(']')) return true;
+        if (!eat(',')) return false;
+      }
+    });
+  }
+
+ private:
+  template <class ReadValue>
+  bool findMemberWith(std::string_view name, ReadValue readValue) {
     ws();
     if (!eat('{')) return false;
     ws();
@@ -40,7 +63,7 @@ class JsonScanner {
       ws();
       if (!eat(':')) return false;
       ws();
-      if (key == name) return scalarValue(out);
+      if (key == name) return readValue();
       if (!skipValue(0)) return false;
       ws();
       if (eat(',')) continue;
@@ -48,7 +71,6 @@ class JsonScanner {
     }
   }
 
- private:
   void ws() {
     while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) i_++;
   }
@@ -275,6 +297,12 @@ bool jwtClaim(std::string_view claims_json, std::string_view name, std::string* 
 bool jsonMember(std::string_view json, std::string_view name, std::string* out) {
   JsonScanner scanner(json, /*literals=*/true);
   return scanner.findMember(name, out);
+}
+
+bool jsonStringArrayMember(std::string_view json, std::string_view name,
+                           std::vector<std::string>* out) {
+  JsonScanner scanner(json, /*literals=*/true);
+  return scanner.findStringArray(name, out);
 }
 
 std::string checkRsaPublicKey(const std::string& pem) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace sluice {
 
@@ -51,5 +52,8 @@ bool jwtClaim(std::string_view claims_json, std::string_view name, std::string* 
 // The same scanner for small JSON request bodies (admin API): a top-level member's value as text,
 // strings unescaped, integers as digits, and true / false / null as those words.
 bool jsonMember(std::string_view json, std::string_view name, std::string* out);
+// A top-level member whose value is an array of strings (unescaped); false otherwise.
+bool jsonStringArrayMember(std::string_view json, std::string_view name,
+                           std::vector<std::string>* out);
 
 }  // namespace sluice

@@ -20,5 +20,7 @@ bool parseDurationNanos(std::string_view s, int64_t* out);
 bool parseSize(std::string_view s, uint64_t* out);
 
 std::string jsonEscape(std::string_view s);
+// A query string value: %XX decoded, '+' as a space; malformed escapes kept as they are.
+std::string percentDecode(std::string_view s);
 
 }  // namespace sluice

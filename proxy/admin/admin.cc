@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/strings.h"
 #include "proxy/admin/dashboard.h"
+#include "proxy/admin/lists_admin.h"
 #include "proxy/cluster/cluster_limits.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
@@ -347,6 +348,11 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
     size_t slash = rest.find('/');
     auto [status, out] = saleAdmin(cfg, !read, rest.substr(0, slash),
                                    slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1), body);
+    return json(status, out);
+  }
+  if (path == "/lists" || path.rfind("/lists/", 0) == 0) {
+    const char* method = read ? "GET" : head.method == HTTP_POST ? "POST" : head.method == HTTP_DELETE ? "DELETE" : "OTHER";
+    auto [status, out] = listsAdmin(cfg, method, path.substr(6), query, body);
     return json(status, out);
   }
   if (path == "/cluster" && read) return json(200, ClusterPhase::statusJson());

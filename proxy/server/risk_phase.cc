@@ -158,27 +158,6 @@ std::string_view itemIdOf(std::string_view path) {
   return path.substr(0, end);
 }
 
-std::string percentDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (size_t i = 0; i < s.size(); i++) {
-    if (s[i] == '+') out.push_back(' ');
-    else if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2])));
-      i += 2;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
 std::string urlEncode(std::string_view s) {
   static const char kHex[] = "0123456789ABCDEF";
   std::string out;
@@ -645,6 +624,11 @@ std::pair<int, std::string> RiskPhase::explain(const Config& cfg, std::string_vi
   }
   out += "}";
   return {200, out};
+}
+
+risk::ListOverlay* RiskPhase::listOverlay(const Config& cfg) {
+  if (!cfg.risk) return nullptr;
+  return &engineFor(*cfg.risk).listOverlay();
 }
 
 std::string RiskPhase::statusJson(const Config& cfg) {

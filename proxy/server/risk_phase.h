@@ -25,6 +25,7 @@ struct RiskExchangeState;  // per request, defined in risk_phase.cc
 struct RiskSettings;
 namespace risk {
 struct RiskRequest;
+class ListOverlay;
 }
 
 class RiskPhase {
@@ -45,6 +46,8 @@ class RiskPhase {
   static std::pair<int, std::string> explain(const Config& cfg, std::string_view query);
   // Admin API: GET /risk -> JSON summary (profiles, levels, secret source, table use).
   static std::string statusJson(const Config& cfg);
+  // The process-wide run-time list entries (admin API, cluster sync); null when risk is off.
+  static risk::ListOverlay* listOverlay(const Config& cfg);
   // Registers the sluice_risk_* families (ProxyMetrics' constructor).
   static void registerMetrics(MetricsRegistry& registry);
 

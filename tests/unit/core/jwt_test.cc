@@ -151,3 +151,18 @@ TEST_CASE("jwt: without keys claims are read unverified; garbage is never a toke
 
 }  // namespace
 }  // namespace sluice
+
+TEST_CASE("json bodies: members and string arrays for the admin API", "[core][jwt][json]") {
+  std::string v;
+  CHECK(sluice::jsonMember(R"({"mode": "shadow", "on": true})", "on", &v));
+  CHECK(v == "true");
+  std::vector<std::string> a;
+  REQUIRE(sluice::jsonStringArrayMember(R"({"ttl":"30m","entries":["10.0.0.0/8", "dev\u0041"]})", "entries", &a));
+  CHECK(a == std::vector<std::string>{"10.0.0.0/8", "devA"});
+  CHECK(sluice::jsonStringArrayMember(R"({"entries":[]})", "entries", &a));
+  CHECK(a.empty());
+  CHECK_FALSE(sluice::jsonStringArrayMember(R"({"entries":["a", 1]})", "entries", &a));
+  CHECK_FALSE(sluice::jsonStringArrayMember(R"({"entries":"a"})", "entries", &a));
+  CHECK_FALSE(sluice::jsonStringArrayMember(R"({"entries":["a")", "entries", &a));
+  CHECK_FALSE(sluice::jsonStringArrayMember(R"({"other":["a"]})", "entries", &a));
+}
