@@ -1,4 +1,5 @@
 #include "proxy/cluster/cluster_limits.h"
+#include "proxy/cluster/redis_options.h"
 
 #include <hiredis/hiredis.h>
 #include <uv.h>
@@ -330,18 +331,7 @@ class ClusterWorker {
 
   void connect(const RedisSettings& s) {
     settings_ = s;
-    redis::RedisClientOptions o;
-    for (const auto& [h, p] : s.endpoints) o.endpoints.push_back({h, p});
-    o.cluster = s.cluster;
-    o.username = s.username;
-    o.password = s.password;
-    o.database = s.db;
-    o.commandTimeout = s.command_timeout;
-    o.connectTimeout = s.connect_timeout;
-    o.backoffBase = s.backoff_base;
-    o.backoffMax = s.backoff_max;
-    o.breakerFailures = s.breaker_failures;
-    o.breakerCooldown = s.breaker_cooldown;
+    redis::RedisClientOptions o = redisClientOptions(s);
     if (client_) {
       // Keep the totals monotonic across a client replaced by a reload.
       const auto& st = client_->stats();

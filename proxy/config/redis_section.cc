@@ -9,7 +9,8 @@ void Loader::loadRedis(const Node& n, Config& cfg) {
   Mapping m = mapping(n, "redis",
                       {"endpoints", "cluster", "username", "password", "password_file", "db",
                        "command_timeout", "connect_timeout", "backoff_base", "backoff_max",
-                       "breaker_failures", "breaker_cooldown", "expected_instances", "key_prefix"});
+                       "breaker_failures", "breaker_cooldown", "expected_instances", "key_prefix",
+                       "sync_lists", "lists_resync_interval"});
   if (!m.valid) return;
   redis_on_ = true;
   auto s = std::make_shared<RedisSettings>();
@@ -56,6 +57,13 @@ void Loader::loadRedis(const Node& n, Config& cfg) {
   if (auto v = m.get("expected_instances"))
     readInt(*v, m.child("expected_instances"), 1, 100000, &s->expected_instances);
   if (auto v = m.get("key_prefix")) scalar(*v, m.child("key_prefix"), "a string", &s->key_prefix);
+  if (auto v = m.get("sync_lists")) readBool(*v, m.child("sync_lists"), &s->sync_lists);
+  if (auto v = m.get("lists_resync_interval"))
+    readDuration(*v, m.child("lists_resync_interval"), &s->lists_resync_interval);
+  if (s->lists_resync_interval < 100 * kMillis) {
+    if (auto v = m.get("lists_resync_interval"))
+      fail(*v, "redis.lists_resync_interval: must be at least 100ms");
+  }
   if (s->backoff_max < s->backoff_base)
     fail(n, "redis: backoff_max must not be shorter than backoff_base");
   cfg.redis = s;

@@ -28,6 +28,9 @@ struct RedisSettings {
   // limit / expected_instances (split again over this instance's workers).
   uint32_t expected_instances = 1;
   std::string key_prefix = "sluice:";
+  // Run-time entries of the risk lists shared through Redis (proxy/cluster/list_sync.h).
+  bool sync_lists = false;
+  Nanos lists_resync_interval = 10 * kSeconds;
 };
 
 // Flash-sale stock at the edge: each request on the route takes one unit of the item's quota

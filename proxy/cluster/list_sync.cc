@@ -1,0 +1,379 @@
+#include "proxy/cluster/list_sync.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include <deque>
+#include <memory>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/redis/libuv_adapter.h"
+#include "core/strings.h"
+#include "proxy/cluster/redis_options.h"
+#include "proxy/config/config.h"
+#include "proxy/config/redis_settings.h"
+#include "proxy/config/risk_settings.h"
+#include "proxy/server/risk_phase.h"
+#include "risk/list_overlay.h"
+#include "risk/risk_config.h"
+
+namespace sluice {
+
+namespace {
+
+constexpr size_t kMaxPendingWrites = 10000;
+constexpr Nanos kResubscribeDelay = 1 * kSeconds;
+
+int64_t nowMs() { return wallMicros() / 1000; }
+
+std::vector<std::string_view> splitTabs(std::string_view s) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  for (;;) {
+    size_t tab = s.find('\t', start);
+    out.push_back(s.substr(start, tab == std::string_view::npos ? std::string_view::npos : tab - start));
+    if (tab == std::string_view::npos) return out;
+    start = tab + 1;
+  }
+}
+
+struct Stats {
+  bool subscribed = false;
+  uint64_t messages = 0;       // messages received on the channel
+  uint64_t bad_messages = 0;   // unknown verb, list or entry
+  uint64_t resyncs = 0;        // full reads applied
+  uint64_t resync_failures = 0;
+  uint64_t writes = 0;         // changes written to Redis and published
+  uint64_t write_failures = 0; // attempts that failed (the change stays queued)
+  int64_t last_resync_unix = 0;
+};
+
+// One list's name and kind as the running configuration has it.
+struct ListInfo {
+  std::string name;
+  risk::ListKind kind;
+};
+
+class Sync {
+ public:
+  Sync(uv_loop_t* loop, const RedisSettings& s, std::vector<ListInfo> lists, risk::ListOverlay* overlay,
+       Nanos resync_interval)
+      : loop_(loop), settings_(s), lists_(std::move(lists)), overlay_(overlay),
+        resync_interval_(resync_interval) {
+    client_ = redis::RedisClient::create(loop_, redisClientOptions(s));
+    timer_ = new uv_timer_t;
+    uv_timer_init(loop_, timer_);
+    timer_->data = this;
+    subscribe();
+    uv_timer_start(timer_, &Sync::onTimer, static_cast<uint64_t>(resync_interval_ / kMillis),
+                   static_cast<uint64_t>(resync_interval_ / kMillis));
+  }
+
+  ~Sync() {
+    closing_ = true;
+    if (sub_) redisAsyncFree(sub_);  // its callbacks see closing_ and do not reconnect
+    sub_ = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    // The client's pending callbacks fire with kClosed; they only touch `alive_`.
+    *alive_ = false;
+    client_.reset();
+  }
+
+  bool sameAs(const RedisSettings& s, Nanos interval) const {
+    return s.endpoints == settings_.endpoints && s.cluster == settings_.cluster &&
+           s.username == settings_.username && s.password == settings_.password &&
+           s.db == settings_.db && s.key_prefix == settings_.key_prefix && interval == resync_interval_;
+  }
+  void setLists(std::vector<ListInfo> lists) { lists_ = std::move(lists); }
+
+  void write(std::vector<redis::RedisCommand> cmds) {
+    if (pending_.size() >= kMaxPendingWrites) {
+      pending_.pop_front();
+      LOG_WARN("lists sync: more than %zu changes wait for Redis; the oldest was dropped", kMaxPendingWrites);
+    }
+    pending_.push_back(std::move(cmds));
+    flush();
+  }
+
+  std::string keyOf(const std::string& list) const { return settings_.key_prefix + "list:" + list; }
+  std::string channel() const { return settings_.key_prefix + "lists"; }
+  const Stats& stats() const { return stats_; }
+
+ private:
+  // Pending writes go one batch at a time, in order, so a del never overtakes its add.
+  void flush() {
+    if (writing_ || pending_.empty()) return;
+    writing_ = true;
+    auto alive = alive_;
+    client_->batch(pending_.front(), [this, alive](std::vector<redis::RedisResult>& results) {
+      if (!*alive) return;
+      writing_ = false;
+      bool ok = true;
+      for (const auto& r : results) ok = ok && r.succeeded();
+      if (!ok) {
+        stats_.write_failures++;
+        if (stats_.write_failures == 1 || stats_.write_failures % 100 == 0)
+          LOG_WARN("lists sync: writing a change to Redis failed (%s); kept locally and retried",
+                   results.empty() ? "?" : redis::redisStatusName(results[0].status));
+        return;  // retried by the timer
+      }
+      stats_.writes++;
+      pending_.pop_front();
+      flush();
+    });
+  }
+
+  static void onTimer(uv_timer_t* t) {
+    auto* self = static_cast<Sync*>(t->data);
+    self->flush();
+    if (!self->sub_ && !self->closing_) self->subscribe();
+    self->resync();
+  }
+
+  // Full read of every configured list. Entries learned locally after the read was sent stay.
+  void resync() {
+    if (lists_.empty() || resyncing_) return;
+    // Our own queued writes go first: a read without them would drop them here until they land.
+    if (!pending_.empty()) return flush();
+    resyncing_ = true;
+    const int64_t sent_ms = nowMs();
+    std::vector<redis::RedisCommand> cmds;
+    for (const auto& l : lists_) {
+      cmds.push_back(redis::RedisCommand::of({"ZREMRANGEBYSCORE", keyOf(l.name), "-inf", std::to_string(sent_ms)}));
+      cmds.push_back(redis::RedisCommand::of(
+          {"ZRANGEBYSCORE", keyOf(l.name), "(" + std::to_string(sent_ms), "+inf", "WITHSCORES"}));
+    }
+    auto alive = alive_;
+    auto lists = lists_;
+    client_->batch(std::move(cmds), [this, alive, lists, sent_ms](std::vector<redis::RedisResult>& results) {
+      if (!*alive) return;
+      resyncing_ = false;
+      for (size_t i = 0; i < lists.size(); i++) {
+        const redis::RedisResult& r = results[2 * i + 1];
+        if (!r.succeeded() || !r.reply.isArray()) {
+          stats_.resync_failures++;
+          return;
+        }
+      }
+      const int64_t now = nowMs();
+      for (size_t i = 0; i < lists.size(); i++) {
+        const auto& el = results[2 * i + 1].reply.elements;
+        std::vector<risk::ListOverlay::Entry> entries;
+        for (size_t j = 0; j + 1 < el.size(); j += 2) {
+          risk::ListOverlay::Entry e;
+          std::string message;
+          if (!risk::parseListEntry(lists[i].kind, el[j].str, &e.parsed, &message)) {
+            stats_.bad_messages++;
+            continue;
+          }
+          const std::string& score = el[j + 1].str;
+          e.expiresAtMs = score == "inf" || score == "+inf" ? 0 : static_cast<int64_t>(std::atof(score.c_str()));
+          e.addedAtMs = now;
+          entries.push_back(std::move(e));
+        }
+        overlay_->replace(lists[i].name, lists[i].kind, std::move(entries), now, sent_ms);
+      }
+      stats_.resyncs++;
+      stats_.last_resync_unix = now / 1000;
+    });
+  }
+
+  // The subscriber: its own connection (a subscribed connection can run nothing else).
+  void subscribe() {
+    if (settings_.endpoints.empty()) return;
+    const auto& [host, port] = settings_.endpoints[0];
+    redisAsyncContext* ac = redisAsyncConnect(host.c_str(), port);
+    if (!ac || ac->err) {
+      if (ac) redisAsyncFree(ac);
+      return;  // the timer tries again
+    }
+    if (redis::detail::libuvAttach(ac, loop_) != REDIS_OK) {
+      redisAsyncFree(ac);
+      return;
+    }
+    ac->data = this;
+    sub_ = ac;
+    redisAsyncSetConnectCallback(ac, [](const redisAsyncContext* c, int status) {
+      auto* self = static_cast<Sync*>(c->data);
+      if (status != REDIS_OK) self->lost(c);
+    });
+    redisAsyncSetDisconnectCallback(ac, [](const redisAsyncContext* c, int) {
+      static_cast<Sync*>(c->data)->lost(c);
+    });
+    if (!settings_.password.empty()) {
+      std::vector<const char*> argv{"AUTH"};
+      std::vector<size_t> lens{4};
+      if (!settings_.username.empty()) {
+        argv.push_back(settings_.username.data());
+        lens.push_back(settings_.username.size());
+      }
+      argv.push_back(settings_.password.data());
+      lens.push_back(settings_.password.size());
+      redisAsyncCommandArgv(ac, &Sync::onAuth, nullptr, static_cast<int>(argv.size()), argv.data(), lens.data());
+    }
+    const std::string ch = channel();
+    const char* argv[2] = {"SUBSCRIBE", ch.c_str()};
+    size_t lens[2] = {9, ch.size()};
+    redisAsyncCommandArgv(ac, &Sync::onMessage, nullptr, 2, argv, lens);
+  }
+
+  void lost(const redisAsyncContext* c) {
+    if (c != sub_) return;
+    sub_ = nullptr;  // hiredis frees the context after this callback
+    if (stats_.subscribed) LOG_WARN("lists sync: subscriber connection lost; reconnecting");
+    stats_.subscribed = false;
+    if (closing_) return;
+    // Reconnect soon, not on the next resync tick: pushes are what makes changes take a second.
+    uv_timer_start(timer_, &Sync::onTimer, static_cast<uint64_t>(kResubscribeDelay / kMillis),
+                   static_cast<uint64_t>(resync_interval_ / kMillis));
+  }
+
+  static void onAuth(redisAsyncContext* c, void* r, void*) {
+    auto* reply = static_cast<redisReply*>(r);
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+      LOG_WARN("lists sync: subscriber AUTH refused");  // never the password
+      redisAsyncDisconnect(c);
+    }
+  }
+
+  static void onMessage(redisAsyncContext* c, void* r, void*) {
+    auto* reply = static_cast<redisReply*>(r);
+    auto* self = static_cast<Sync*>(c->data);
+    if (!reply || self->closing_ || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
+    std::string_view kind(reply->element[0]->str ? reply->element[0]->str : "", reply->element[0]->len);
+    if (kind == "subscribe") {
+      self->stats_.subscribed = true;
+      LOG_INFO("lists sync: subscribed to %s", self->channel().c_str());
+      self->resync();  // catch up on what was missed while not subscribed
+      return;
+    }
+    if (kind != "message" || reply->element[2]->type != REDIS_REPLY_STRING) return;
+    self->stats_.messages++;
+    self->apply(std::string_view(reply->element[2]->str, reply->element[2]->len));
+  }
+
+  void apply(std::string_view msg) {
+    std::vector<std::string_view> f = splitTabs(msg);
+    const bool add = f[0] == "add";
+    if ((!add && f[0] != "del") || f.size() < (add ? 4u : 3u)) {
+      stats_.bad_messages++;
+      return;
+    }
+    const ListInfo* info = nullptr;
+    for (const auto& l : lists_)
+      if (l.name == f[1]) info = &l;
+    if (!info) return;  // a list this instance does not have configured
+    int64_t expires = 0;
+    size_t first = 2;
+    if (add) {
+      expires = std::atoll(std::string(f[2]).c_str());
+      first = 3;
+    }
+    std::vector<risk::ListEntry> entries;
+    for (size_t i = first; i < f.size(); i++) {
+      risk::ListEntry e;
+      std::string message;
+      if (!risk::parseListEntry(info->kind, f[i], &e, &message)) {
+        stats_.bad_messages++;
+        continue;
+      }
+      entries.push_back(std::move(e));
+    }
+    const int64_t now = nowMs();
+    if (add) {
+      if (expires == 0 || expires > now) overlay_->add(info->name, info->kind, entries, expires, now);
+    } else {
+      std::vector<std::string> canonical;
+      for (auto& e : entries) canonical.push_back(std::move(e.canonical));
+      overlay_->remove(info->name, canonical);
+    }
+  }
+
+  uv_loop_t* loop_;
+  RedisSettings settings_;
+  std::vector<ListInfo> lists_;
+  risk::ListOverlay* overlay_;
+  Nanos resync_interval_;
+  redis::RedisClientPtr client_;
+  redisAsyncContext* sub_ = nullptr;
+  uv_timer_t* timer_ = nullptr;
+  bool closing_ = false;
+  bool writing_ = false;
+  bool resyncing_ = false;
+  std::deque<std::vector<redis::RedisCommand>> pending_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  Stats stats_;
+};
+
+std::unique_ptr<Sync>& instance() {
+  static auto* s = new std::unique_ptr<Sync>;  // control thread only
+  return *s;
+}
+
+}  // namespace
+
+void ListSync::configure(uv_loop_t* loop, const Config& cfg) {
+  auto& sync = instance();
+  const bool on = cfg.redis && cfg.redis->sync_lists && cfg.risk;
+  if (!on) {
+    if (sync) LOG_INFO("lists sync: off");
+    sync.reset();
+    return;
+  }
+  std::vector<ListInfo> lists;
+  for (const auto& src : cfg.risk->policy->config.lists) lists.push_back({src.name, src.kind});
+  if (sync && sync->sameAs(*cfg.redis, cfg.redis->lists_resync_interval)) {
+    sync->setLists(std::move(lists));
+    return;
+  }
+  sync.reset();
+  sync = std::make_unique<Sync>(loop, *cfg.redis, std::move(lists), RiskPhase::listOverlay(cfg),
+                                cfg.redis->lists_resync_interval);
+}
+
+void ListSync::shutdown() { instance().reset(); }
+
+void ListSync::publishAdd(const Config&, const std::string& list, risk::ListKind,
+                          const std::vector<risk::ListEntry>& entries, int64_t expires_ms) {
+  auto& sync = instance();
+  if (!sync || entries.empty()) return;
+  std::vector<std::string> zadd{"ZADD", sync->keyOf(list)};
+  std::string msg = "add\t" + list + "\t" + std::to_string(expires_ms);
+  for (const auto& e : entries) {
+    zadd.push_back(expires_ms ? std::to_string(expires_ms) : "+inf");
+    zadd.push_back(e.canonical);
+    msg += "\t" + e.canonical;
+  }
+  sync->write({redis::RedisCommand::of(std::move(zadd)),
+               redis::RedisCommand::keyless({"PUBLISH", sync->channel(), msg})});
+}
+
+void ListSync::publishRemove(const Config&, const std::string& list,
+                             const std::vector<std::string>& canonical) {
+  auto& sync = instance();
+  if (!sync || canonical.empty()) return;
+  std::vector<std::string> zrem{"ZREM", sync->keyOf(list)};
+  std::string msg = "del\t" + list;
+  for (const auto& c : canonical) {
+    zrem.push_back(c);
+    msg += "\t" + c;
+  }
+  sync->write({redis::RedisCommand::of(std::move(zrem)),
+               redis::RedisCommand::keyless({"PUBLISH", sync->channel(), msg})});
+}
+
+std::string ListSync::statusJson() {
+  auto& sync = instance();
+  if (!sync) return "{\"enabled\":false}";
+  const Stats& s = sync->stats();
+  return std::string("{\"enabled\":true,\"subscribed\":") + (s.subscribed ? "true" : "false") +
+         ",\"channel\":\"" + jsonEscape(sync->channel()) + "\",\"messages\":" + std::to_string(s.messages) +
+         ",\"bad_messages\":" + std::to_string(s.bad_messages) + ",\"resyncs\":" + std::to_string(s.resyncs) +
+         ",\"resync_failures\":" + std::to_string(s.resync_failures) +
+         ",\"last_resync_unix\":" + std::to_string(s.last_resync_unix) +
+         ",\"writes\":" + std::to_string(s.writes) + ",\"write_failures\":" + std::to_string(s.write_failures) +
+         "}";
+}
+
+}  // namespace sluice
