@@ -143,15 +143,53 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
   return out;
 }
 
-void BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
-                              Nanos halfLife, Nanos now) {
+int BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
+                             Nanos halfLife, Nanos now, int shareMinScore) {
   const uint32_t tick = secondsTick(now);
+  int shared = -1;
   tables_[static_cast<int>(kind)]->apply(
       key, limiter::Lookup::kFindOnly, [](const EntityState&) { return limiter::EntryStatus::kActive; },
       [&](EntityState& s, bool) {
         const float decayed = decay(s.score, s.scoreAt, tick, halfLife);
         s.score = std::max(decayed, score);
         s.scoreAt = tick;
+        if (ladder) s.ladder = *ladder;
+        if (shareMinScore > 0) {
+          // A band shared earlier that decayed two bands since no longer counts: climbing back
+          // is news. (One band of slack, or a score sitting on a boundary would be re-told on
+          // every request as it decays a hair below it and climbs back.)
+          const uint8_t decayedBand = static_cast<uint8_t>(std::min(decayed, 100.f) / 10);
+          if (decayedBand + 1 < s.sharedBand) s.sharedBand = static_cast<uint8_t>(decayedBand + 1);
+          const uint8_t band = static_cast<uint8_t>(std::min(s.score, 100.f) / 10);
+          if (s.score >= static_cast<float>(shareMinScore) && band > s.sharedBand) {
+            s.sharedBand = band;
+            shared = static_cast<int>(s.score);
+          }
+        }
+        return limiter::EntryAction::kKeep;
+      });
+  return shared;
+}
+
+void BehaviourTracker::merge(EntityKind kind, uint64_t key, float score, uint32_t ageSeconds,
+                             const LadderState* ladder, Nanos halfLife, Nanos idleAfter,
+                             Nanos now) {
+  const uint32_t tick = secondsTick(now);
+  const uint64_t nowMs = static_cast<uint64_t>(now < 0 ? 0 : now / kMillis) + 1;
+  const uint64_t idleMs = static_cast<uint64_t>(idleAfter / kMillis);
+  const float remote = decay(score, 1, 1 + ageSeconds, halfLife);
+  // Unknown here: a record that is idle until this instance sees the entity itself (it is the
+  // first evicted, and observe() starts its counters fresh while keeping the score and ladder).
+  tables_[static_cast<int>(kind)]->apply(
+      key, limiter::Lookup::kFindOrInsert,
+      [](const EntityState& s) { return s.lastSeenMs == 0 ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive; },
+      [&](EntityState& s, bool inserted) {
+        // An entity idle here is forgotten as observe() would, so the peer's score survives it.
+        if (inserted || (s.lastSeenMs != 0 && nowMs - s.lastSeenMs > idleMs)) s = EntityState{};
+        const float local = decay(s.score, s.scoreAt, tick, halfLife);
+        s.score = std::max(local, remote);
+        s.scoreAt = tick;
+        s.sharedBand = std::max(s.sharedBand, static_cast<uint8_t>(std::min(s.score, 100.f) / 10));
         if (ladder) s.ladder = *ladder;
         return limiter::EntryAction::kKeep;
       });

@@ -50,6 +50,9 @@ struct EntityState {
   float score = 0;             // decaying score, as of scoreAt
   uint32_t scoreAt = 0;        // seconds tick
   LadderState ladder;
+  // Cluster sharing: the score band (score / 10) last published or learned from a peer, so an
+  // entity is published once per band it climbs, not once per request.
+  uint8_t sharedBand = 0;
 };
 
 // What one entity looks like after recording this request.
@@ -87,6 +90,7 @@ class BehaviourTracker {
  public:
   // 512-byte sets: 4 ways of 112-byte entries, so a probe touches at most 8 cache lines.
   using Table = limiter::KeyTable<EntityState, 512>;
+  static_assert(Table::kWays == 4, "EntityState outgrew its 4-way 512-byte set");
 
   // `memoryPerKind` bytes for each of the three tables.
   explicit BehaviourTracker(size_t memoryPerKind);
@@ -105,8 +109,14 @@ class BehaviourTracker {
 
   // Stores the request's score into the entity (kept as the max of it and the decayed score) and,
   // when `ladder` is non-null, the entity's new ladder state.
-  void commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
-              Nanos halfLife, Nanos now);
+  // With `shareMinScore` > 0, returns the stored score when it rose into a new band of 10 points
+  // at or above shareMinScore since last shared (the caller publishes it), else -1.
+  int commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
+             Nanos halfLife, Nanos now, int shareMinScore = 0);
+  // A peer instance's view of an entity: its score `ageSeconds` ago (kept as the max with ours,
+  // both decayed) and, when non-null, its ladder state (the peer saw the latest challenge).
+  void merge(EntityKind kind, uint64_t key, float score, uint32_t ageSeconds,
+             const LadderState* ladder, Nanos halfLife, Nanos idleAfter, Nanos now);
   // Applies fn(LadderState&) to an entity's ladder state (challenge results).
   template <class Fn>
   bool updateLadder(EntityKind kind, uint64_t key, Fn&& fn) {

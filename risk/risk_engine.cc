@@ -220,12 +220,30 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   d.satisfiedByToken = lo.satisfiedByToken;
 
   // Remember this request's own score on every entity (decaying), and the subject's ladder.
+  const int shareMin = shareMinScore_.load(std::memory_order_relaxed);
   for (int k = 0; k < kEntityKinds; ++k) {
     if (ev.keys[k] == 0) continue;
     const bool isSubject = static_cast<int>(subjectKind) == k;
     if (sr.score == 0 && !(isSubject && lo.stateChanged)) continue;
-    behaviour_.commit(static_cast<EntityKind>(k), ev.keys[k], static_cast<float>(sr.score),
-                      isSubject && lo.stateChanged ? &state : nullptr, cfg.scoreHalfLife, now);
+    const int shared =
+        behaviour_.commit(static_cast<EntityKind>(k), ev.keys[k], static_cast<float>(sr.score),
+                          isSubject && lo.stateChanged ? &state : nullptr, cfg.scoreHalfLife, now,
+                          shareMin);
+    if (shareMin <= 0) continue;
+    const LadderState& before = subject.ladder;
+    const bool ladderMoved = isSubject && lo.stateChanged &&
+                             (state.escalation != before.escalation ||
+                              state.pendingLevel != before.pendingLevel ||
+                              state.failures != before.failures);
+    if (shared >= 0 || ladderMoved) {
+      SharedEntityUpdate u;
+      u.kind = static_cast<EntityKind>(k);
+      u.key = ev.keys[k];
+      u.score = static_cast<uint8_t>(std::clamp(shared, 0, 100));
+      u.hasLadder = ladderMoved;
+      u.ladder = state;
+      share(u);
+    }
   }
 
   if (d.action == RiskAction::kChallenge && policy.tickets) {
@@ -242,9 +260,19 @@ void RiskEngine::recordChallengeResult(const RiskPolicy& policy, const RiskReque
   (void)level;
   const auto [kind, key] = subjectOf(r);
   const uint8_t levels = static_cast<uint8_t>(policy.levelNames.size());
+  LadderState after;
   const bool found = behaviour_.updateLadder(kind, key, [&](LadderState& s) {
     ChallengeLadder::onResult(s, passed, levels);
+    after = s;
   });
+  if (found && shareMinScore_.load(std::memory_order_relaxed) > 0) {
+    SharedEntityUpdate u;
+    u.kind = kind;
+    u.key = key;
+    u.hasLadder = true;
+    u.ladder = after;
+    share(u);
+  }
   if (!found) {
     // First sight of this subject is a challenge answer: record it so failures count.
     BehaviourEvent ev;
@@ -325,6 +353,31 @@ RedeemResult RiskEngine::redeemVerifierReport(const RiskPolicy& policy, const Ri
     out.token = issueToken(policy, r, t.level);
   }
   return out;
+}
+
+void RiskEngine::share(const SharedEntityUpdate& u) {
+  OutboxShard& shard = outbox_[(u.key * 0x9E3779B97F4A7C15ULL) >> 61];
+  std::lock_guard<std::mutex> lk(shard.mu);
+  // Past the cap updates are dropped: sharing is best effort and must not grow without bound
+  // while the control thread cannot publish (Redis away).
+  if (shard.items.size() < kMaxSharedQueued) shard.items.push_back(u);
+}
+
+void RiskEngine::drainShared(std::vector<SharedEntityUpdate>* out) {
+  for (auto& shard : outbox_) {
+    std::lock_guard<std::mutex> lk(shard.mu);
+    out->insert(out->end(), shard.items.begin(), shard.items.end());
+    shard.items.clear();
+  }
+}
+
+void RiskEngine::applyShared(const RiskPolicy& policy, const SharedEntityUpdate& u,
+                             uint32_t ageSeconds, Nanos now) {
+  LadderState ladder = u.ladder;
+  ladder.pendingSince = u.ladder.pendingLevel ? secondsTick(now) : 0;
+  behaviour_.merge(u.kind, u.key, static_cast<float>(u.score), ageSeconds,
+                   u.hasLadder ? &ladder : nullptr, policy.config.scoreHalfLife,
+                   policy.config.behaviour.params.idleAfter, now);
 }
 
 }  // namespace sluice::risk

@@ -9,6 +9,9 @@
 //   redeemVerifierReport()   a signed external verifier report: verify, record, issue a token
 //   recordOutcome()          the response status, after the upstream answered
 #include <array>
+#include <atomic>
+#include <mutex>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -69,6 +72,16 @@ struct RedeemResult {
   std::string token;  // the pass-token cookie value when ok
 };
 
+// Entity state one instance tells the others (cluster sharing, docs/cluster.md "Shared risk
+// state"): a score that climbed into a new band, or a subject's new ladder state.
+struct SharedEntityUpdate {
+  EntityKind kind = EntityKind::kIp;
+  uint64_t key = 0;
+  uint8_t score = 0;       // 0 with a ladder-only update (merging takes the max)
+  bool hasLadder = false;
+  LadderState ladder;      // pendingSince is local to each instance and not carried
+};
+
 class RiskEngine;
 using RiskEnginePtr = std::shared_ptr<RiskEngine>;
 
@@ -95,6 +108,16 @@ class RiskEngine {
 
   BehaviourTracker& behaviour() { return behaviour_; }
   SpentSet& spent() { return spent_; }
+  // Cluster sharing: with minScore > 0, entities whose score climbs into a new band of 10 at or
+  // above it, and subjects whose ladder moves (escalation, pending level, failures), are queued
+  // for the control thread to publish. 0 turns it off (the default: nothing is queued).
+  void setSharing(int minScore) { shareMinScore_.store(minScore, std::memory_order_relaxed); }
+  // Moves the queued updates into *out (appending); at most kMaxSharedQueued wait per shard.
+  void drainShared(std::vector<SharedEntityUpdate>* out);
+  // A peer's update, `ageSeconds` old: merged into the local tables (max score, its ladder).
+  void applyShared(const RiskPolicy& policy, const SharedEntityUpdate& update,
+                   uint32_t ageSeconds, Nanos now);
+  static constexpr size_t kMaxSharedQueued = 4096;
   // Run-time entries of the named lists (admin API, cluster sync); survive policy swaps.
   ListOverlay& listOverlay() { return overlay_; }
 
@@ -111,8 +134,16 @@ class RiskEngine {
   std::string issueToken(const RiskPolicy& policy, const RiskRequest& request, uint8_t level) const;
 
   BehaviourTracker behaviour_;
+  void share(const SharedEntityUpdate& u);
+
   SpentSet spent_;
   ListOverlay overlay_;
+  std::atomic<int> shareMinScore_{0};
+  struct alignas(64) OutboxShard {
+    std::mutex mu;
+    std::vector<SharedEntityUpdate> items;
+  };
+  std::array<OutboxShard, 8> outbox_;
 };
 
 }  // namespace sluice::risk

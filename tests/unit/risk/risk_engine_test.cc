@@ -340,5 +340,72 @@ TEST_CASE("engine: the entity score decays but carries over", "[risk][engine]") 
   CHECK(d.score <= s0 / 4 + 1);
 }
 
+
+TEST_CASE("engine: sharing tells a peer the scores and ladder moves, once per band", "[risk][engine][share]") {
+  RiskConfig cfg = RiskConfig::defaults();
+  cfg.scoreHalfLife = 60 * kSeconds;
+  auto policy = build(cfg);
+  RiskEngine a({1 << 20, 1 << 16}), b({1 << 20, 1 << 16});
+  RiskRequest bad = human("dev-s");
+  bad.headers = {{"Host", "x"}, {"User-Agent", "curl/8"}};
+  std::vector<SharedEntityUpdate> out;
+
+  // Off by default: nothing is queued.
+  a.evaluate(*policy, bad, 100 * kSeconds);
+  a.drainShared(&out);
+  CHECK(out.empty());
+
+  RiskEngine a2({1 << 20, 1 << 16});
+  a2.setSharing(30);
+  auto d = a2.evaluate(*policy, bad, 100 * kSeconds);
+  REQUIRE(d.requestScore >= 40);
+  a2.drainShared(&out);
+  REQUIRE_FALSE(out.empty());
+  bool device = false;
+  for (const auto& u : out)
+    if (u.kind == EntityKind::kDevice && u.key == RiskEngine::deviceKey("dev-s")) {
+      device = true;
+      CHECK(u.score == d.requestScore);
+    }
+  CHECK(device);
+  // A band already told is not news: twenty more requests tell at most the bands still above.
+  out.clear();
+  for (int i = 1; i <= 20; ++i) a2.evaluate(*policy, bad, (100 + i) * kSeconds);
+  a2.drainShared(&out);
+  int deviceScores = 0;
+  for (const auto& u : out) deviceScores += u.kind == EntityKind::kDevice && u.score > 0;
+  CHECK(deviceScores <= 10 - d.requestScore / 10);
+
+  // The peer merges: its first look at the device already carries the score and the ladder.
+  std::vector<SharedEntityUpdate> all;
+  a2.evaluate(*policy, bad, 102 * kSeconds);
+  RiskEngine a3({1 << 20, 1 << 16});
+  a3.setSharing(30);
+  a3.evaluate(*policy, bad, 100 * kSeconds);
+  a3.drainShared(&all);
+  for (const auto& u : all) b.applyShared(*policy, u, 0, 100 * kSeconds);
+  auto g = b.evaluate(*policy, human("dev-s"), 101 * kSeconds);
+  CHECK(g.requestScore == 0);
+  CHECK(g.score >= d.requestScore - 2);
+  CHECK(g.pointsOf("score.carried") == g.score);
+  EntityState es;
+  REQUIRE(b.behaviour().read(EntityKind::kDevice, RiskEngine::deviceKey("dev-s"), &es));
+  CHECK(es.ladder.pendingLevel != 0);  // the challenge a3 issued is pending here too
+
+  // An old update decays by its age before merging.
+  RiskEngine c({1 << 20, 1 << 16});
+  for (const auto& u : all) c.applyShared(*policy, u, 120, 100 * kSeconds);  // two half-lives
+  auto o = c.evaluate(*policy, human("dev-s"), 100 * kSeconds);
+  CHECK(o.score <= d.requestScore / 4 + 1);
+
+  // A challenge result is a ladder move.
+  out.clear();
+  a3.recordChallengeResult(*policy, bad, 1, false, 103 * kSeconds);
+  a3.drainShared(&out);
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].hasLadder);
+  CHECK(out[0].ladder.failures == 1);
+}
+
 }  // namespace
 }  // namespace sluice::risk
