@@ -317,6 +317,8 @@ RedeemResult RiskEngine::redeemProofOfWork(const RiskPolicy& policy, const RiskR
   if (out.powStatus == PowStatus::kOk) {
     out.ok = true;
     out.level = t.level;
+    out.spentId = t.nonceHex();
+    out.spentUntilUnix = t.expiresAt;
     recordChallengeResult(policy, r, t.level, true, now);
     out.token = issueToken(policy, r, t.level);
   } else if (out.powStatus == PowStatus::kBadSolution) {
@@ -347,6 +349,8 @@ RedeemResult RiskEngine::redeemVerifierReport(const RiskPolicy& policy, const Ri
     return out;
   }
   out.level = t.level;
+  out.spentId = t.nonceHex();
+  out.spentUntilUnix = t.expiresAt;
   recordChallengeResult(policy, r, t.level, report.passed, now);
   if (report.passed) {
     out.ok = true;

@@ -70,6 +70,9 @@ struct RedeemResult {
   bool replayed = false;
   uint8_t level = 0;
   std::string token;  // the pass-token cookie value when ok
+  // The redeemed ticket, for a cluster-wide single-use check (hex nonce; until when it matters).
+  std::string spentId;
+  int64_t spentUntilUnix = 0;
 };
 
 // Entity state one instance tells the others (cluster sharing, docs/cluster.md "Shared risk

@@ -11,6 +11,7 @@
 #include "proxy/admin/dashboard.h"
 #include "proxy/admin/lists_admin.h"
 #include "proxy/cluster/cluster_limits.h"
+#include "proxy/cluster/risk_sync.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
 #include "proxy/server/controls.h"
@@ -337,7 +338,11 @@ LocalResponse handleAdminRequest(Server* server, const HttpMessageHead& head,
   if (path == "/cache" && read) return json(200, cacheJson(server));
   if (path == "/cache/purge" && head.method == HTTP_POST) return cachePurge(server, body);
   if (path == "/limits/hot-items" && read) return json(200, hotItemsJson(server));
-  if (path == "/risk" && read) return json(200, RiskPhase::statusJson(cfg));
+  if (path == "/risk" && read) {
+    std::string out = RiskPhase::statusJson(cfg);
+    out.insert(out.size() - 1, ",\"cluster_sync\":" + RiskSync::statusJson());
+    return json(200, out);
+  }
   if (path == "/risk/explain" && read) {
     auto [status, body] = RiskPhase::explain(cfg, query);
     return json(status, body);

@@ -6,7 +6,7 @@
 #include "core/jwt.h"
 #include "core/log.h"
 #include "core/strings.h"
-#include "proxy/cluster/list_sync.h"
+#include "proxy/cluster/risk_sync.h"
 #include "proxy/config/config.h"
 #include "proxy/config/risk_settings.h"
 #include "proxy/server/risk_phase.h"
@@ -107,7 +107,7 @@ std::pair<int, std::string> listsAdmin(const Config& cfg, std::string_view metho
     if (method != "GET") return error(405, "use GET /lists, or /lists/{name} to change a list");
     std::string out = "{\"lists\":[";
     for (size_t i = 0; i < sources.size(); i++) out += (i ? "," : "") + listJson(cfg, i, now_ms) + "}";
-    out += "],\"cluster_sync\":" + ListSync::statusJson() + "}";
+    out += "],\"cluster_sync\":" + RiskSync::statusJson() + "}";
     return {200, out};
   }
   std::string_view name = rest.substr(1);
@@ -168,7 +168,7 @@ std::pair<int, std::string> listsAdmin(const Config& cfg, std::string_view metho
                             std::to_string(kMaxRuntimeEntriesPerList) +
                             " run-time entries; put long-lived entries in its file");
     const size_t added = overlay.add(list, src->kind, parsed, expires_ms, now_ms);
-    ListSync::publishAdd(cfg, list, src->kind, parsed, expires_ms);
+    RiskSync::publishAdd(cfg, list, src->kind, parsed, expires_ms);
     LOG_WARN("admin: list %s: %zu entries added (%zu new)%s", list.c_str(), parsed.size(), added,
              expires_ms ? ", with an expiry" : "");
     return {200, "{\"list\":\"" + jsonEscape(list) + "\",\"added\":" + std::to_string(added) +
@@ -192,7 +192,7 @@ std::pair<int, std::string> listsAdmin(const Config& cfg, std::string_view metho
     }
   }
   const size_t removed = overlay.remove(list, canonical);
-  if (removed) ListSync::publishRemove(cfg, list, canonical);
+  if (removed) RiskSync::publishRemove(cfg, list, canonical);
   if (removed == 0 && !file_only.empty())
     return error(409, "'" + file_only[0] + "' is listed by the file " + src->file +
                           ", not at run time: edit the file and reload");

@@ -8,7 +8,7 @@
 //   DELETE /lists/{name}               {"entries": [...]} or ?entry=VALUE removes run-time entries
 // Every entry of a call is validated before any is applied: one bad entry is a 400 naming it and
 // changes nothing. Run-time entries survive reloads (risk/list_overlay.h); with cluster list sync
-// on they are also written to Redis and pushed to every instance (proxy/cluster/list_sync.h).
+// on they are also written to Redis and pushed to every instance (proxy/cluster/risk_sync.h).
 #include <string>
 #include <string_view>
 #include <utility>

@@ -813,6 +813,32 @@ PhaseResult ClusterPhase::saleGate(ClientConnection& c, const RouteConfig& route
   return PhaseResult::kSuspended;
 }
 
+bool ClusterPhase::spendOnce(ClientConnection& c, const std::string& id, int64_t ttl_ms,
+                             std::function<void(ClientConnection&, SpendResult)> done) {
+  Exchange& e = *c.ex_;
+  const Config& cfg = *e.gen->gen->config;
+  if (!cfg.redis || !cfg.redis->share_risk) return false;
+  ClusterWorker* w = ClusterWorker::get(c.worker_, cfg);
+  if (!w) return false;
+  ensureState(c, e);
+  std::weak_ptr<ClusterExchangeState> weak = e.cluster;
+  // The hash tag keeps each ticket's key whole on one Redis Cluster slot.
+  std::string key = w->settings().key_prefix + "spent:{" + id + "}";
+  w->client().eval(redis::scripts::spendOnce(), {key}, {std::to_string(ttl_ms), "sluice"},
+                   [weak, done = std::move(done)](RedisResult& r) {
+    auto st = weak.lock();
+    if (!st) return;
+    ClientConnection* conn = st->conn;
+    if (!conn->ex_ || conn->ex_->cluster != st || conn->ex_->response_started || conn->closing_) return;
+    int64_t v[2];
+    SpendResult res = SpendResult::kUnavailable;
+    if (r.ok() && redis::scripts::integers(r.reply, v, 2)) res = v[0] == 1 ? SpendResult::kFirst : SpendResult::kAlreadySpent;
+    done(*conn, res);
+    if (!conn->closing_) conn->flush();
+  }, cfg.redis->spend_timeout);
+  return true;
+}
+
 // ---- metrics and status
 
 void ClusterPhase::registerMetrics(MetricsRegistry& registry) {

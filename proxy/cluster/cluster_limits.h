@@ -15,6 +15,7 @@
 //     the rule's fallback when Redis is away (fail_open: the local share, fail_closed: refuse).
 // Before the content phase, saleGate() takes one unit of the item's stock (sale_take) and
 // suspends the request for that round trip.
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -46,6 +47,12 @@ class ClusterPhase {
   // The route's sale gate, before the content phase: kContinue, kAnswered (sold out, or Redis
   // away and fail_closed), or kSuspended (waiting on sale_take; resumeAfterSaleGate goes on).
   static PhaseResult saleGate(ClientConnection& c, const RouteConfig& route);
+  // Cluster-wide single use of a redeemed challenge ticket (redis.share_risk): spend_once on
+  // KEY_PREFIX "spent:{ID}" for ttl_ms. False when there is no Redis to ask (the caller answers
+  // on its own); else `done` runs on the connection later, unless the client went away first.
+  enum class SpendResult : uint8_t { kFirst, kAlreadySpent, kUnavailable };
+  static bool spendOnce(ClientConnection& c, const std::string& id, int64_t ttl_ms,
+                        std::function<void(ClientConnection&, SpendResult)> done);
   // The sluice_redis_* / sluice_cluster_* families, read at scrape time from every worker.
   static void registerMetrics(MetricsRegistry& registry);
   // GET /cluster (admin): per-worker Redis and lease figures.

@@ -10,7 +10,8 @@ void Loader::loadRedis(const Node& n, Config& cfg) {
                       {"endpoints", "cluster", "username", "password", "password_file", "db",
                        "command_timeout", "connect_timeout", "backoff_base", "backoff_max",
                        "breaker_failures", "breaker_cooldown", "expected_instances", "key_prefix",
-                       "sync_lists", "lists_resync_interval"});
+                       "sync_lists", "lists_resync_interval", "share_risk", "share_min_score",
+                       "share_interval", "spend_timeout"});
   if (!m.valid) return;
   redis_on_ = true;
   auto s = std::make_shared<RedisSettings>();
@@ -60,6 +61,13 @@ void Loader::loadRedis(const Node& n, Config& cfg) {
   if (auto v = m.get("sync_lists")) readBool(*v, m.child("sync_lists"), &s->sync_lists);
   if (auto v = m.get("lists_resync_interval"))
     readDuration(*v, m.child("lists_resync_interval"), &s->lists_resync_interval);
+  if (auto v = m.get("share_risk")) readBool(*v, m.child("share_risk"), &s->share_risk);
+  if (auto v = m.get("share_min_score")) readInt(*v, m.child("share_min_score"), 1, 100, &s->share_min_score);
+  if (auto v = m.get("share_interval")) readDuration(*v, m.child("share_interval"), &s->share_interval);
+  if (auto v = m.get("spend_timeout")) readDuration(*v, m.child("spend_timeout"), &s->spend_timeout);
+  if (s->share_interval < 10 * kMillis) {
+    if (auto v = m.get("share_interval")) fail(*v, "redis.share_interval: must be at least 10ms");
+  }
   if (s->lists_resync_interval < 100 * kMillis) {
     if (auto v = m.get("lists_resync_interval"))
       fail(*v, "redis.lists_resync_interval: must be at least 100ms");

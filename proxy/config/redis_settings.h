@@ -28,9 +28,15 @@ struct RedisSettings {
   // limit / expected_instances (split again over this instance's workers).
   uint32_t expected_instances = 1;
   std::string key_prefix = "sluice:";
-  // Run-time entries of the risk lists shared through Redis (proxy/cluster/list_sync.h).
+  // Run-time entries of the risk lists shared through Redis (proxy/cluster/risk_sync.h).
   bool sync_lists = false;
   Nanos lists_resync_interval = 10 * kSeconds;
+  // Risk state shared between instances: entity scores and challenge ladders pushed on pub/sub
+  // (every share_interval), and redeemed challenge tickets spent once cluster-wide.
+  bool share_risk = false;
+  int share_min_score = 30;
+  Nanos share_interval = 50 * kMillis;
+  Nanos spend_timeout = 50 * kMillis;  // the most a challenge redemption waits on Redis
 };
 
 // Flash-sale stock at the edge: each request on the route takes one unit of the item's quota

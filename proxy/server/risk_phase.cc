@@ -10,6 +10,7 @@
 #include "core/clock.h"
 #include "core/metrics.h"
 #include "core/strings.h"
+#include "proxy/cluster/cluster_limits.h"
 #include "proxy/config/risk_settings.h"
 #include "proxy/log/access_log.h"
 #include "proxy/router/router.h"
@@ -399,12 +400,42 @@ bool RiskPhase::requestComplete(ClientConnection& c) {
       }
     }
   }
-  if (res.ok) r.headers.emplace_back("Set-Cookie", cookieHeader(s, res.token));
-  if (!c.ex_->decisions.empty()) c.ex_->decisions.push_back(',');
-  c.ex_->decisions.append(std::string("\"risk\":{\"endpoint\":\"") +
-                          (c.ex_->risk->endpoint == RiskExchangeState::Endpoint::kPow ? "pow" : "verify") +
-                          "\",\"result\":\"" + jsonEscape(result) + "\"}");
-  c.respondLocal(r, false);
+  const char* endpoint = c.ex_->risk->endpoint == RiskExchangeState::Endpoint::kPow ? "pow" : "verify";
+  auto answer = [endpoint](ClientConnection& conn, LocalResponse& resp, const std::string& token,
+                           const std::string& outcome, const RiskSettings& settings) {
+    if (!token.empty()) resp.headers.emplace_back("Set-Cookie", cookieHeader(settings, token));
+    if (!conn.ex_->decisions.empty()) conn.ex_->decisions.push_back(',');
+    conn.ex_->decisions.append(std::string("\"risk\":{\"endpoint\":\"") + endpoint +
+                               "\",\"result\":\"" + jsonEscape(outcome) + "\"}");
+    conn.respondLocal(resp, false);
+  };
+  if (res.ok && !res.spentId.empty()) {
+    // Single use across instances: the same solved ticket redeemed on another instance
+    // (before or at the same time) gets no second token. Redis away: this instance's spent
+    // set already held, so the redemption stands (fail open).
+    const int64_t ttl_ms = std::max<int64_t>(1000, (res.spentUntilUnix - req.wallSeconds) * 1000);
+    auto settings = cfg.risk;  // keeps the settings alive for the callback
+    auto shared = std::make_shared<std::pair<LocalResponse, std::string>>(std::move(r), res.token);
+    if (ClusterPhase::spendOnce(c, res.spentId, ttl_ms,
+                                [answer, shared, settings, result](ClientConnection& conn,
+                                                                   ClusterPhase::SpendResult sr) {
+          LocalResponse& resp = shared->first;
+          if (sr == ClusterPhase::SpendResult::kAlreadySpent) {
+            LocalResponse replay;
+            replay.status = 409;
+            replay.content_type = "application/json";
+            replay.headers.emplace_back("Cache-Control", "no-store");
+            replay.body = "{\"ok\":false,\"error\":\"replayed\"}";
+            answer(conn, replay, std::string(), "replayed_cluster", *settings);
+            return;
+          }
+          answer(conn, resp, shared->second,
+                 sr == ClusterPhase::SpendResult::kFirst ? result : result + "_redis_down", *settings);
+        }))
+      return true;
+    r = std::move(shared->first);
+  }
+  answer(c, r, res.ok ? res.token : std::string(), result, s);
   return true;
 }
 
@@ -624,6 +655,10 @@ std::pair<int, std::string> RiskPhase::explain(const Config& cfg, std::string_vi
   }
   out += "}";
   return {200, out};
+}
+
+risk::RiskEngine* RiskPhase::engine(const Config& cfg) {
+  return cfg.risk ? &engineFor(*cfg.risk) : nullptr;
 }
 
 risk::ListOverlay* RiskPhase::listOverlay(const Config& cfg) {

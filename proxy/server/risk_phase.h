@@ -26,6 +26,7 @@ struct RiskSettings;
 namespace risk {
 struct RiskRequest;
 class ListOverlay;
+class RiskEngine;
 }
 
 class RiskPhase {
@@ -48,6 +49,8 @@ class RiskPhase {
   static std::string statusJson(const Config& cfg);
   // The process-wide run-time list entries (admin API, cluster sync); null when risk is off.
   static risk::ListOverlay* listOverlay(const Config& cfg);
+  // The process-wide engine (created on first use); null when risk is off.
+  static risk::RiskEngine* engine(const Config& cfg);
   // Registers the sluice_risk_* families (ProxyMetrics' constructor).
   static void registerMetrics(MetricsRegistry& registry);
 

@@ -12,7 +12,7 @@
 #include "core/log.h"
 #include "proxy/config/config_loader.h"
 #include "proxy/config/lua_config.h"
-#include "proxy/cluster/list_sync.h"
+#include "proxy/cluster/risk_sync.h"
 #include "proxy/server/worker.h"
 #include "proxy/upstream/health_checker.h"
 
@@ -99,9 +99,9 @@ int Server::run() {
     sigs[i]->data = this;
     uv_signal_start(sigs[i], onSignal, nums[i]);
   }
-  ListSync::configure(loop, cfg);
+  RiskSync::configure(loop, cfg);
   control_->on_shutdown = [this] {
-    ListSync::shutdown();
+    RiskSync::shutdown();
     health_->stop();
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigquit_), nullptr);
@@ -297,7 +297,7 @@ bool Server::reload(std::string* message) {
   generation_ = gen;
   for (auto& w : workers_) w->post([w = w.get(), gen] { w->commitGeneration(gen); });
   control_->swapGeneration(gen);
-  ListSync::configure(control_->loop(), next);
+  RiskSync::configure(control_->loop(), next);
   *message = "generation " + std::to_string(gen->id) + " live (config " + next.hash.substr(0, 12) + ")";
   last_reload_ = "ok: " + *message;
   reloads_ok_++;

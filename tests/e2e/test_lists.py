@@ -150,15 +150,19 @@ class TestListsAdmin(RiskCase):
         self.assertEqual(counts, {"scalper_ips": 0, "farm_devices": 0, "vip": 1})
 
 
-def cluster_config(port, admin, upstream, redis_port):
+REDIS_LISTS = "  sync_lists: true\n  lists_resync_interval: 500ms\n"
+
+
+def cluster_config(port, admin, upstream, redis_port, redis_extra=REDIS_LISTS):
     return default_config(
         port, admin, upstream_yaml("storefront", [upstream]), ROUTES,
         extra=risk_section(extra=LISTS) +
-        "redis:\n  endpoints: [127.0.0.1:%d]\n  sync_lists: true\n  lists_resync_interval: 500ms\n"
-        % redis_port)
+        "redis:\n  endpoints: [127.0.0.1:%d]\n" % redis_port + redis_extra)
 
 
 class TestListsClusterSync(RiskCase):
+    REDIS_EXTRA = REDIS_LISTS
+
     def setUp(self):
         super().setUp()
         self.redis = Redis(self.tmp)
@@ -178,7 +182,8 @@ class TestListsClusterSync(RiskCase):
         with open(os.path.join(d, "verifier.key"), "w") as f:
             f.write("v" * 48 + "\n")
         port, admin = free_port(), free_port()
-        s = Sluice(d, cluster_config(port, admin, self.demo.address, self.redis.port), port, admin)
+        s = Sluice(d, cluster_config(port, admin, self.demo.address, self.redis.port, self.REDIS_EXTRA),
+                   port, admin)
         self._procs.append(s)
         wait_until(lambda: admin_call(s, "GET", "/lists")[2]["cluster_sync"].get("subscribed"),
                    timeout=10, message="instance %s subscribed" % name)

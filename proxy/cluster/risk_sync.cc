@@ -1,8 +1,11 @@
-#include "proxy/cluster/list_sync.h"
+#include "proxy/cluster/risk_sync.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <deque>
 #include <memory>
 
@@ -16,6 +19,7 @@
 #include "proxy/config/risk_settings.h"
 #include "proxy/server/risk_phase.h"
 #include "risk/list_overlay.h"
+#include "risk/risk_engine.h"
 #include "risk/risk_config.h"
 
 namespace sluice {
@@ -47,6 +51,9 @@ struct Stats {
   uint64_t writes = 0;         // changes written to Redis and published
   uint64_t write_failures = 0; // attempts that failed (the change stays queued)
   int64_t last_resync_unix = 0;
+  uint64_t risk_sent = 0;      // entity updates published
+  uint64_t risk_dropped = 0;   // entity updates whose PUBLISH failed (not retried)
+  uint64_t risk_applied = 0;   // peers' entity updates merged here
 };
 
 // One list's name and kind as the running configuration has it.
@@ -57,10 +64,12 @@ struct ListInfo {
 
 class Sync {
  public:
-  Sync(uv_loop_t* loop, const RedisSettings& s, std::vector<ListInfo> lists, risk::ListOverlay* overlay,
-       Nanos resync_interval)
-      : loop_(loop), settings_(s), lists_(std::move(lists)), overlay_(overlay),
-        resync_interval_(resync_interval) {
+  Sync(uv_loop_t* loop, const RedisSettings& s, std::vector<ListInfo> lists, risk::RiskEngine* engine,
+       risk::RiskPolicyPtr policy)
+      : loop_(loop), settings_(s), lists_(std::move(lists)), engine_(engine),
+        overlay_(&engine->listOverlay()), policy_(std::move(policy)),
+        resync_interval_(s.lists_resync_interval) {
+    instance_ = randomInstanceId();
     client_ = redis::RedisClient::create(loop_, redisClientOptions(s));
     timer_ = new uv_timer_t;
     uv_timer_init(loop_, timer_);
@@ -68,10 +77,21 @@ class Sync {
     subscribe();
     uv_timer_start(timer_, &Sync::onTimer, static_cast<uint64_t>(resync_interval_ / kMillis),
                    static_cast<uint64_t>(resync_interval_ / kMillis));
+    if (settings_.share_risk) {
+      share_timer_ = new uv_timer_t;
+      uv_timer_init(loop_, share_timer_);
+      share_timer_->data = this;
+      const uint64_t ms = static_cast<uint64_t>(settings_.share_interval / kMillis);
+      uv_timer_start(share_timer_, &Sync::onShareTimer, ms, ms);
+      engine_->setSharing(settings_.share_min_score);
+    }
   }
 
   ~Sync() {
     closing_ = true;
+    engine_->setSharing(0);
+    if (share_timer_)
+      uv_close(reinterpret_cast<uv_handle_t*>(share_timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     if (sub_) redisAsyncFree(sub_);  // its callbacks see closing_ and do not reconnect
     sub_ = nullptr;
     uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
@@ -80,17 +100,24 @@ class Sync {
     client_.reset();
   }
 
-  bool sameAs(const RedisSettings& s, Nanos interval) const {
+  bool sameAs(const RedisSettings& s) const {
     return s.endpoints == settings_.endpoints && s.cluster == settings_.cluster &&
            s.username == settings_.username && s.password == settings_.password &&
-           s.db == settings_.db && s.key_prefix == settings_.key_prefix && interval == resync_interval_;
+           s.db == settings_.db && s.key_prefix == settings_.key_prefix &&
+           s.lists_resync_interval == settings_.lists_resync_interval &&
+           s.sync_lists == settings_.sync_lists && s.share_risk == settings_.share_risk &&
+           s.share_min_score == settings_.share_min_score && s.share_interval == settings_.share_interval;
   }
-  void setLists(std::vector<ListInfo> lists) { lists_ = std::move(lists); }
+  void setLists(std::vector<ListInfo> lists, risk::RiskPolicyPtr policy) {
+    lists_ = std::move(lists);
+    policy_ = std::move(policy);
+  }
+  bool listsOn() const { return settings_.sync_lists; }
 
   void write(std::vector<redis::RedisCommand> cmds) {
     if (pending_.size() >= kMaxPendingWrites) {
       pending_.pop_front();
-      LOG_WARN("lists sync: more than %zu changes wait for Redis; the oldest was dropped", kMaxPendingWrites);
+      LOG_WARN("risk sync: more than %zu changes wait for Redis; the oldest was dropped", kMaxPendingWrites);
     }
     pending_.push_back(std::move(cmds));
     flush();
@@ -98,7 +125,9 @@ class Sync {
 
   std::string keyOf(const std::string& list) const { return settings_.key_prefix + "list:" + list; }
   std::string channel() const { return settings_.key_prefix + "lists"; }
+  std::string riskChannel() const { return settings_.key_prefix + "risk"; }
   const Stats& stats() const { return stats_; }
+  const std::string& instanceId() const { return instance_; }
 
  private:
   // Pending writes go one batch at a time, in order, so a del never overtakes its add.
@@ -114,7 +143,7 @@ class Sync {
       if (!ok) {
         stats_.write_failures++;
         if (stats_.write_failures == 1 || stats_.write_failures % 100 == 0)
-          LOG_WARN("lists sync: writing a change to Redis failed (%s); kept locally and retried",
+          LOG_WARN("risk sync: writing a change to Redis failed (%s); kept locally and retried",
                    results.empty() ? "?" : redis::redisStatusName(results[0].status));
         return;  // retried by the timer
       }
@@ -133,7 +162,7 @@ class Sync {
 
   // Full read of every configured list. Entries learned locally after the read was sent stay.
   void resync() {
-    if (lists_.empty() || resyncing_) return;
+    if (!settings_.sync_lists || lists_.empty() || resyncing_) return;
     // Our own queued writes go first: a read without them would drop them here until they land.
     if (!pending_.empty()) return flush();
     resyncing_ = true;
@@ -212,16 +241,23 @@ class Sync {
       lens.push_back(settings_.password.size());
       redisAsyncCommandArgv(ac, &Sync::onAuth, nullptr, static_cast<int>(argv.size()), argv.data(), lens.data());
     }
-    const std::string ch = channel();
-    const char* argv[2] = {"SUBSCRIBE", ch.c_str()};
-    size_t lens[2] = {9, ch.size()};
-    redisAsyncCommandArgv(ac, &Sync::onMessage, nullptr, 2, argv, lens);
+    std::vector<std::string> channels;
+    if (settings_.sync_lists) channels.push_back(channel());
+    if (settings_.share_risk) channels.push_back(riskChannel());
+    std::vector<const char*> argv{"SUBSCRIBE"};
+    std::vector<size_t> lens{9};
+    for (const auto& ch : channels) {
+      argv.push_back(ch.c_str());
+      lens.push_back(ch.size());
+    }
+    redisAsyncCommandArgv(ac, &Sync::onMessage, nullptr, static_cast<int>(argv.size()), argv.data(),
+                          lens.data());
   }
 
   void lost(const redisAsyncContext* c) {
     if (c != sub_) return;
     sub_ = nullptr;  // hiredis frees the context after this callback
-    if (stats_.subscribed) LOG_WARN("lists sync: subscriber connection lost; reconnecting");
+    if (stats_.subscribed) LOG_WARN("risk sync: subscriber connection lost; reconnecting");
     stats_.subscribed = false;
     if (closing_) return;
     // Reconnect soon, not on the next resync tick: pushes are what makes changes take a second.
@@ -232,7 +268,7 @@ class Sync {
   static void onAuth(redisAsyncContext* c, void* r, void*) {
     auto* reply = static_cast<redisReply*>(r);
     if (reply && reply->type == REDIS_REPLY_ERROR) {
-      LOG_WARN("lists sync: subscriber AUTH refused");  // never the password
+      LOG_WARN("risk sync: subscriber AUTH refused");  // never the password
       redisAsyncDisconnect(c);
     }
   }
@@ -243,14 +279,120 @@ class Sync {
     if (!reply || self->closing_ || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
     std::string_view kind(reply->element[0]->str ? reply->element[0]->str : "", reply->element[0]->len);
     if (kind == "subscribe") {
+      std::string_view ch(reply->element[1]->str ? reply->element[1]->str : "", reply->element[1]->len);
+      LOG_INFO("risk sync: subscribed to %.*s", static_cast<int>(ch.size()), ch.data());
+      if (!self->stats_.subscribed) self->resync();  // catch up on what was missed meanwhile
       self->stats_.subscribed = true;
-      LOG_INFO("lists sync: subscribed to %s", self->channel().c_str());
-      self->resync();  // catch up on what was missed while not subscribed
       return;
     }
     if (kind != "message" || reply->element[2]->type != REDIS_REPLY_STRING) return;
+    std::string_view ch(reply->element[1]->str ? reply->element[1]->str : "", reply->element[1]->len);
+    std::string_view payload(reply->element[2]->str, reply->element[2]->len);
+    if (ch == self->riskChannel()) {
+      self->applyRisk(payload);
+      return;
+    }
     self->stats_.messages++;
-    self->apply(std::string_view(reply->element[2]->str, reply->element[2]->len));
+    self->apply(payload);
+  }
+
+  // Entity updates go out in messages of at most ~32 kB:
+  //   first line  "v1 <TAB> INSTANCE <TAB> WALL_MS"
+  //   then        "KIND <TAB> KEY_HEX <TAB> SCORE" [ "<TAB> ESCALATION <TAB> PENDING <TAB> FAILURES" ]
+  static void onShareTimer(uv_timer_t* t) { static_cast<Sync*>(t->data)->publishRisk(); }
+
+  void publishRisk() {
+    batch_.clear();
+    engine_->drainShared(&batch_);
+    if (batch_.empty()) return;
+    const std::string head = "v1\t" + instance_ + "\t" + std::to_string(nowMs()) + "\n";
+    std::string msg = head;
+    char line[96];
+    size_t in_msg = 0;
+    for (const auto& u : batch_) {
+      int n = u.hasLadder
+                  ? snprintf(line, sizeof line, "%d\t%016llx\t%u\t%u\t%u\t%u\n", static_cast<int>(u.kind),
+                             static_cast<unsigned long long>(u.key), u.score, u.ladder.escalation,
+                             u.ladder.pendingLevel, u.ladder.failures)
+                  : snprintf(line, sizeof line, "%d\t%016llx\t%u\n", static_cast<int>(u.kind),
+                             static_cast<unsigned long long>(u.key), u.score);
+      msg.append(line, static_cast<size_t>(n));
+      if (++in_msg >= 500) {
+        sendRisk(std::move(msg), in_msg);
+        msg = head;
+        in_msg = 0;
+      }
+    }
+    if (in_msg) sendRisk(std::move(msg), in_msg);
+  }
+
+  void sendRisk(std::string msg, size_t updates) {
+    auto alive = alive_;
+    client_->command(redis::RedisCommand::keyless({"PUBLISH", riskChannel(), std::move(msg)}),
+                     [this, alive, updates](redis::RedisResult& r) {
+                       if (!*alive) return;
+                       if (r.succeeded()) stats_.risk_sent += updates;
+                       else stats_.risk_dropped += updates;  // best effort: the next band or move retells it
+                     });
+  }
+
+  void applyRisk(std::string_view msg) {
+    size_t nl = msg.find('\n');
+    std::vector<std::string_view> head = splitTabs(msg.substr(0, nl));
+    if (head.size() != 3 || head[0] != "v1" || nl == std::string_view::npos) {
+      stats_.bad_messages++;
+      return;
+    }
+    if (head[1] == instance_) return;  // our own, back from Redis
+    const int64_t sent = std::atoll(std::string(head[2]).c_str());
+    const int64_t age_ms = std::max<int64_t>(0, nowMs() - sent);
+    const uint32_t age = static_cast<uint32_t>(std::min<int64_t>(age_ms / 1000, 86400));
+    const Nanos now = SteadyClock::monotonicNanos();
+    msg.remove_prefix(nl + 1);
+    while (!msg.empty()) {
+      nl = msg.find('\n');
+      std::string_view line = msg.substr(0, nl);
+      msg.remove_prefix(nl == std::string_view::npos ? msg.size() : nl + 1);
+      std::vector<std::string_view> f = splitTabs(line);
+      risk::SharedEntityUpdate u;
+      unsigned long long key = 0;
+      int kind = -1;
+      unsigned score = 0, esc = 0, pend = 0, fail = 0;
+      const std::string text(line);
+      bool ok = false;
+      if (f.size() == 3) {
+        ok = sscanf(text.c_str(), "%d\t%llx\t%u", &kind, &key, &score) == 3;
+      } else if (f.size() == 6) {
+        ok = sscanf(text.c_str(), "%d\t%llx\t%u\t%u\t%u\t%u", &kind, &key, &score, &esc, &pend, &fail) == 6;
+        u.hasLadder = ok;
+      }
+      if (!ok || kind < 0 || kind >= risk::kEntityKinds || key == 0 || score > 100 || esc > 255 ||
+          pend > 255 || fail > 255) {
+        stats_.bad_messages++;
+        continue;
+      }
+      u.kind = static_cast<risk::EntityKind>(kind);
+      u.key = key;
+      u.score = static_cast<uint8_t>(score);
+      u.ladder.escalation = static_cast<uint8_t>(esc);
+      u.ladder.pendingLevel = static_cast<uint8_t>(pend);
+      u.ladder.failures = static_cast<uint8_t>(fail);
+      engine_->applyShared(*policy_, u, age, now);
+      stats_.risk_applied++;
+    }
+  }
+
+  static std::string randomInstanceId() {
+    uint64_t v = 0;
+    FILE* f = fopen("/dev/urandom", "rb");
+    if (f) {
+      if (fread(&v, sizeof v, 1, f) != 1) v = 0;
+      fclose(f);
+    }
+    if (v == 0) v = static_cast<uint64_t>(wallMicros()) ^ (static_cast<uint64_t>(getpid()) << 40);
+    char buf[17];
+    snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+    return buf;
   }
 
   void apply(std::string_view msg) {
@@ -293,8 +435,13 @@ class Sync {
   uv_loop_t* loop_;
   RedisSettings settings_;
   std::vector<ListInfo> lists_;
+  risk::RiskEngine* engine_;
   risk::ListOverlay* overlay_;
+  risk::RiskPolicyPtr policy_;
   Nanos resync_interval_;
+  std::string instance_;
+  uv_timer_t* share_timer_ = nullptr;
+  std::vector<risk::SharedEntityUpdate> batch_;
   redis::RedisClientPtr client_;
   redisAsyncContext* sub_ = nullptr;
   uv_timer_t* timer_ = nullptr;
@@ -313,31 +460,31 @@ std::unique_ptr<Sync>& instance() {
 
 }  // namespace
 
-void ListSync::configure(uv_loop_t* loop, const Config& cfg) {
+void RiskSync::configure(uv_loop_t* loop, const Config& cfg) {
   auto& sync = instance();
-  const bool on = cfg.redis && cfg.redis->sync_lists && cfg.risk;
+  const bool on = cfg.redis && (cfg.redis->sync_lists || cfg.redis->share_risk) && cfg.risk;
   if (!on) {
-    if (sync) LOG_INFO("lists sync: off");
+    if (sync) LOG_INFO("risk sync: off");
     sync.reset();
     return;
   }
   std::vector<ListInfo> lists;
   for (const auto& src : cfg.risk->policy->config.lists) lists.push_back({src.name, src.kind});
-  if (sync && sync->sameAs(*cfg.redis, cfg.redis->lists_resync_interval)) {
-    sync->setLists(std::move(lists));
+  if (sync && sync->sameAs(*cfg.redis)) {
+    sync->setLists(std::move(lists), cfg.risk->policy);
     return;
   }
   sync.reset();
-  sync = std::make_unique<Sync>(loop, *cfg.redis, std::move(lists), RiskPhase::listOverlay(cfg),
-                                cfg.redis->lists_resync_interval);
+  sync = std::make_unique<Sync>(loop, *cfg.redis, std::move(lists), RiskPhase::engine(cfg),
+                                cfg.risk->policy);
 }
 
-void ListSync::shutdown() { instance().reset(); }
+void RiskSync::shutdown() { instance().reset(); }
 
-void ListSync::publishAdd(const Config&, const std::string& list, risk::ListKind,
+void RiskSync::publishAdd(const Config&, const std::string& list, risk::ListKind,
                           const std::vector<risk::ListEntry>& entries, int64_t expires_ms) {
   auto& sync = instance();
-  if (!sync || entries.empty()) return;
+  if (!sync || !sync->listsOn() || entries.empty()) return;
   std::vector<std::string> zadd{"ZADD", sync->keyOf(list)};
   std::string msg = "add\t" + list + "\t" + std::to_string(expires_ms);
   for (const auto& e : entries) {
@@ -349,10 +496,10 @@ void ListSync::publishAdd(const Config&, const std::string& list, risk::ListKind
                redis::RedisCommand::keyless({"PUBLISH", sync->channel(), msg})});
 }
 
-void ListSync::publishRemove(const Config&, const std::string& list,
+void RiskSync::publishRemove(const Config&, const std::string& list,
                              const std::vector<std::string>& canonical) {
   auto& sync = instance();
-  if (!sync || canonical.empty()) return;
+  if (!sync || !sync->listsOn() || canonical.empty()) return;
   std::vector<std::string> zrem{"ZREM", sync->keyOf(list)};
   std::string msg = "del\t" + list;
   for (const auto& c : canonical) {
@@ -363,11 +510,14 @@ void ListSync::publishRemove(const Config&, const std::string& list,
                redis::RedisCommand::keyless({"PUBLISH", sync->channel(), msg})});
 }
 
-std::string ListSync::statusJson() {
+std::string RiskSync::statusJson() {
   auto& sync = instance();
   if (!sync) return "{\"enabled\":false}";
   const Stats& s = sync->stats();
-  return std::string("{\"enabled\":true,\"subscribed\":") + (s.subscribed ? "true" : "false") +
+  return std::string("{\"enabled\":true,\"lists\":") + (sync->listsOn() ? "true" : "false") +
+         ",\"instance\":\"" + sync->instanceId() + "\",\"risk_sent\":" + std::to_string(s.risk_sent) +
+         ",\"risk_dropped\":" + std::to_string(s.risk_dropped) + ",\"risk_applied\":" +
+         std::to_string(s.risk_applied) + ",\"subscribed\":" + (s.subscribed ? "true" : "false") +
          ",\"channel\":\"" + jsonEscape(sync->channel()) + "\",\"messages\":" + std::to_string(s.messages) +
          ",\"bad_messages\":" + std::to_string(s.bad_messages) + ",\"resyncs\":" + std::to_string(s.resyncs) +
          ",\"resync_failures\":" + std::to_string(s.resync_failures) +

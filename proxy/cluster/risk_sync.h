@@ -1,6 +1,14 @@
 #pragma once
-// Cluster list sync (docs/cluster.md, "Shared lists"): run-time entries of the risk engine's
-// named lists (risk/list_overlay.h) shared by every instance through Redis.
+// Cluster risk sync (docs/cluster.md, "Shared lists" and "Shared risk state"): what the risk
+// engines of all instances share through Redis.
+//
+// Entity state (redis.share_risk): scores that climbed a band and ladder moves, queued by the
+// engine (RiskEngine::drainShared) and published every share_interval on KEY_PREFIX "risk";
+// every instance merges its peers' updates (RiskEngine::applyShared). Best effort: a lost
+// message is retold by the entity's next band or ladder move.
+//
+// Lists (redis.sync_lists): run-time entries of the risk engine's named lists
+// (risk/list_overlay.h):
 //
 //   storage   one sorted set per list, KEY_PREFIX "list:" NAME; member = the entry's canonical
 //             text, score = its expiry in Unix milliseconds ("+inf" = none)
@@ -26,7 +34,7 @@ namespace sluice {
 
 struct Config;
 
-class ListSync {
+class RiskSync {
  public:
   // Control thread, at start and after each reload: starts, restarts (settings changed) or stops.
   static void configure(uv_loop_t* loop, const Config& cfg);
