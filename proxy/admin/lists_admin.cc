@@ -98,7 +98,12 @@ std::string listJson(const Config& cfg, size_t i, int64_t now_ms) {
 std::pair<int, std::string> listsAdmin(const Config& cfg, std::string_view method,
                                        std::string_view rest, std::string_view query,
                                        std::string_view body) {
-  if (!cfg.risk) return error(404, "risk is not enabled, so there are no lists");
+  if (!cfg.risk) {
+    // The dashboard polls GET /lists: without a risk section that is an empty answer, not a 404.
+    if (method == "GET" && (rest.empty() || rest == "/"))
+      return {200, "{\"lists\":[],\"risk\":false,\"cluster_sync\":" + RiskSync::statusJson() + "}"};
+    return error(404, "risk is not enabled, so there are no lists");
+  }
   risk::ListOverlay& overlay = *RiskPhase::listOverlay(cfg);
   const int64_t now_ms = wallMicros() / 1000;
   const auto& sources = cfg.risk->policy->config.lists;

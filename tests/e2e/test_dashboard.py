@@ -38,7 +38,8 @@ EXTRA = ("limits:\n"
 # nothing is refused (the load's client sends no browser headers: it scores high).
 RISK = ("risk:\n  master_secret_file: risk.key\n  verifier_secret_file: verifier.key\n"
         "  profiles:\n    - name: default\n      monitor: true\n"
-        "      thresholds: [{score: 30, action: pow}, {score: 90, action: block}]\n")
+        "      thresholds: [{score: 30, action: pow}, {score: 90, action: block}]\n"
+        "  lists:\n    - {name: farm_devices, kind: device, file: devices.txt}\n")
 DEGRADED = {"items": [], "degraded": True}
 
 
@@ -123,6 +124,8 @@ class DashboardTest(ProxyTestCase):
         started = time.time()
         self.demo = self.start_demo(threads=2)
         self.port, self.admin_port = free_port(), free_port()
+        with open(os.path.join(self.tmp, "devices.txt"), "w") as f:
+            f.write("dev-from-file\n")
         for name in ("risk.key", "verifier.key"):
             with open(os.path.join(self.tmp, name), "w") as f:
                 f.write(name[0] * 48 + "\n")
@@ -229,6 +232,22 @@ class DashboardTest(ProxyTestCase):
         self.assertGreater(len(png), 20000)
         if target:
             shutil.copyfile(os.path.join(self.tmp, "dashboard.png"), target)
+
+        # Block a device farm from the page: it lands in the proxy's list, with its expiry.
+        b.wait_for("document.querySelector('#lists tr[data-list=\"farm_devices\"]') !== null",
+                   message="the configured list shown")
+        b.type_into("#list-entry", "farm-from-page")
+        b.eval("document.getElementById('list-ttl').value = ''")  # the field starts at 1h
+        b.type_into("#list-ttl", "30m")
+        b.click("#list-add")
+        wait_until(lambda: admin_json(self.s, "/lists/farm_devices?match=farm-from-page")["listed"],
+                   timeout=10, message="the entry in the proxy's list")
+        entries = admin_json(self.s, "/lists/farm_devices")["entries"]
+        self.assertEqual(entries[0]["entry"], "farm-from-page")
+        self.assertGreater(entries[0]["expires_in_s"], 1700)
+        b.wait_for("document.querySelector('#lists tr[data-list=\"farm_devices\"]').dataset.runtime === '1'",
+                   message="the list's count shown")
+        self.assertIn("farm-from-page added", b.eval("document.getElementById('lever-ok').textContent"))
 
         # A rule's mode from the selector: per-ip to shadow, then back to its config.
         b.eval("(() => { const s = document.querySelector('select[data-rule=\"per-ip\"]');"
