@@ -35,8 +35,18 @@ uint32_t BehaviourTracker::sketchEstimate(uint64_t sketch) {
   return static_cast<uint32_t>(std::lround(-64.0 * std::log(zeros / 64.0)));
 }
 
+namespace {
+// The peers' decaying count as of `tick`.
+float remoteNow(const EntityState& s, uint32_t tick, uint32_t windowSecs) {
+  if (s.remoteCount <= 0) return 0;
+  const uint16_t age = static_cast<uint16_t>(static_cast<uint16_t>(tick) - s.remoteAt);
+  return s.remoteCount * static_cast<float>(std::exp(-static_cast<double>(age) / windowSecs));
+}
+}  // namespace
+
 BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const BehaviourParams& p,
-                                               double regularMaxCv, Nanos halfLife, Nanos now) {
+                                               double regularMaxCv, Nanos halfLife, Nanos now,
+                                               const uint32_t* shareFloor) {
   BehaviourObservation out;
   const uint64_t nowMs = static_cast<uint64_t>(now < 0 ? 0 : now / kMillis) + 1;
   const uint32_t tick = secondsTick(now);
@@ -74,6 +84,16 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
       if (s.windowCount < 65535) ++s.windowCount;
       const double into = static_cast<double>(tick - s.windowStart) / windowSecs;
       o.rate = s.windowCount + static_cast<uint32_t>(s.prevWindowCount * (1.0 - into));
+      // Peers' requests (cluster sharing): a count decaying with time constant W counts a fresh
+      // request fully and holds rate * W at a steady rate, as the window count does.
+      if (s.remoteCount > 0) o.rate += static_cast<uint32_t>(remoteNow(s, tick, windowSecs));
+      if (shareFloor && shareFloor[k] && o.rate >= shareFloor[k]) {
+        if (s.unreported < 255) ++s.unreported;
+        if (s.unreported >= std::max<uint32_t>(1, shareFloor[k] / 8)) {
+          o.shareCount = s.unreported;
+          s.unreported = 0;
+        }
+      }
 
       if (s.gapCount >= p.regularMinSamples && s.gapCount > 1) {
         double sum = 0, sq = 0;
@@ -134,6 +154,10 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
       if (relB) s.sketchB |= sketchBit(relB);
       o.distinctA = sketchEstimate(s.sketchA);
       o.distinctB = sketchEstimate(s.sketchB);
+      if (o.shareCount) {
+        o.sketchA = s.sketchA;
+        o.sketchB = s.sketchB;
+      }
 
       o.decayedScore = decay(s.score, s.scoreAt, tick, halfLife);
       o.ladder = s.ladder;
@@ -191,6 +215,29 @@ void BehaviourTracker::merge(EntityKind kind, uint64_t key, float score, uint32_
         s.scoreAt = tick;
         s.sharedBand = std::max(s.sharedBand, static_cast<uint8_t>(std::min(s.score, 100.f) / 10));
         if (ladder) s.ladder = *ladder;
+        return limiter::EntryAction::kKeep;
+      });
+}
+
+void BehaviourTracker::mergeCounts(EntityKind kind, uint64_t key, uint32_t count, uint64_t sketchA,
+                                   uint64_t sketchB, const BehaviourParams& p, Nanos now) {
+  const uint32_t tick = secondsTick(now);
+  const uint32_t windowSecs = static_cast<uint32_t>(std::max<Nanos>(p.rateWindow / kSeconds, 1));
+  const uint64_t nowMs = static_cast<uint64_t>(now < 0 ? 0 : now / kMillis) + 1;
+  const uint64_t idleMs = static_cast<uint64_t>(p.idleAfter / kMillis);
+  tables_[static_cast<int>(kind)]->apply(
+      key, limiter::Lookup::kFindOrInsert,
+      [](const EntityState& s) { return s.lastSeenMs == 0 ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive; },
+      [&](EntityState& s, bool inserted) {
+        if (inserted || (s.lastSeenMs != 0 && nowMs - s.lastSeenMs > idleMs)) s = EntityState{};
+        s.remoteCount = remoteNow(s, tick, windowSecs) + static_cast<float>(count);
+        s.remoteAt = static_cast<uint16_t>(tick);
+        if (s.sketchEpoch == 0 || static_cast<Nanos>(tick - s.sketchEpoch) * kSeconds > p.distinctWindow) {
+          s.sketchA = s.sketchB = 0;
+          s.sketchEpoch = tick;
+        }
+        s.sketchA |= sketchA;
+        s.sketchB |= sketchB;
         return limiter::EntryAction::kKeep;
       });
 }

@@ -53,6 +53,12 @@ struct EntityState {
   // Cluster sharing: the score band (score / 10) last published or learned from a peer, so an
   // entity is published once per band it climbs, not once per request.
   uint8_t sharedBand = 0;
+  // Requests seen here above the share floor and not yet told to peers (saturating).
+  uint8_t unreported = 0;
+  // Peers' requests for this entity, an exponentially decaying count (time constant = the rate
+  // window) as of remoteAt (seconds tick, low 16 bits), added to the local rate.
+  uint16_t remoteAt = 0;
+  float remoteCount = 0;
 };
 
 // What one entity looks like after recording this request.
@@ -67,6 +73,9 @@ struct EntityObservation {
   bool apiWithoutPage = false;
   float decayedScore = 0;
   LadderState ladder;
+  // Cluster sharing: requests to tell peers now (0 = none), with the entity's sketches.
+  uint8_t shareCount = 0;
+  uint64_t sketchA = 0, sketchB = 0;
 };
 
 struct BehaviourEvent {
@@ -97,8 +106,15 @@ class BehaviourTracker {
 
   // Records one request for every entity present and returns what each looks like now.
   // `regularMaxCv` is the coefficient-of-variation threshold; `halfLife` decays stored scores.
+  // `shareFloor` (per EntityKind, null or 0 = off): an entity whose rate here is at least its
+  // floor has its requests counted for peers; they are handed out (EntityObservation.shareCount)
+  // in chunks of max(1, floor / 8).
   BehaviourObservation observe(const BehaviourEvent& event, const BehaviourParams& params,
-                               double regularMaxCv, Nanos halfLife, Nanos now);
+                               double regularMaxCv, Nanos halfLife, Nanos now,
+                               const uint32_t* shareFloor = nullptr);
+  // Peers' requests and related-id sketches for an entity (what they counted above the floor).
+  void mergeCounts(EntityKind kind, uint64_t key, uint32_t count, uint64_t sketchA,
+                   uint64_t sketchB, const BehaviourParams& params, Nanos now);
 
   // Starts loading the entities' sets; evaluate() calls it first so the cache misses overlap
   // with the fingerprint and UA work.

@@ -142,8 +142,29 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   }
 
   const BehaviourConfig& bc = cfg.behaviour;
-  const BehaviourObservation obs =
-      behaviour_.observe(ev, bc.params, bc.regularMaxCv, cfg.scoreHalfLife, now);
+  const int shareMin = shareMinScore_.load(std::memory_order_relaxed);
+  uint32_t shareFloor[kEntityKinds] = {};
+  if (shareMin > 0) {
+    const uint32_t n = shareInstances_.load(std::memory_order_relaxed);
+    shareFloor[static_cast<int>(EntityKind::kIp)] = std::max<uint32_t>(1, bc.ipRateMax / n);
+    shareFloor[static_cast<int>(EntityKind::kDevice)] = std::max<uint32_t>(1, bc.rateMax / n);
+    shareFloor[static_cast<int>(EntityKind::kMember)] = std::max<uint32_t>(1, bc.rateMax / n);
+  }
+  const BehaviourObservation obs = behaviour_.observe(ev, bc.params, bc.regularMaxCv, cfg.scoreHalfLife,
+                                                      now, shareMin > 0 ? shareFloor : nullptr);
+  if (shareMin > 0) {
+    for (int k = 0; k < kEntityKinds; ++k) {
+      const EntityObservation& o = obs.entity[k];
+      if (!o.shareCount) continue;
+      SharedEntityUpdate u;
+      u.kind = static_cast<EntityKind>(k);
+      u.key = ev.keys[k];
+      u.count = o.shareCount;
+      u.sketchA = o.sketchA;
+      u.sketchB = o.sketchB;
+      share(u);
+    }
+  }
   const auto [subjectKind, subjectKey] = subjectOf(r);
   const EntityObservation& subject = obs.entity[static_cast<int>(subjectKind)];
   if (obs.ip().rate > bc.ipRateMax || (obs.device().present && obs.device().rate > bc.rateMax) ||
@@ -220,7 +241,6 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   d.satisfiedByToken = lo.satisfiedByToken;
 
   // Remember this request's own score on every entity (decaying), and the subject's ladder.
-  const int shareMin = shareMinScore_.load(std::memory_order_relaxed);
   for (int k = 0; k < kEntityKinds; ++k) {
     if (ev.keys[k] == 0) continue;
     const bool isSubject = static_cast<int>(subjectKind) == k;
@@ -379,9 +399,13 @@ void RiskEngine::applyShared(const RiskPolicy& policy, const SharedEntityUpdate&
                              uint32_t ageSeconds, Nanos now) {
   LadderState ladder = u.ladder;
   ladder.pendingSince = u.ladder.pendingLevel ? secondsTick(now) : 0;
-  behaviour_.merge(u.kind, u.key, static_cast<float>(u.score), ageSeconds,
-                   u.hasLadder ? &ladder : nullptr, policy.config.scoreHalfLife,
-                   policy.config.behaviour.params.idleAfter, now);
+  if (u.score > 0 || u.hasLadder)
+    behaviour_.merge(u.kind, u.key, static_cast<float>(u.score), ageSeconds,
+                     u.hasLadder ? &ladder : nullptr, policy.config.scoreHalfLife,
+                     policy.config.behaviour.params.idleAfter, now);
+  if (u.count > 0 || u.sketchA || u.sketchB)
+    behaviour_.mergeCounts(u.kind, u.key, u.count, u.sketchA, u.sketchB,
+                           policy.config.behaviour.params, now);
 }
 
 }  // namespace sluice::risk

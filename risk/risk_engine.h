@@ -8,6 +8,7 @@
 //   redeemProofOfWork()      a PoW submission: verify, record, issue a pass token
 //   redeemVerifierReport()   a signed external verifier report: verify, record, issue a token
 //   recordOutcome()          the response status, after the upstream answered
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <mutex>
@@ -83,6 +84,10 @@ struct SharedEntityUpdate {
   uint8_t score = 0;       // 0 with a ladder-only update (merging takes the max)
   bool hasLadder = false;
   LadderState ladder;      // pendingSince is local to each instance and not carried
+  // Behaviour counters: requests this instance saw above the share floor since it last told,
+  // and the entity's related-id sketches (members per device, ...), OR-ed by the peers.
+  uint16_t count = 0;
+  uint64_t sketchA = 0, sketchB = 0;
 };
 
 class RiskEngine;
@@ -114,7 +119,13 @@ class RiskEngine {
   // Cluster sharing: with minScore > 0, entities whose score climbs into a new band of 10 at or
   // above it, and subjects whose ladder moves (escalation, pending level, failures), are queued
   // for the control thread to publish. 0 turns it off (the default: nothing is queued).
-  void setSharing(int minScore) { shareMinScore_.store(minScore, std::memory_order_relaxed); }
+  // `instances` (>= 2) sets the behaviour counters' share floor: an entity's requests are told
+  // to peers once its rate here reaches rate_max / instances (what it would be if a client over
+  // the limit were spread evenly), so humans cost nothing and a spread-out scalper adds up.
+  void setSharing(int minScore, uint32_t instances = 2) {
+    shareInstances_.store(std::max<uint32_t>(instances, 2), std::memory_order_relaxed);
+    shareMinScore_.store(minScore, std::memory_order_relaxed);
+  }
   // Moves the queued updates into *out (appending); at most kMaxSharedQueued wait per shard.
   void drainShared(std::vector<SharedEntityUpdate>* out);
   // A peer's update, `ageSeconds` old: merged into the local tables (max score, its ladder).
@@ -142,6 +153,7 @@ class RiskEngine {
   SpentSet spent_;
   ListOverlay overlay_;
   std::atomic<int> shareMinScore_{0};
+  std::atomic<uint32_t> shareInstances_{2};
   struct alignas(64) OutboxShard {
     std::mutex mu;
     std::vector<SharedEntityUpdate> items;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <deque>
 #include <memory>
+#include <unordered_map>
 
 #include "core/clock.h"
 #include "core/log.h"
@@ -83,7 +84,7 @@ class Sync {
       share_timer_->data = this;
       const uint64_t ms = static_cast<uint64_t>(settings_.share_interval / kMillis);
       uv_timer_start(share_timer_, &Sync::onShareTimer, ms, ms);
-      engine_->setSharing(settings_.share_min_score);
+      engine_->setSharing(settings_.share_min_score, settings_.expected_instances);
     }
   }
 
@@ -106,7 +107,8 @@ class Sync {
            s.db == settings_.db && s.key_prefix == settings_.key_prefix &&
            s.lists_resync_interval == settings_.lists_resync_interval &&
            s.sync_lists == settings_.sync_lists && s.share_risk == settings_.share_risk &&
-           s.share_min_score == settings_.share_min_score && s.share_interval == settings_.share_interval;
+           s.share_min_score == settings_.share_min_score && s.share_interval == settings_.share_interval &&
+           s.expected_instances == settings_.expected_instances;
   }
   void setLists(std::vector<ListInfo> lists, risk::RiskPolicyPtr policy) {
     lists_ = std::move(lists);
@@ -296,26 +298,47 @@ class Sync {
     self->apply(payload);
   }
 
-  // Entity updates go out in messages of at most ~32 kB:
+  // Entity updates go out in messages of at most 500 lines:
   //   first line  "v1 <TAB> INSTANCE <TAB> WALL_MS"
-  //   then        "KIND <TAB> KEY_HEX <TAB> SCORE" [ "<TAB> ESCALATION <TAB> PENDING <TAB> FAILURES" ]
+  //   then        "KIND <TAB> KEY <TAB> SCORE <TAB> COUNT <TAB> SKETCH_A <TAB> SKETCH_B"
+  //               [ "<TAB> ESCALATION <TAB> PENDING <TAB> FAILURES" ]      (KEY, SKETCH_*: hex)
+  // Updates of one entity within an interval are folded into one line first.
   static void onShareTimer(uv_timer_t* t) { static_cast<Sync*>(t->data)->publishRisk(); }
 
   void publishRisk() {
     batch_.clear();
     engine_->drainShared(&batch_);
     if (batch_.empty()) return;
+    folded_.clear();
+    index_.clear();
+    for (const auto& u : batch_) {
+      auto [it, fresh] = index_.try_emplace(u.key * 3 + static_cast<uint64_t>(u.kind), folded_.size());
+      if (fresh) {
+        folded_.push_back(u);
+        continue;
+      }
+      risk::SharedEntityUpdate& f = folded_[it->second];
+      f.score = std::max(f.score, u.score);
+      f.count = static_cast<uint16_t>(std::min<uint32_t>(65535, uint32_t{f.count} + u.count));
+      f.sketchA |= u.sketchA;
+      f.sketchB |= u.sketchB;
+      if (u.hasLadder) {  // the later ladder state wins
+        f.hasLadder = true;
+        f.ladder = u.ladder;
+      }
+    }
     const std::string head = "v1\t" + instance_ + "\t" + std::to_string(nowMs()) + "\n";
     std::string msg = head;
-    char line[96];
+    char line[160];
     size_t in_msg = 0;
-    for (const auto& u : batch_) {
-      int n = u.hasLadder
-                  ? snprintf(line, sizeof line, "%d\t%016llx\t%u\t%u\t%u\t%u\n", static_cast<int>(u.kind),
-                             static_cast<unsigned long long>(u.key), u.score, u.ladder.escalation,
-                             u.ladder.pendingLevel, u.ladder.failures)
-                  : snprintf(line, sizeof line, "%d\t%016llx\t%u\n", static_cast<int>(u.kind),
-                             static_cast<unsigned long long>(u.key), u.score);
+    for (const auto& u : folded_) {
+      int n = snprintf(line, sizeof line, "%d\t%016llx\t%u\t%u\t%llx\t%llx", static_cast<int>(u.kind),
+                       static_cast<unsigned long long>(u.key), u.score, u.count,
+                       static_cast<unsigned long long>(u.sketchA), static_cast<unsigned long long>(u.sketchB));
+      if (u.hasLadder)
+        n += snprintf(line + n, sizeof line - static_cast<size_t>(n), "\t%u\t%u\t%u", u.ladder.escalation,
+                      u.ladder.pendingLevel, u.ladder.failures);
+      line[n++] = '\n';
       msg.append(line, static_cast<size_t>(n));
       if (++in_msg >= 500) {
         sendRisk(std::move(msg), in_msg);
@@ -355,25 +378,29 @@ class Sync {
       msg.remove_prefix(nl == std::string_view::npos ? msg.size() : nl + 1);
       std::vector<std::string_view> f = splitTabs(line);
       risk::SharedEntityUpdate u;
-      unsigned long long key = 0;
+      unsigned long long key = 0, ska = 0, skb = 0;
       int kind = -1;
-      unsigned score = 0, esc = 0, pend = 0, fail = 0;
+      unsigned score = 0, count = 0, esc = 0, pend = 0, fail = 0;
       const std::string text(line);
       bool ok = false;
-      if (f.size() == 3) {
-        ok = sscanf(text.c_str(), "%d\t%llx\t%u", &kind, &key, &score) == 3;
-      } else if (f.size() == 6) {
-        ok = sscanf(text.c_str(), "%d\t%llx\t%u\t%u\t%u\t%u", &kind, &key, &score, &esc, &pend, &fail) == 6;
+      if (f.size() == 6) {
+        ok = sscanf(text.c_str(), "%d\t%llx\t%u\t%u\t%llx\t%llx", &kind, &key, &score, &count, &ska, &skb) == 6;
+      } else if (f.size() == 9) {
+        ok = sscanf(text.c_str(), "%d\t%llx\t%u\t%u\t%llx\t%llx\t%u\t%u\t%u", &kind, &key, &score, &count,
+                    &ska, &skb, &esc, &pend, &fail) == 9;
         u.hasLadder = ok;
       }
-      if (!ok || kind < 0 || kind >= risk::kEntityKinds || key == 0 || score > 100 || esc > 255 ||
-          pend > 255 || fail > 255) {
+      if (!ok || kind < 0 || kind >= risk::kEntityKinds || key == 0 || score > 100 || count > 65535 ||
+          esc > 255 || pend > 255 || fail > 255) {
         stats_.bad_messages++;
         continue;
       }
       u.kind = static_cast<risk::EntityKind>(kind);
       u.key = key;
       u.score = static_cast<uint8_t>(score);
+      u.count = static_cast<uint16_t>(count);
+      u.sketchA = ska;
+      u.sketchB = skb;
       u.ladder.escalation = static_cast<uint8_t>(esc);
       u.ladder.pendingLevel = static_cast<uint8_t>(pend);
       u.ladder.failures = static_cast<uint8_t>(fail);
@@ -441,7 +468,8 @@ class Sync {
   Nanos resync_interval_;
   std::string instance_;
   uv_timer_t* share_timer_ = nullptr;
-  std::vector<risk::SharedEntityUpdate> batch_;
+  std::vector<risk::SharedEntityUpdate> batch_, folded_;
+  std::unordered_map<uint64_t, size_t> index_;
   redis::RedisClientPtr client_;
   redisAsyncContext* sub_ = nullptr;
   uv_timer_t* timer_ = nullptr;

@@ -153,15 +153,16 @@ class TestListsAdmin(RiskCase):
 REDIS_LISTS = "  sync_lists: true\n  lists_resync_interval: 500ms\n"
 
 
-def cluster_config(port, admin, upstream, redis_port, redis_extra=REDIS_LISTS):
+def cluster_config(port, admin, upstream, redis_port, redis_extra=REDIS_LISTS, risk_extra=LISTS):
     return default_config(
         port, admin, upstream_yaml("storefront", [upstream]), ROUTES,
-        extra=risk_section(extra=LISTS) +
+        extra=risk_section(extra=risk_extra) +
         "redis:\n  endpoints: [127.0.0.1:%d]\n" % redis_port + redis_extra)
 
 
 class TestListsClusterSync(RiskCase):
     REDIS_EXTRA = REDIS_LISTS
+    RISK_EXTRA = LISTS
 
     def setUp(self):
         super().setUp()
@@ -182,8 +183,8 @@ class TestListsClusterSync(RiskCase):
         with open(os.path.join(d, "verifier.key"), "w") as f:
             f.write("v" * 48 + "\n")
         port, admin = free_port(), free_port()
-        s = Sluice(d, cluster_config(port, admin, self.demo.address, self.redis.port, self.REDIS_EXTRA),
-                   port, admin)
+        s = Sluice(d, cluster_config(port, admin, self.demo.address, self.redis.port, self.REDIS_EXTRA,
+                                     self.RISK_EXTRA), port, admin)
         self._procs.append(s)
         wait_until(lambda: admin_call(s, "GET", "/lists")[2]["cluster_sync"].get("subscribed"),
                    timeout=10, message="instance %s subscribed" % name)

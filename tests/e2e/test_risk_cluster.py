@@ -9,7 +9,10 @@ from harness import admin_call, wait_until
 import test_lists
 from test_risk import chrome_headers, hdr, log_for, raw_request, solve_pow, ticket_nonce_hex
 
-SHARE = "  share_risk: true\n  share_interval: 50ms\n  share_min_score: 30\n"
+SHARE = ("  share_risk: true\n  share_interval: 50ms\n  share_min_score: 30\n"
+         "  expected_instances: 2\n")
+# A low per-device rate limit, so a client spread over both instances is over it only in sum.
+BEHAVIOUR = "  behaviour: {rate_max: 10}\n"
 
 
 def sync_status(s):
@@ -18,6 +21,7 @@ def sync_status(s):
 
 class TestRiskShared(test_lists.TestListsClusterSync):
     REDIS_EXTRA = SHARE
+    RISK_EXTRA = test_lists.LISTS + BEHAVIOUR
     # The list tests of the base class need sync_lists; here only the shared risk state runs.
     test_entry_added_on_one_instance_blocks_on_the_other_within_a_second = None
     test_expiry_travels_and_a_new_instance_reads_existing_entries = None
@@ -45,6 +49,22 @@ class TestRiskShared(test_lists.TestListsClusterSync):
         st, _, _ = raw_request(b.port, "GET", "/item/3", chrome_headers("device=dev-clean"))
         entry = log_for(b, lambda e: e.get("path") == "/item/3")[-1]
         self.assertLess(entry["risk"]["score"], device_score)
+
+    def test_request_counts_of_a_client_spread_over_both_instances_add_up(self):
+        a, b = self.instances
+        # 8 page views on each instance, alternating: under rate_max (10/min) on either one,
+        # 16 in sum. Each instance tells the other once the device passes 10 / 2 here.
+        fired = []
+        for i in range(16):
+            s = (a, b)[i % 2]
+            raw_request(s.port, "GET", "/item/%d" % (100 + i), chrome_headers("device=dev-spread"))
+            entry = log_for(s, lambda e: e.get("path") == "/item/%d" % (100 + i))[-1]
+            fired.append("behaviour.rate_high" in json.dumps(entry["risk"]))
+            time.sleep(0.15)  # three share intervals
+        self.assertFalse(any(fired[:8]), fired)
+        self.assertTrue(any(fired[10:]), fired)
+        self.assertGreater(sync_status(a)["risk_applied"], 0)
+        self.assertGreater(sync_status(b)["risk_applied"], 0)
 
     def test_a_solved_ticket_redeems_once_across_instances(self):
         a, b = self.instances

@@ -407,5 +407,43 @@ TEST_CASE("engine: sharing tells a peer the scores and ladder moves, once per ba
   CHECK(out[0].ladder.failures == 1);
 }
 
+TEST_CASE("engine: shared behaviour counters add up a client spread over instances", "[risk][engine][share]") {
+  RiskConfig cfg = RiskConfig::defaults();
+  cfg.behaviour.rateMax = 10;  // per 60 s window
+  auto policy = build(cfg);
+  auto run = [&](bool sharing) {
+    RiskEngine a({1 << 20, 1 << 16}), b({1 << 20, 1 << 16});
+    if (sharing) {
+      a.setSharing(30, 2);
+      b.setSharing(30, 2);
+    }
+    bool fired = false;
+    std::vector<SharedEntityUpdate> out;
+    for (int i = 0; i < 16; ++i) {  // 8 requests on each: under 10 on either, 16 together
+      RiskEngine& here = i % 2 ? b : a;
+      RiskEngine& peer = i % 2 ? a : b;
+      auto d = here.evaluate(*policy, human("dev-spread"), (100 + i) * kSeconds);
+      fired = fired || d.fired(Signal::kBehRateHigh);
+      out.clear();
+      here.drainShared(&out);
+      for (const auto& u : out) peer.applyShared(*policy, u, 0, (100 + i) * kSeconds);
+    }
+    return fired;
+  };
+  CHECK_FALSE(run(false));
+  CHECK(run(true));
+}
+
+TEST_CASE("engine: a human under the share floor costs no updates", "[risk][engine][share]") {
+  RiskConfig cfg = RiskConfig::defaults();
+  auto policy = build(cfg);
+  RiskEngine a({1 << 20, 1 << 16});
+  a.setSharing(30, 4);
+  for (int i = 0; i < 20; ++i) a.evaluate(*policy, human("dev-calm"), (100 + 3 * i) * kSeconds);
+  std::vector<SharedEntityUpdate> out;
+  a.drainShared(&out);
+  for (const auto& u : out) CHECK(u.count == 0);  // 20 a minute: under 120 / 4
+}
+
 }  // namespace
 }  // namespace sluice::risk
