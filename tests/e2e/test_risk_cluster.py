@@ -78,6 +78,12 @@ class TestRiskShared(test_lists.TestListsClusterSync):
         st, h, body = raw_request(a.port, "POST", "/.sluice/pow", post, form)
         self.assertEqual(st, 200, body)
         self.assertTrue(hdr(h, "Set-Cookie").startswith("sluice_pass="))
+        token = hdr(h, "Set-Cookie").split(";")[0].split("=", 1)[1]
+        # The challenge passed on a is honoured on b (same secret, and the pass was shared).
+        st, _, body = raw_request(b.port, "GET", "/?x=5",
+                                  [("User-Agent", "curl/8.5.0"), ("Accept", "application/json"),
+                                   ("Cookie", "device=d-pow; sluice_pass=" + token)])
+        self.assertEqual(st, 200, body)
         # b never saw the ticket locally, but Redis did: no second token.
         st, h, body = raw_request(b.port, "POST", "/.sluice/pow", post, form)
         self.assertEqual(st, 409, body)
