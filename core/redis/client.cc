@@ -644,15 +644,7 @@ class RedisClient::Impl {
     // AUTH and SELECT go out pipelined right behind the TCP handshake; commands wait in
     // n->waiting until both are answered, so none can run unauthenticated or in the wrong db.
     if (!options_.password.empty()) {
-      std::vector<const char*> argv{"AUTH"};
-      std::vector<size_t> lens{4};
-      if (!options_.username.empty()) {
-        argv.push_back(options_.username.data());
-        lens.push_back(options_.username.size());
-      }
-      argv.push_back(options_.password.data());
-      lens.push_back(options_.password.size());
-      redisAsyncCommandArgv(ac, &Impl::onHandshakeStatic, nullptr, static_cast<int>(argv.size()), argv.data(), lens.data());
+      detail::sendAuth(ac, options_.username, options_.password, &Impl::onHandshakeStatic);
       n->handshakePending++;
     }
     if (!options_.cluster && options_.database != 0) {

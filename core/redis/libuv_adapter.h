@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include <cstdlib>
+#include <string>
 
 namespace sluice::redis::detail {
 
@@ -78,6 +79,23 @@ inline int libuvAttach(redisAsyncContext* ac, uv_loop_t* loop) {
   p->handle.data = p;
   p->context = ac;
   return REDIS_OK;
+}
+
+// AUTH [username] password as the first command of a new connection (nothing is sent when there
+// is no password). Secrets are passed as binary-safe arguments, never formatted into a string.
+inline void sendAuth(redisAsyncContext* ac, const std::string& username, const std::string& password,
+                     redisCallbackFn* callback) {
+  if (password.empty()) return;
+  const char* argv[3] = {"AUTH", nullptr, nullptr};
+  size_t lens[3] = {4, 0, 0};
+  int argc = 1;
+  if (!username.empty()) {
+    argv[argc] = username.data();
+    lens[argc++] = username.size();
+  }
+  argv[argc] = password.data();
+  lens[argc++] = password.size();
+  redisAsyncCommandArgv(ac, callback, nullptr, argc, argv, lens);
 }
 
 }  // namespace sluice::redis::detail

@@ -232,17 +232,7 @@ class Sync {
     redisAsyncSetDisconnectCallback(ac, [](const redisAsyncContext* c, int) {
       static_cast<Sync*>(c->data)->lost(c);
     });
-    if (!settings_.password.empty()) {
-      std::vector<const char*> argv{"AUTH"};
-      std::vector<size_t> lens{4};
-      if (!settings_.username.empty()) {
-        argv.push_back(settings_.username.data());
-        lens.push_back(settings_.username.size());
-      }
-      argv.push_back(settings_.password.data());
-      lens.push_back(settings_.password.size());
-      redisAsyncCommandArgv(ac, &Sync::onAuth, nullptr, static_cast<int>(argv.size()), argv.data(), lens.data());
-    }
+    redis::detail::sendAuth(ac, settings_.username, settings_.password, &Sync::onAuth);
     std::vector<std::string> channels;
     if (settings_.sync_lists) channels.push_back(channel());
     if (settings_.share_risk) channels.push_back(riskChannel());

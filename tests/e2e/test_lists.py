@@ -163,10 +163,16 @@ def cluster_config(port, admin, upstream, redis_port, redis_extra=REDIS_LISTS, r
 class TestListsClusterSync(RiskCase):
     REDIS_EXTRA = REDIS_LISTS
     RISK_EXTRA = LISTS
+    REDIS_ARGS = ()
+    PASSWORD = None
+
+    def cli(self, *args):
+        auth = ("-a", self.PASSWORD, "--no-auth-warning") if self.PASSWORD else ()
+        return self.redis.cli(*(auth + args))
 
     def setUp(self):
         super().setUp()
-        self.redis = Redis(self.tmp)
+        self.redis = Redis(self.tmp, extra=self.REDIS_ARGS)
         self.demo = self.start_demo()
         self.instances = [self.instance(n) for n in ("a", "b")]
 
@@ -201,7 +207,7 @@ class TestListsClusterSync(RiskCase):
         st, _, _ = raw_request(b.port, "GET", "/item/1", chrome_headers("device=farm-77"))
         self.assertEqual(st, 403)
         self.assertLess(elapsed, 1.0)
-        self.assertEqual(self.redis.cli("ZRANGE", "sluice:list:farm_devices", "0", "-1"), "farm-77")
+        self.assertEqual(self.cli("ZRANGE", "sluice:list:farm_devices", "0", "-1"), "farm-77")
         # Removal travels the same way.
         st, _, _ = admin_call(a, "DELETE", "/lists/farm_devices?entry=farm-77")
         self.assertEqual(st, 200)
@@ -223,12 +229,12 @@ class TestListsClusterSync(RiskCase):
     def test_external_writer_and_redis_restart(self):
         a, b = self.instances
         # Another system (the fraud backend) writes the set and publishes the same message.
-        self.redis.cli("ZADD", "sluice:list:farm_devices", "+inf", "ext-1")
-        self.redis.cli("PUBLISH", "sluice:lists", "add\tfarm_devices\t0\text-1")
+        self.cli("ZADD", "sluice:list:farm_devices", "+inf", "ext-1")
+        self.cli("PUBLISH", "sluice:lists", "add\tfarm_devices\t0\text-1")
         for s in (a, b):
             wait_until(lambda: listed(s, "farm_devices", "ext-1"), timeout=1.0, message="external push")
         # A garbage message is counted and ignored.
-        self.redis.cli("PUBLISH", "sluice:lists", "frobnicate\tx")
+        self.cli("PUBLISH", "sluice:lists", "frobnicate\tx")
         wait_until(lambda: admin_call(a, "GET", "/lists")[2]["cluster_sync"]["bad_messages"] >= 1,
                    timeout=2.0, message="bad message counted")
         # Redis goes away: a change on a still applies there and is written once Redis is back.
@@ -247,6 +253,15 @@ class TestListsClusterSync(RiskCase):
         # Both still serve.
         st, _, _ = raw_request(b.port, "GET", "/item/2", chrome_headers("device=ok"))
         self.assertEqual(st, 200)
+
+
+class TestListsClusterSyncWithPassword(TestListsClusterSync):
+    """The subscriber connection authenticates like the command connections do."""
+    REDIS_ARGS = ("--requirepass", "s3cret-list-sync")
+    PASSWORD = "s3cret-list-sync"
+    REDIS_EXTRA = REDIS_LISTS + "  password: s3cret-list-sync\n"
+    test_expiry_travels_and_a_new_instance_reads_existing_entries = None
+    test_external_writer_and_redis_restart = None
 
 
 if __name__ == "__main__":
