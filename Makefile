@@ -3,7 +3,7 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps configure build run test bench bench-limits bench-risk bench-cache bench-cluster install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
+.PHONY: all deps configure build run test bench bench-limits bench-risk bench-cache bench-cluster soak install clean test-asan test-tsan fuzz fuzz-build fuzz-ci
 
 all: build
 
@@ -51,6 +51,13 @@ bench-cache: build
 # (bench/cluster, docs/benchmarks.md).
 bench-cluster: build
 	@bench/cluster $(BUILD_DIR)
+
+# Soak: humans, scalpers and floods through conf/flash-sale.yaml for SOAK_SECONDS (default 30 min)
+# with reloads and Redis restarts; prints errors, RSS over time and latency percentiles
+# (bench/soak, docs/benchmarks.md). Not part of `make test`.
+SOAK_SECONDS ?= 1800
+soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) bench/soak $(BUILD_DIR)
 
 # Hardening (docs/security.md). Each uses its own build dir, so none disturbs `make test`.
 # ASan+UBSan build of everything; ctest runs unit, e2e and fuzz-corpus tests against it, and any

@@ -55,6 +55,10 @@ struct ClientConfig {
   Nanos send_timeout = 30 * kSeconds;        // a write to the client must make progress within
   uint32_t max_requests_per_connection = 10000;
   uint64_t buffer_size = 64 * 1024;          // high watermark before reading from the other side stops
+  // Client connections one worker holds open before it stops accepting (the rest wait in the
+  // listen backlog). 0 = auto: 3/4 of the open-file limit shared among the workers, leaving
+  // the other quarter for upstream connections, logs and Redis.
+  uint32_t max_connections = 0;
 };
 
 enum class BalanceKind { kRoundRobin, kLeastConn, kHash };
@@ -331,6 +335,9 @@ struct Config {
   std::string request_id_header = "X-Request-Id";
   bool trace_start = false;  // start a W3C traceparent when the client sent none
   Nanos drain_timeout = 10 * kSeconds;
+  // RLIMIT_NOFILE soft limit sluice sets for itself (nginx: worker_rlimit_nofile). 0 = auto:
+  // raise it to the hard limit, as a default soft limit of 1024 caps a proxy far too low.
+  uint64_t max_open_files = 0;
   std::string error_log = "stderr";
   std::string log_level = "info";
   AccessLogConfig access_log;

@@ -48,7 +48,7 @@ void Loader::load(const Node& root, Config& cfg) {
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
                          "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file", "risk",
-                         "lua", "redis"});
+                         "lua", "redis", "max_open_files"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -77,6 +77,7 @@ void Loader::load(const Node& root, Config& cfg) {
   }
   if (auto n = top.get("drain_timeout"))
     readDuration(*n, "drain_timeout", &cfg.drain_timeout, /*allow_zero=*/true);
+  if (auto n = top.get("max_open_files")) readAutoInt(*n, "max_open_files", 64, 100000000, &cfg.max_open_files);
   if (auto n = top.get("log")) loadLog(*n, cfg);
   // Upstreams before routes: routes refer to them by name.
   if (auto n = top.get("upstreams")) loadUpstreams(*n, cfg);
@@ -684,7 +685,8 @@ void Loader::loadClient(const Node& n, ClientConfig& c) {
   Mapping m = mapping(n, "client",
                       {"max_uri_size", "max_header_size", "max_headers", "max_body_size",
                        "header_timeout", "body_timeout", "keepalive_timeout", "send_timeout",
-                       "max_requests_per_connection", "buffer_size"});
+                       "max_requests_per_connection", "buffer_size",
+                       "max_connections"});
   if (!m.valid) return;
   if (auto v = m.get("max_uri_size")) readSize(*v, m.child("max_uri_size"), &c.max_uri_size, 1);
   if (auto v = m.get("max_header_size"))
@@ -702,6 +704,8 @@ void Loader::loadClient(const Node& n, ClientConfig& c) {
             &c.max_requests_per_connection);
   // Below 4k a single ordinary header block no longer fits and every request stalls.
   if (auto v = m.get("buffer_size")) readSize(*v, m.child("buffer_size"), &c.buffer_size, 4096);
+  if (auto v = m.get("max_connections"))
+    readAutoInt(*v, m.child("max_connections"), 1, 10000000, &c.max_connections);
 }
 
 void Loader::loadLog(const Node& n, Config& cfg) {

@@ -291,6 +291,26 @@ class Loader {
     return true;
   }
 
+  // "auto" (leaves *out at 0, the "work it out at run time" value) or an integer lo..hi.
+  template <class T>
+  bool readAutoInt(const Node& n, const std::string& path, int64_t lo, int64_t hi, T* out) {
+    if (n.IsScalar() && n.Scalar() == "auto") {
+      *out = 0;
+      return true;
+    }
+    std::string expected = "\"auto\" or an integer " + std::to_string(lo) + ".." + std::to_string(hi);
+    std::string s;
+    if (!scalar(n, path, expected, &s)) return false;
+    int64_t v = 0;
+    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < lo || v > hi) {
+      fail(n, path + ": expected " + expected + ", got '" + s + "'");
+      return false;
+    }
+    *out = static_cast<T>(v);
+    return true;
+  }
+
   bool readNumber(const Node& n, const std::string& path, double lo, double hi, double* out) {
     char buf[64];
     snprintf(buf, sizeof(buf), "a number %g..%g", lo, hi);

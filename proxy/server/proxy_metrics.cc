@@ -67,7 +67,15 @@ ProxyMetrics::ProxyMetrics(size_t data_workers, Server* server)
       open_(registry_
                 .gauge("sluice_client_connections_open",
                        "Client connections open on the proxy listeners.")
-                .with({})) {
+                .with({})),
+      accept_paused_(registry_.counter(
+          "sluice_accept_paused_total",
+          "Times a worker stopped accepting client connections (they wait in the listen "
+          "backlog), by reason: max_connections (client.max_connections open), fd_limit "
+          "(accept failed with EMFILE/ENFILE: out of file descriptors).",
+          {"reason"})),
+      paused_max_connections_(accept_paused_.with({"max_connections"})),
+      paused_fd_limit_(accept_paused_.with({"fd_limit"})) {
   if (server) {
     addServerFamilies(server);
     RiskPhase::registerMetrics(registry_);  // sluice_risk_*: process-wide, like the risk tables

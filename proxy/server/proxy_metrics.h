@@ -81,6 +81,10 @@ class ProxyMetrics {
   // Connection metrics outlive generations: each worker binds them once.
   CounterShard connectionsAccepted(size_t shard) const { return accepted_.shard(shard); }
   GaugeShard connectionsOpen(size_t shard) const { return open_.shard(shard); }
+  // sluice_accept_paused_total: `fd_limit` false = max_connections reached, true = out of fds.
+  CounterShard acceptPaused(size_t shard, bool fd_limit) const {
+    return (fd_limit ? paused_fd_limit_ : paused_max_connections_).shard(shard);
+  }
 
   std::string render() const { return registry_.render(); }
   // Sum over workers of one rule's decisions, `action` one of kLimitActions (admin API).
@@ -101,6 +105,9 @@ class ProxyMetrics {
   CounterFamily pool_refused_;
   Counter accepted_;
   Gauge open_;
+  CounterFamily accept_paused_;
+  Counter paused_max_connections_;
+  Counter paused_fd_limit_;
 };
 
 }  // namespace sluice

@@ -1,6 +1,7 @@
 #include "proxy/server/server.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -20,6 +21,31 @@ namespace sluice {
 
 namespace {
 bool writePidFile(const std::string& path, std::string* err);
+
+// max_open_files: the RLIMIT_NOFILE soft limit, process-wide. Before the workers resolve
+// client.max_connections "auto" from it, at start and on each reload.
+void applyOpenFilesLimit(uint64_t wanted) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  rlim_t target = wanted == 0 ? rl.rlim_max : static_cast<rlim_t>(wanted);
+  if (rl.rlim_max != RLIM_INFINITY && target > rl.rlim_max) {
+    LOG_WARN("max_open_files %llu is above the hard limit %llu: using %llu",
+             static_cast<unsigned long long>(target), static_cast<unsigned long long>(rl.rlim_max),
+             static_cast<unsigned long long>(rl.rlim_max));
+    target = rl.rlim_max;
+  }
+  if (target == rl.rlim_cur) return;
+  rlim_t before = rl.rlim_cur;
+  rl.rlim_cur = target;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    LOG_WARN("setrlimit(RLIMIT_NOFILE, %llu): %s", static_cast<unsigned long long>(target),
+             strerror(errno));
+    return;
+  }
+  LOG_INFO("open files limit %llu (was %llu, hard limit %llu)",
+           static_cast<unsigned long long>(target), static_cast<unsigned long long>(before),
+           static_cast<unsigned long long>(rl.rlim_max));
+}
 }  // namespace
 
 Server::Server(ConfigPtr config) : config_(std::move(config)) {}
@@ -37,6 +63,7 @@ uint64_t Server::requestsServed() const {
 int Server::run() {
   started_us_ = wallMicros();
   signal(SIGPIPE, SIG_IGN);
+  applyOpenFilesLimit(config_->max_open_files);
   metrics_ = std::make_shared<ProxyMetrics>(static_cast<size_t>(config_->workers), this);
   generation_ = std::make_shared<Generation>(config_, nullptr, metrics_);
   const Config& cfg = *config_;
@@ -293,6 +320,7 @@ bool Server::reload(std::string* message) {
   health_->start();
   LogLevel level;
   if (log::parseLevel(next.log_level, &level)) log::setLevel(level);
+  applyOpenFilesLimit(next.max_open_files);
   config_ = result.config;
   generation_ = gen;
   for (auto& w : workers_) w->post([w = w.get(), gen] { w->commitGeneration(gen); });

@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -62,6 +64,8 @@ Worker::Worker(Server* server, int id, bool control) : server_(server), id_(id),
   async_.data = this;
   uv_timer_init(&loop_, &drain_timer_);
   drain_timer_.data = this;
+  uv_timer_init(&loop_, &accept_timer_);
+  accept_timer_.data = this;
   if (!control_) lua_ = std::make_unique<LuaWorkerRuntime>(this, &loop_);
 }
 
@@ -82,12 +86,16 @@ Worker::~Worker() {
   uv_loop_close(&loop_);
   for (auto& s : sockets_)
     if (s.fd >= 0) ::close(s.fd);
+  for (auto& l : listeners_)
+    if (l->fd >= 0) ::close(l->fd);
 }
 
 void Worker::setGeneration(GenerationPtr gen) {
   if (gen->metrics_owner && !control_) {
     accepted_counter_ = gen->metrics_owner->connectionsAccepted(ProxyMetrics::shardOf(id_));
     open_gauge_ = gen->metrics_owner->connectionsOpen(ProxyMetrics::shardOf(id_));
+    paused_max_connections_ = gen->metrics_owner->acceptPaused(ProxyMetrics::shardOf(id_), false);
+    paused_fd_limit_ = gen->metrics_owner->acceptPaused(ProxyMetrics::shardOf(id_), true);
   }
   // At start, before the thread runs: a VM that cannot be prepared was already refused by
   // validation, so a failure here (e.g. init_worker) is logged and the worker runs without it.
@@ -99,6 +107,19 @@ void Worker::setGeneration(GenerationPtr gen) {
   current_ = std::move(prepared_);
   if (current_->vm) current_->vm->commit();
   if (lua_) lua_->publish(current_->vm, current_->gen->id);
+  resolveMaxConnections();
+}
+
+void Worker::resolveMaxConnections() {
+  size_t configured = current_->gen->config->client.max_connections;
+  if (configured == 0) {
+    rlimit rl{};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    uint64_t files = rl.rlim_cur == RLIM_INFINITY ? (1u << 20) : rl.rlim_cur;
+    int workers = std::max(1, current_->gen->config->workers);
+    configured = std::max<uint64_t>(16, files * 3 / 4 / static_cast<uint64_t>(workers));
+  }
+  max_connections_ = configured;
 }
 
 bool Worker::prepareGeneration(const GenerationPtr& gen, std::string* err) {
@@ -147,6 +168,10 @@ void Worker::commitGeneration(const GenerationPtr& gen) {
     lua_->retireVm(old->vm, ls ? ls->max_generations : 4, ls ? ls->retire_timeout : 60 * kSeconds);
   }
   if (lua_) lua_->publish(current_->vm, current_->gen->id);
+  resolveMaxConnections();
+  // A higher limit lets waiting connections in now, not at the next close.
+  if (accept_paused_ && connections_.size() < max_connections_)
+    uv_timer_start(&accept_timer_, onAcceptTimer, 0, 0);
   if (old) {
     for (auto& p : old->pools) p->retire();
     const auto& before = old->gen->config->access_log.target;
@@ -228,37 +253,115 @@ void Worker::run() {
     l->worker = this;
     l->config = s.config;
     l->admin = s.admin;
-    uv_tcp_init(&loop_, &l->tcp);
-    l->tcp.data = l.get();
-    int rc = uv_tcp_open(&l->tcp, s.fd);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->tcp), s.config.backlog, onConnection);
+    int rc = ::listen(s.fd, s.config.backlog) == 0 ? 0 : uv_translate_sys_error(errno);
+    if (rc == 0) rc = uv_poll_init_socket(&loop_, &l->poll, s.fd);
     if (rc != 0) {
       LOG_ERROR("worker %d: listen on %s:%u failed: %s", id_, s.config.host.c_str(), s.config.port,
                 uv_strerror(rc));
-      uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
-      listeners_.push_back(std::move(l));  // freed with the worker, after the close completes
-      continue;
+      continue;  // the socket closes with the worker (sockets_ keeps it)
     }
-    s.fd = -1;  // owned by libuv now
+    l->poll.data = l.get();
+    l->fd = s.fd;
+    s.fd = -1;  // the listener owns it now, closed after its poll handle
     listeners_.push_back(std::move(l));
   }
+  setListening(true);
   uv_run(&loop_, UV_RUN_DEFAULT);
 }
 
-void Worker::onConnection(uv_stream_t* server, int status) {
-  auto* l = static_cast<Listener*>(server->data);
+void Worker::setListening(bool on) {
+  for (auto& l : listeners_) {
+    if (l->closed || l->polling == on) continue;
+    if (on) uv_poll_start(&l->poll, UV_READABLE, onAcceptable);
+    else uv_poll_stop(&l->poll);
+    l->polling = on;
+  }
+}
+
+void Worker::onAcceptable(uv_poll_t* p, int status, int) {
+  auto* l = static_cast<Listener*>(p->data);
   Worker* w = l->worker;
   if (status != 0) {
-    LOG_WARN("worker %d: accept error: %s", w->id_, uv_strerror(status));
+    LOG_WARN("worker %d: listener %s: %s", w->id_, l->config.name.c_str(), uv_strerror(status));
     return;
   }
-  if (w->draining_) return;
-  auto* c = new ClientConnection(w, l->config, l->admin);
-  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(c->tcp())) != 0) {
-    c->forceClose();
-    return;
+  w->acceptFrom(l);
+}
+
+Worker::AcceptResult Worker::acceptFrom(Listener* l) {
+  // Bounded so one listener under a connection flood cannot starve the loop's other events.
+  constexpr int kAcceptBatch = 128;
+  for (int i = 0; i < kAcceptBatch; i++) {
+    if (draining_ || l->closed) return AcceptResult::kEmpty;
+    if (connections_.size() >= max_connections_) {
+      pauseAccepting(PauseReason::kMaxConnections, 0);
+      return AcceptResult::kPaused;
+    }
+    int fd = ::accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        if (pause_episode_) {
+          LOG_INFO("worker %d: accepting again after %llu ms (%zu connections open)", id_,
+                   static_cast<unsigned long long>(uv_now(&loop_) - pause_started_ms_),
+                   connections_.size());
+          pause_episode_ = false;
+        }
+        return AcceptResult::kEmpty;
+      }
+      if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue;  // that one is gone
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        pauseAccepting(PauseReason::kFdLimit, err);
+        return AcceptResult::kPaused;
+      }
+      // Anything else (EPERM from a firewall hook...) concerned the connection just refused.
+      LOG_WARN("worker %d: accept on %s: %s", id_, l->config.name.c_str(), strerror(err));
+      return AcceptResult::kBatchDone;
+    }
+    auto* c = new ClientConnection(this, l->config, l->admin);
+    if (uv_tcp_open(c->tcp(), fd) != 0) {
+      ::close(fd);
+      c->forceClose();
+      continue;
+    }
+    c->start();
   }
-  c->start();
+  return AcceptResult::kBatchDone;
+}
+
+void Worker::pauseAccepting(PauseReason reason, int err) {
+  bool fds = reason == PauseReason::kFdLimit;
+  setListening(false);
+  accept_paused_ = true;
+  // Out of fds nothing here may close: retry on a timer too (another thread may free some).
+  // At max_connections a close of ours is what makes room (onConnectionClosed).
+  if (fds) uv_timer_start(&accept_timer_, onAcceptTimer, 100, 0);
+  if (pause_episode_) return;  // still the same overload: logged and counted once
+  pause_episode_ = true;
+  pause_started_ms_ = uv_now(&loop_);
+  if (fds) {
+    LOG_WARN("worker %d: accept failed (%s) with %zu connections open: not accepting, retrying "
+             "every 100 ms and whenever a connection closes; new connections wait in the backlog",
+             id_, strerror(err), connections_.size());
+  } else {
+    LOG_WARN("worker %d: %zu connections open (client.max_connections): not accepting until one "
+             "closes; new connections wait in the backlog", id_, connections_.size());
+  }
+  if (!control_) (fds ? paused_fd_limit_ : paused_max_connections_).inc();
+}
+
+void Worker::onAcceptTimer(uv_timer_t* t) { static_cast<Worker*>(t->data)->resumeAccepting(); }
+
+void Worker::resumeAccepting() {
+  if (!accept_paused_ || draining_) return;
+  if (connections_.size() >= max_connections_) return;  // a close will call again
+  accept_paused_ = false;
+  uv_timer_stop(&accept_timer_);
+  setListening(true);
+  // Accept now rather than wait for the poll: an empty backlog ends the episode (and its log),
+  // a full fd table pauses again without a second log line.
+  for (auto& l : listeners_)
+    if (!l->closed && acceptFrom(l.get()) == AcceptResult::kPaused) return;
 }
 
 void Worker::post(std::function<void()> fn) {
@@ -287,9 +390,18 @@ void Worker::beginDrain(bool graceful) {
   if (draining_ && graceful) return;
   draining_ = true;
   // Listener memory stays until the worker is destroyed: libuv touches a handle after uv_close.
-  for (auto& l : listeners_)
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&l->tcp)))
-      uv_close(reinterpret_cast<uv_handle_t*>(&l->tcp), nullptr);
+  // The poll handle does not own its fd: the close callback closes the socket.
+  uv_timer_stop(&accept_timer_);
+  for (auto& l : listeners_) {
+    if (l->closed) continue;
+    l->closed = true;
+    l->polling = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&l->poll), [](uv_handle_t* h) {
+      auto* closed = static_cast<Listener*>(h->data);
+      ::close(closed->fd);
+      closed->fd = -1;
+    });
+  }
   if (current_)
     for (auto& p : current_->pools) p->closeIdle();
   auto conns = connections_;
@@ -314,6 +426,10 @@ void Worker::onDrainTimer(uv_timer_t* t) {
 void Worker::onConnectionClosed(ClientConnection* c) {
   // Only connections that were opened (a failed accept closes one that never was).
   if (connections_.erase(c) && open_gauge_.bound()) open_gauge_.dec();
+  // Paused at the limit: this close made room (and freed an fd). Accept on the next loop turn,
+  // not inside the close callback.
+  if (accept_paused_ && !draining_ && connections_.size() < max_connections_)
+    uv_timer_start(&accept_timer_, onAcceptTimer, 0, 0);
   maybeFinish();
 }
 
@@ -322,6 +438,8 @@ void Worker::maybeFinish() {
   finished_ = true;
   uv_timer_stop(&drain_timer_);
   uv_close(reinterpret_cast<uv_handle_t*>(&drain_timer_), nullptr);
+  uv_timer_stop(&accept_timer_);
+  uv_close(reinterpret_cast<uv_handle_t*>(&accept_timer_), nullptr);
   {
     std::lock_guard<std::mutex> lock(posted_mu_);
     async_closed_ = true;

@@ -5,6 +5,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <memory>
@@ -81,18 +82,37 @@ class Worker {
     if (open_gauge_.bound()) open_gauge_.inc(), accepted_counter_.inc();
   }
   void onConnectionClosed(ClientConnection* c);
+  // Client connections this worker holds before it stops accepting (client.max_connections,
+  // "auto" resolved against the open-file limit when the generation was committed).
+  size_t maxConnections() const { return max_connections_; }
+  bool acceptPaused() const { return accept_paused_; }
 
   // Hook for the control worker's own handles (signals, health checks) to close at shutdown.
   std::function<void()> on_shutdown;
 
  private:
+  // Accepting is ours, not uv_listen's: libuv's EMFILE handling accepts and drops what waits in
+  // the backlog, and once its reserve fd is lost (taken by another thread) it calls back with
+  // EMFILE in a tight loop. A poll handle can simply stop, leaving connections in the backlog.
   struct Listener {
-    uv_tcp_t tcp;
-    Worker* worker;
+    uv_poll_t poll;
+    int fd = -1;
+    bool polling = false;
+    bool closed = false;
+    Worker* worker = nullptr;
     ListenerConfig config;
-    bool admin;
+    bool admin = false;
   };
-  static void onConnection(uv_stream_t* server, int status);
+  enum class PauseReason { kMaxConnections, kFdLimit };
+  // What one round of accept() on a listener ended with.
+  enum class AcceptResult { kEmpty, kBatchDone, kPaused };
+  static void onAcceptable(uv_poll_t* p, int status, int events);
+  static void onAcceptTimer(uv_timer_t* t);
+  AcceptResult acceptFrom(Listener* l);
+  void pauseAccepting(PauseReason reason, int err);
+  void resumeAccepting();
+  void setListening(bool on);
+  void resolveMaxConnections();
   static void onAsync(uv_async_t* a);
   static void onDrainTimer(uv_timer_t* t);
   void run();
@@ -105,6 +125,7 @@ class Worker {
   uv_loop_t loop_;
   uv_async_t async_;
   uv_timer_t drain_timer_;
+  uv_timer_t accept_timer_;  // retries accept() while paused on the fd limit; 0 ms after a close
   std::thread thread_;
   std::vector<BoundSocket> sockets_;
   std::vector<std::unique_ptr<Listener>> listeners_;
@@ -119,10 +140,16 @@ class Worker {
   bool draining_ = false;
   bool finished_ = false;
   bool async_closed_ = false;  // guarded by posted_mu_
+  size_t max_connections_ = SIZE_MAX;
+  bool accept_paused_ = false;   // listeners not polled right now
+  bool pause_episode_ = false;   // paused since the backlog was last seen empty (logged once)
+  uint64_t pause_started_ms_ = 0;
   std::atomic<uint64_t> requests_served_{0};
   // Client connection metrics (data workers only: admin connections are not proxy traffic).
   CounterShard accepted_counter_;
   GaugeShard open_gauge_;
+  CounterShard paused_max_connections_;  // sluice_accept_paused_total{reason="max_connections"}
+  CounterShard paused_fd_limit_;         // sluice_accept_paused_total{reason="fd_limit"}
 };
 
 }  // namespace sluice

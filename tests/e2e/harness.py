@@ -126,7 +126,8 @@ def upstream_yaml(name, servers, extra=""):
 class Sluice(Process):
     """The proxy under test, started from a config text in `tmpdir` (its working directory)."""
 
-    def __init__(self, tmpdir, config_text, port, admin_port):
+    def __init__(self, tmpdir, config_text, port, admin_port, preexec_fn=None):
+        """`preexec_fn` runs in the child before exec (e.g. resource.setrlimit for fd limits)."""
         self.port = port
         self.admin_port = admin_port
         self.tmpdir = tmpdir
@@ -136,7 +137,7 @@ class Sluice(Process):
         self.log_path = os.path.join(tmpdir, "sluice.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([SLUICE_BIN, "-c", self.config_path], stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=tmpdir)
+                                     stderr=subprocess.STDOUT, cwd=tmpdir, preexec_fn=preexec_fn)
         wait_port(port, proc=self.proc)
         # The admin listener starts on the control thread after the workers' listeners: under
         # a sanitizer that gap is long enough for a test's first admin call to be refused.
@@ -425,9 +426,9 @@ class RssSampler:
         return max(self.samples) if self.samples else 0
 
 
-def _start_sluice_text(self, config_text, port, admin_port):
+def _start_sluice_text(self, config_text, port, admin_port, preexec_fn=None):
     """ProxyTestCase.start_sluice_text: starts sluice from a whole config text (custom listeners)."""
-    s = Sluice(self.tmp, config_text, port, admin_port)
+    s = Sluice(self.tmp, config_text, port, admin_port, preexec_fn=preexec_fn)
     self._procs.append(s)
     return s
 
@@ -575,3 +576,29 @@ def fd_targets(pid):
         except OSError:
             pass
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic helpers added for the connection-limit suites (additions only).
+
+def metric_value(sluice, name, labels=""):
+    """One sample from the admin /metrics text: `name` with exactly the label text `labels`
+    (e.g. 'reason="fd_limit"'), summed if it repeats; 0 when absent."""
+    status, _, body = http_get(sluice.admin_port, "/metrics")
+    if status != 200:
+        raise AssertionError("admin /metrics answered %d" % status)
+    want = name + ("{%s}" % labels if labels else "")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(want + " "):
+            total += float(line.split()[-1])
+    return total
+
+
+def cpu_share(proc, seconds):
+    """Share of one core `proc` (a harness Process with cpu_ticks) used over `seconds`."""
+    tck = os.sysconf("SC_CLK_TCK")
+    t0, w0 = proc.cpu_ticks(), time.monotonic()
+    time.sleep(seconds)
+    t1, w1 = proc.cpu_ticks(), time.monotonic()
+    return (t1 - t0) / tck / (w1 - w0)

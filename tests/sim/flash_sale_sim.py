@@ -144,6 +144,11 @@ def copycat_headers(cookie, nav):
 
 # ---- a tiny HTTP/1.1 client that keeps header order exactly
 
+# Called as REQUEST_OBSERVER(method, path, status, seconds) after every request when set
+# (bench/soak records statuses and latencies through it; 599 = the connection failed).
+REQUEST_OBSERVER = None
+
+
 class Conn:
     def __init__(self, port):
         self.port = port
@@ -155,6 +160,14 @@ class Conn:
         self.buf = b""
 
     def request(self, method, path, headers, xff, body=None):
+        if REQUEST_OBSERVER is None:
+            return self._request(method, path, headers, xff, body)
+        t0 = time.monotonic()
+        result = self._request(method, path, headers, xff, body)
+        REQUEST_OBSERVER(method, path, result[0], time.monotonic() - t0)
+        return result
+
+    def _request(self, method, path, headers, xff, body=None):
         for attempt in (0, 1):
             try:
                 if self.sock is None:
@@ -363,13 +376,19 @@ class Sim:
         text = re.sub(r"(?m)^  level: info$", "  level: warn", text)
         if self.args.risk_off:
             text = re.sub(r"(?m)^risk:\n", "risk:\n  enabled: false\n", text)
+        text = self.adjust_config(text)
         cfg = os.path.join(self.tmp, "flash-sale.yaml")
+        self.config_path = cfg
         with open(cfg, "w") as f:
             f.write(text)
         self.sluice = subprocess.Popen([os.path.join(build, "proxy", "sluice"), "-c", cfg], cwd=ROOT,
                                        stdout=open(os.path.join(self.tmp, "sluice.log"), "wb"),
                                        stderr=subprocess.STDOUT)
         wait_port(self.port)
+
+    def adjust_config(self, text):
+        """Hook for programs built on the simulation (bench/soak adds Redis): the config text."""
+        return text
 
     def stop(self):
         for p in (self.sluice, self.demo):

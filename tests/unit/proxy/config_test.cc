@@ -110,6 +110,8 @@ TEST_CASE("minimal config gets the defaults of config.h", "[config]") {
   CHECK(c->client.max_body_size == defaults.client.max_body_size);
   CHECK(c->client.header_timeout == defaults.client.header_timeout);
   CHECK(c->client.buffer_size == defaults.client.buffer_size);
+  CHECK(c->client.max_connections == 0);  // auto
+  CHECK(c->max_open_files == 0);          // auto
   CHECK(c->trusted_proxies.empty());
   CHECK(c->request_id_header == "X-Request-Id");
   CHECK_FALSE(c->trace_start);
@@ -169,6 +171,8 @@ client:
   send_timeout: 20s
   max_requests_per_connection: 500
   buffer_size: 16k
+  max_connections: 20000
+max_open_files: 65536
 trusted_proxies: [127.0.0.1/32, ::1/128, 10.0.0.0/8]
 request_id_header: X-Req
 tracing: {start_traces: true}
@@ -248,6 +252,8 @@ routes:
   CHECK(c->client.send_timeout == 20 * kSeconds);
   CHECK(c->client.max_requests_per_connection == 500);
   CHECK(c->client.buffer_size == 16384);
+  CHECK(c->client.max_connections == 20000);
+  CHECK(c->max_open_files == 65536);
   CHECK(c->trusted_proxies.size() == 3);
   CHECK(c->trusted_proxies.contains(ip));
   CHECK(c->request_id_header == "X-Req");
@@ -368,6 +374,13 @@ drain_timeout: 2s
 )");
   CHECK(e.line == 3);
   CHECK(e.message == "duplicate key 'drain_timeout' in the top level");
+}
+
+TEST_CASE("max_connections and max_open_files take auto or a bounded integer", "[config]") {
+  CHECK(loadError("listeners: [{address: 127.0.0.1:8080}]\nclient: {max_connections: 0}\n").message ==
+        "client.max_connections: expected \"auto\" or an integer 1..10000000, got '0'");
+  CHECK(loadError("listeners: [{address: 127.0.0.1:8080}]\nmax_open_files: lots\n").message ==
+        "max_open_files: expected \"auto\" or an integer 64..100000000, got 'lots'");
 }
 
 TEST_CASE("bad durations are errors at the value", "[config]") {
