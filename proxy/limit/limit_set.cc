@@ -2,6 +2,8 @@
 
 #include <re2/re2.h>
 
+#include <cstring>
+
 #include "core/hash.h"
 #include "core/strings.h"
 #include "proxy/config/redis_settings.h"
@@ -82,19 +84,47 @@ const UaTables kUaTables;
 }  // namespace
 
 void normaliseUserAgent(std::string_view ua, std::string* out) {
-  // Branch-free: every byte is written, and the cursor advances unless a digit follows a digit,
-  // so a run of digits leaves one '#'. (The push_back version cost 19 instructions a byte in the
-  // bench profile, on every request of every UA rule.)
+  // Eight bytes at a time where a word holds no digit (about half of a browser UA: "Mozilla/",
+  // "TML, lik", " Chrome/"): its capitals are lowered with SWAR range masks and it is copied
+  // whole. Words with digits (or non-ASCII bytes) take the branch-free byte loop: every byte is
+  // written, and the cursor advances unless a digit follows a digit, so a run of digits leaves
+  // one '#'. (11 instructions a byte before the word path, on every UA-cache miss.)
   out->resize(ua.size());
   char* base = out->data();
-  size_t w = 0;
+  const auto* p = reinterpret_cast<const unsigned char*>(ua.data());
+  const size_t n = ua.size();
+  size_t i = 0, w = 0;
   uint8_t prev = 0;
-  for (unsigned char c : ua) {
-    uint8_t d = kUaTables.digit[c];
-    base[w] = kUaTables.out[c];
-    w += 1u - (d & prev);
-    prev = d;
+  auto bytes = [&](size_t end) {
+    for (; i < end; ++i) {
+      const unsigned char c = p[i];
+      const uint8_t d = kUaTables.digit[c];
+      base[w] = kUaTables.out[c];
+      w += 1u - (d & prev);
+      prev = d;
+    }
+  };
+  constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+  // For 7-bit bytes b, b + (0x80 - lo) sets the byte's high bit iff b >= lo, with no carry out.
+  auto atLeast = [&](uint64_t low7, unsigned lo) { return low7 + (0x80 - lo) * kOnes; };
+  while (i + 8 <= n) {
+    uint64_t x;
+    memcpy(&x, p + i, 8);
+    const uint64_t low7 = x & ~kHigh;
+    const uint64_t ascii = ~x & kHigh;
+    const uint64_t digits = atLeast(low7, '0') & ~atLeast(low7, '9' + 1) & ascii;
+    if (digits != 0 || ascii != kHigh) {
+      bytes(i + 8);
+      continue;
+    }
+    const uint64_t upper = atLeast(low7, 'A') & ~atLeast(low7, 'Z' + 1) & kHigh;
+    x |= upper >> 2;  // 0x80 >> 2 = 0x20: 'A' -> 'a'
+    memcpy(base + w, &x, 8);
+    w += 8;
+    i += 8;
+    prev = 0;
   }
+  bytes(n);
   out->resize(w);
 }
 

@@ -127,6 +127,42 @@ TEST_CASE("normaliseUserAgent: lower case, every digit run becomes one '#'", "[l
   // The output buffer is reused: no trace of the previous value.
   normaliseUserAgent("a1b22c333", &out);
   CHECK(out == "a#b#c#");
+  // Digit runs across the 8-byte words of the fast path, and capitals inside them.
+  normaliseUserAgent("ABCDEFG12345678HIJKLMNOPQRSTUVW9", &out);
+  CHECK(out == "abcdefg#hijklmnopqrstuvw#");
+  normaliseUserAgent("12345678ABCDEFGH12345678", &out);
+  CHECK(out == "#abcdefgh#");
+}
+
+TEST_CASE("normaliseUserAgent: the word path agrees with a byte-at-a-time reference", "[limit]") {
+  auto reference = [](std::string_view in) {
+    std::string r;
+    bool prevDigit = false;
+    for (unsigned char c : in) {
+      const bool d = c >= '0' && c <= '9';
+      if (d && prevDigit) continue;
+      r.push_back(d ? '#' : (c >= 'A' && c <= 'Z') ? static_cast<char>(c | 0x20) : static_cast<char>(c));
+      prevDigit = d;
+    }
+    return r;
+  };
+  // Every byte value, in every position of a word, next to digits, capitals and the edges of
+  // the ranges ('/', ':', '@', '[', '`', '{') that a wrong SWAR constant would misclassify.
+  uint64_t seed = 42;
+  std::string out;
+  for (int round = 0; round < 20000; ++round) {
+    std::string in;
+    const size_t len = seed % 40;
+    for (size_t i = 0; i < len; ++i) {
+      seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+      const char pool[] = "09/:@AZ[`az{ \x7f";
+      in.push_back((seed >> 60) < 8 ? pool[(seed >> 33) % (sizeof pool - 1)]
+                                    : static_cast<char>((seed >> 40) & 0xff));
+    }
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    normaliseUserAgent(in, &out);
+    REQUIRE(out == reference(in));
+  }
 }
 
 TEST_CASE("keyFor user_agent: versions and case do not split a client family", "[limit]") {
