@@ -210,11 +210,13 @@ enum class LimitKeyKind {
   kQuery,      // query:NAME
   kGlobal,     // one key for everything the rule sees
   kUpstream,   // the route's upstream pool name (circuit breakers per pool)
+  kLua,        // lua:NAME, the key a rewrite-phase policy set (sluice.limit.set_key)
 };
 
 struct LimitKeyPart {
   LimitKeyKind kind = LimitKeyKind::kIp;
-  std::string source;  // "cookie:NAME", "header:NAME", "query:NAME", "path:REGEX", "jwt:CLAIM"
+  std::string source;  // "cookie:NAME", "header:NAME", "query:NAME", "path:REGEX", "jwt:CLAIM",
+                       // "lua:NAME"
   std::shared_ptr<const re2::RE2> path_regex;  // for path: sources
   bool default_item = false;  // the default item pattern: matched without RE2 (limit_set.h)
 };

@@ -230,7 +230,7 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
     kind = text.substr(0, eq);
     source = text.substr(eq + 1);
   } else if (text.rfind("header:", 0) == 0 || text.rfind("cookie:", 0) == 0 ||
-             text.rfind("query:", 0) == 0 || text.rfind("jwt:", 0) == 0) {
+             text.rfind("query:", 0) == 0 || text.rfind("jwt:", 0) == 0 || text.rfind("lua:", 0) == 0) {
     kind = text.substr(0, text.find(':'));
     source = text;
   }
@@ -241,7 +241,7 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
       {"jwt", LimitKeyKind::kMember},
       {"header", LimitKeyKind::kHeader}, {"cookie", LimitKeyKind::kCookie},
       {"query", LimitKeyKind::kQuery},   {"global", LimitKeyKind::kGlobal},
-      {"upstream", LimitKeyKind::kUpstream}};
+      {"upstream", LimitKeyKind::kUpstream}, {"lua", LimitKeyKind::kLua}};
   bool found = false;
   for (const auto& [name, k] : kKinds)
     if (kind == name) {
@@ -253,7 +253,7 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
     for (const auto& kk : kKinds) names.push_back(kk.first);
     fail(n, path + ": unknown key kind '" + kind + "'" + suggestion(kind, names) +
                 " (ip, user_agent, member, device, item, route, upstream, global, header:NAME, cookie:NAME, "
-                "query:NAME, jwt:CLAIM)");
+                "query:NAME, jwt:CLAIM, lua:NAME)");
     return false;
   }
   if (source.empty()) {
@@ -263,7 +263,8 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
   }
   bool needs_source = part->kind == LimitKeyKind::kMember || part->kind == LimitKeyKind::kDevice ||
                       part->kind == LimitKeyKind::kItem || part->kind == LimitKeyKind::kHeader ||
-                      part->kind == LimitKeyKind::kCookie || part->kind == LimitKeyKind::kQuery;
+                      part->kind == LimitKeyKind::kCookie || part->kind == LimitKeyKind::kQuery ||
+                      part->kind == LimitKeyKind::kLua;
   if (!needs_source && !source.empty()) {
     fail(n, path + ": '" + kind + "' takes no source");
     return false;
@@ -273,10 +274,10 @@ bool Loader::loadLimitKeyPart(const Node& n, const std::string& path, LimitKeyPa
     std::string where = colon == std::string::npos ? "" : source.substr(0, colon);
     std::string what = colon == std::string::npos ? "" : source.substr(colon + 1);
     if ((where != "header" && where != "cookie" && where != "query" && where != "path" &&
-         where != "jwt") ||
+         where != "jwt" && where != "lua") ||
         what.empty()) {
       fail(n, path + ": source '" + source +
-                  "' must be header:NAME, cookie:NAME, query:NAME, path:REGEX or jwt:CLAIM");
+                  "' must be header:NAME, cookie:NAME, query:NAME, path:REGEX, jwt:CLAIM or lua:NAME");
       return false;
     }
     if (where == "path") {

@@ -298,6 +298,16 @@ bool LimitSet::sourceValueUncached(const LimitKeyPart& part, const LimitRequestV
   const std::string& s = part.source;
   if (s.rfind("header:", 0) == 0) return req.headers->get(std::string_view(s).substr(7), out) && !out->empty();
   if (s.rfind("cookie:", 0) == 0) return findCookie(*req.headers, std::string_view(s).substr(7), out) && !out->empty();
+  if (s.rfind("lua:", 0) == 0) {
+    if (!req.lua_keys) return false;
+    const std::string_view name = std::string_view(s).substr(4);
+    for (const auto& [k, v] : *req.lua_keys)
+      if (k == name) {
+        *out = v;
+        return !out->empty();
+      }
+    return false;
+  }
   if (s.rfind("jwt:", 0) == 0) {
     if (!req.jwt || !req.jwt_config) return false;
     if (req.jwt_state == 0) {

@@ -75,6 +75,8 @@ struct LimitRequestView {
     std::string_view value;
     bool found;
   };
+  // lua:NAME sources: the keys the route's rewrite-phase policies set (sluice.limit.set_key).
+  const std::vector<std::pair<std::string, std::string>>* lua_keys = nullptr;
   static constexpr uint8_t kCacheSlots = 6;
   mutable CachedSource cache[kCacheSlots];
   mutable uint8_t cached = 0;

@@ -52,6 +52,7 @@ struct Req {
   std::string route = "api";
   std::string target = "/";
   HeaderMap headers;
+  std::vector<std::pair<std::string, std::string>> lua_keys;
 
   explicit Req(const char* addr = "192.0.2.1") { REQUIRE(IpAddress::parse(addr, &ip)); }
   Req& header(std::string_view n, std::string_view v) {
@@ -66,7 +67,15 @@ struct Req {
     route = std::move(r);
     return *this;
   }
-  LimitRequestView view() const { return LimitRequestView{&ip, route, target, &headers}; }
+  Req& luaKey(std::string n, std::string v) {
+    lua_keys.emplace_back(std::move(n), std::move(v));
+    return *this;
+  }
+  LimitRequestView view() const {
+    LimitRequestView v{&ip, route, target, &headers};
+    v.lua_keys = &lua_keys;
+    return v;
+  }
 };
 
 // The key, or 0 when the rule skips the request (tests below check that real keys are not 0).
@@ -110,6 +119,30 @@ TEST_CASE("keyFor ip: IPv6 clients are grouped by their /64 by default", "[limit
   auto p128 = rule("key: ip, rate: 1r/s, ipv6_prefix: 128");
   CHECK(keyOf(p128, Req("2001:db8:1:2::1")) != keyOf(p128, Req("2001:db8:1:2::2")));
   CHECK(keyOf(p128, Req("2001:db8:1:2::1")) == keyOf(p128, Req("2001:db8:1:2::1")));
+}
+
+TEST_CASE("keyFor lua:NAME: the key a rewrite policy set, as a key or as a member source", "[limit]") {
+  auto r = rule("key: lua:buyer, rate: 1r/s");
+  CHECK(r.rule().key[0].kind == LimitKeyKind::kLua);
+  CHECK(keyOf(r, Req().luaKey("buyer", "b-1")) == keyOf(r, Req("198.51.100.7").luaKey("buyer", "b-1")));
+  CHECK(keyOf(r, Req().luaKey("buyer", "b-1")) != keyOf(r, Req().luaKey("buyer", "b-2")));
+  CHECK(keyOf(r, Req().luaKey("other", "b-1").luaKey("buyer", "b-1")) == keyOf(r, Req().luaKey("buyer", "b-1")));
+  // Not set (or set empty): the rule's fallback key, or skipped with missing_key: skip.
+  CHECK(keyOf(r, Req()) == keyOf(r, Req().luaKey("buyer", "")));
+  auto skip = rule("key: lua:buyer, rate: 1r/s, missing_key: skip");
+  CHECK(keyOf(skip, Req()) == 0);
+  auto member = rule("key: member=lua:account, rate: 1r/s");
+  CHECK(keyOf(member, Req().luaKey("account", "a1")) == keyOf(member, Req().luaKey("account", "a1")));
+  CHECK(keyOf(member, Req().luaKey("account", "a1")) != keyOf(member, Req().luaKey("account", "a2")));
+  // Composite: member from Lua + item from the path.
+  auto combo = rule("key: [lua:buyer, item], rate: 1r/s");
+  CHECK(keyOf(combo, Req().luaKey("buyer", "b").path("/api/items/1")) !=
+        keyOf(combo, Req().luaKey("buyer", "b").path("/api/items/2")));
+  ConfigLoadResult bad = loadConfigString(
+      "listeners: [{address: 127.0.0.1:8080}]\nlimits:\n  rules:\n    - {id: r, key: \"lua:\", rate: 1r/s}\n",
+      "t.yaml");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(joinErrors(bad.errors).find("lua:NAME") != std::string::npos);
 }
 
 TEST_CASE("normaliseUserAgent: lower case, every digit run becomes one '#'", "[limit]") {
