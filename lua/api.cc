@@ -319,6 +319,29 @@ int respSetHeader(lua_State* L) {
   return 0;
 }
 
+// Like OpenResty's ngx.resp.get_headers(): lower-cased name -> value, repeated -> list.
+int respGetHeaders(lua_State* L) {
+  RequestHost& h = request(L, enter(L)).host();
+  size_t n = h.responseHeaderCount();
+  lua_createtable(L, 0, static_cast<int>(n));
+  for (size_t i = 0; i < n; i++) addHeader(L, h.responseHeaderName(i), h.responseHeaderValue(i));
+  return 1;
+}
+
+int respGetHeader(lua_State* L) {
+  RequestHost& h = request(L, enter(L)).host();
+  std::string_view name = checkSv(L, 1);
+  for (size_t i = 0, n = h.responseHeaderCount(); i < n; i++) {
+    std::string_view k = h.responseHeaderName(i);
+    if (k.size() == name.size() && strncasecmp(k.data(), name.data(), k.size()) == 0) {
+      pushSv(L, h.responseHeaderValue(i));
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
 int respGetStatus(lua_State* L) {
   int s = request(L, enter(L)).host().responseStatus();
   if (s == 0)
@@ -838,6 +861,8 @@ const ApiFn kApi[] = {
     {"req", "set_header", reqSetHeader, bits({Phase::kRewrite, Phase::kAccess})},
     {"resp", "exit", respExit, kYield},
     {"resp", "set_header", respSetHeader, kYield | phaseBit(Phase::kHeaderFilter)},
+    {"resp", "get_headers", respGetHeaders, phaseBit(Phase::kHeaderFilter)},
+    {"resp", "get_header", respGetHeader, phaseBit(Phase::kHeaderFilter)},
     {"resp", "get_status", respGetStatus,
      bits({Phase::kHeaderFilter, Phase::kBodyFilter, Phase::kLog})},
     {"resp", "set_status", respSetStatus, phaseBit(Phase::kHeaderFilter)},

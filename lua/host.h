@@ -141,9 +141,17 @@ class RequestHost {
   // Ends the request with a local response (called at most once per request).
   virtual void respond(int status, const HeaderList& headers, std::string_view body) = 0;
   // Before header_filter: queued for the response; in header_filter: the response itself.
+  // Framing fields (Content-Length, Transfer-Encoding, Connection, ...) are the host's own: a
+  // host ignores changes to them.
   virtual void setResponseHeader(std::string_view name, std::string_view value, bool remove) = 0;
   virtual int responseStatus() const = 0;  // 0 before there is one
+  // resp.exit's status before the response exists; in header_filter the response's status.
   virtual void setResponseStatus(int status) = 0;
+  // The response headers as they stand, in order, original case; only in header_filter (no
+  // response head exists before it, and it has been sent after it): 0 elsewhere.
+  virtual size_t responseHeaderCount() const = 0;
+  virtual std::string_view responseHeaderName(size_t i) const = 0;
+  virtual std::string_view responseHeaderValue(size_t i) const = 0;
 
   virtual LimitTakeResult limitTake(std::string_view rule_or_key, uint32_t cost) = 0;
   virtual void riskAdd(std::string_view signal, int points) = 0;

@@ -302,6 +302,9 @@ RunResult LuaRequest::runPlain(Phase phase, int extra, std::string* chunk, bool 
     bool over = budgetStop(core_);
     if (rc != 0 || over) {
       std::string msg = rc != 0 ? formatError(L, -1) : "";
+      // LuaJIT only says "attempt to yield across C-call boundary": name the rule instead.
+      if (rc != 0 && msg.find("attempt to yield across") != std::string::npos)
+        msg = std::string("phase '") + phaseName(phase) + "' may not yield (" + msg + ")";
       if (over) {
         p.overruns++;
         msg = "exceeded its time budget of " + std::to_string(core_->options.budget / kMillis) +

@@ -41,6 +41,9 @@ class NullRequest : public RequestHost {
   void setResponseHeader(std::string_view, std::string_view, bool) override {}
   int responseStatus() const override { return 200; }
   void setResponseStatus(int) override {}
+  size_t responseHeaderCount() const override { return 0; }
+  std::string_view responseHeaderName(size_t) const override { return {}; }
+  std::string_view responseHeaderValue(size_t) const override { return {}; }
   LimitTakeResult limitTake(std::string_view, uint32_t) override { return {}; }
   void riskAdd(std::string_view, int) override {}
   int riskScore() override { return 0; }

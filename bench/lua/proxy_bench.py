@@ -3,6 +3,7 @@
 
   plain     GET /api/items/1 proxied, no policy                       (the baseline)
   noop      the same route with an access policy that does nothing   (target: +<= 1 us CPU/request)
+  filters   the same route with a trivial header_filter + body_filter (the response filters' cost)
   multi     GET /api/items/1/page: item_page, http.multi of 3 parts  (target: <= 3.5x plain)
   reload    POST /reload with 50 policies, the bundle changed each time (target: <= 100 ms)
 
@@ -64,6 +65,8 @@ def wrk(port, path, duration):
 
 
 NOOP = 'return { name = "noop%s", phases = { access = function(conf, ctx) end } }\n'
+FILTERS = ('return { name = "filters", phases = { header_filter = function(conf, ctx) end,\n'
+           '  body_filter = function(conf, ctx, chunk, eof) end } }\n')
 
 
 def main():
@@ -79,7 +82,9 @@ def main():
     pol = os.path.join(tmp, "policies")
     os.makedirs(pol)
     shutil.copy(os.path.join(ROOT, "conf", "policies", "item_page.lua"), pol)
-    for i in range(49):  # 50 policies in the bundle with item_page
+    with open(os.path.join(pol, "filters.lua"), "w") as f:
+        f.write(FILTERS)
+    for i in range(49):  # 50 policies in the bundle with item_page (and filters)
         with open(os.path.join(pol, "noop%d.lua" % i), "w") as f:
             f.write(NOOP % i)
     demo_port, port, admin = free_port(), free_port(), free_port()
@@ -93,6 +98,8 @@ def main():
            "    aggregate: item_page\n"
            "  - name: noop\n    match: { host: noop.bench, path: { prefix: / } }\n    upstream: storefront\n"
            "    policies: [noop0]\n"
+           "  - name: filters\n    match: { host: filters.bench, path: { prefix: / } }\n    upstream: storefront\n"
+           "    policies: [filters]\n"
            "  - name: plain\n    match: { path: { prefix: / } }\n    upstream: storefront\n"
            % (port, admin, up, up, up, up))
     with open(os.path.join(tmp, "sluice.yaml"), "w") as f:
@@ -102,7 +109,8 @@ def main():
     sl = subprocess.Popen(["taskset", "-c", "0", sluice_bin, "-c", "sluice.yaml"], cwd=tmp)
     try:
         wait_port(port)
-        paths = {"plain": "/api/items/1", "noop": "noop.bench@/api/items/1", "multi": "/api/items/1/page"}
+        paths = {"plain": "/api/items/1", "noop": "noop.bench@/api/items/1",
+                 "filters": "filters.bench@/api/items/1", "multi": "/api/items/1/page"}
         res = {k: [] for k in paths}
         for k, p in paths.items():
             wrk(port, p, 1)  # warm-up
@@ -127,6 +135,7 @@ def main():
         print("CPU per request (median of %d rounds, us):" % a.rounds)
         print("  plain proxy            %6.2f" % med["plain"])
         print("  + no-op access policy  %6.2f   (+%.2f us; target <= 1 us)" % (med["noop"], med["noop"] - med["plain"]))
+        print("  + header/body_filter    %6.2f   (+%.2f us)" % (med["filters"], med["filters"] - med["plain"]))
         print("  http.multi x3 page     %6.2f   (%.2fx plain; target <= 3.5x)" % (med["multi"], med["multi"] / med["plain"]))
         print("reload with 50 policies: median %.1f ms, max %.1f ms (target <= 100 ms)"
               % (sorted(times)[len(times) // 2], max(times)))

@@ -946,6 +946,16 @@ void ClientConnection::serveCached(const cache::CachedResponse& r, const char* h
   ex_->response_started = true;
   const auto& cfg = *ex_->gen->gen->config;
   bool http10 = parser_.head().isHttp10();
+  if (uint8_t lf = luaFilters()) {
+    // A copy the filters may change; the entry stays as the upstream sent it.
+    HeaderMap h = r.headers();
+    char age[24];
+    auto end = std::to_chars(age, age + sizeof(age), r.ageSeconds(SteadyClock::monotonicNanos())).ptr;
+    h.add("Age", std::string_view(age, static_cast<size_t>(end - age)));
+    if (!cfg.cache.status_header.empty()) h.add(cfg.cache.status_header, how);
+    sendWholeFiltered(r.status(), h, r.body(), http10, lf);
+    return;
+  }
   out_.append(http10 ? "HTTP/1.0 " : "HTTP/1.1 ");
   appendUint(&out_, static_cast<uint64_t>(r.status()));
   out_.push_back(' ');
@@ -1218,10 +1228,19 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
 
   bool no_body = ex_->is_head || head.status == 204 || head.status == 304 || head.status < 200;
   if (ex_->upgrade && !switching) ex_->client_keep_alive = false;
+  int status = head.status;
+  if (uint8_t lf = luaFilters()) {
+    LuaPhase::headerFilter(*this, &status, &head.headers);
+    ex_->status = status;
+    // The body's length may change: no Content-Length, the client gets chunked or close framing.
+    ex_->lua_body_filter = (lf & kLuaBodyFilter) && !switching;
+    ex_->response_no_body = no_body;
+  }
   out_.append(client_10 ? "HTTP/1.0 " : "HTTP/1.1 ");
-  appendUint(&out_, static_cast<uint64_t>(head.status));
+  appendUint(&out_, static_cast<uint64_t>(status));
   out_.push_back(' ');
-  out_.append(head.reason.empty() ? statusReason(head.status) : std::string_view(head.reason));
+  out_.append(head.reason.empty() || status != head.status ? statusReason(status)
+                                                           : std::string_view(head.reason));
   out_.append("\r\n");
   head.headers.serialize(&out_);
   if (switching) {
@@ -1245,12 +1264,12 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
     ex_->client_keep_alive = false;
   }
   if (no_body) {
-    if (head.has_content_length && (ex_->is_head || head.status == 304)) {
+    if (head.has_content_length && (ex_->is_head || head.status == 304) && !ex_->lua_body_filter) {
       out_.append("Content-Length: ");
       appendUint(&out_, head.content_length);
       out_.append("\r\n");
     }
-  } else if (head.has_content_length) {
+  } else if (head.has_content_length && !ex_->lua_body_filter) {
     out_.append("Content-Length: ");
     appendUint(&out_, head.content_length);
     out_.append("\r\n");
@@ -1286,7 +1305,7 @@ void ClientConnection::onUpstreamHeaders(HttpMessageHead& head) {
 }
 
 void ClientConnection::onUpstreamBody(const char* p, size_t n) {
-  ex_->bytes_out += n;  // body bytes, like bytes_in (framing not counted)
+  // The cache keeps the upstream's bytes: filters run on every delivery, hits included.
   if (ex_->cache_capture && !ex_->cache_too_big) {
     const auto& rc = *ex_->gen->gen->config->routes[ex_->route].cache;
     if (ex_->cache_body.size() + n > rc.policy.max_entry_bytes) {
@@ -1296,6 +1315,11 @@ void ClientConnection::onUpstreamBody(const char* p, size_t n) {
       ex_->cache_body.append(p, n);
     }
   }
+  if (ex_->lua_body_filter) {
+    writeFilteredBody({p, n}, false);
+    return;
+  }
+  ex_->bytes_out += n;  // body bytes, like bytes_in (framing not counted)
   if (ex_->chunked_out) {
     appendChunkHeader(&out_, n);
     out_.append(p, n);
@@ -1305,6 +1329,28 @@ void ClientConnection::onUpstreamBody(const char* p, size_t n) {
   }
 }
 
+bool ClientConnection::writeFilteredBody(std::string_view chunk, bool eof) {
+  filter_buf_.assign(chunk);
+  if (!LuaPhase::bodyFilter(*this, &filter_buf_, eof)) {
+    // The head is out: the client can only learn of it by the body ending short (no last
+    // chunk). What was filtered before leaves first.
+    ex_->client_keep_alive = false;
+    flush();
+    closeNow();
+    return false;
+  }
+  if (ex_->response_no_body || filter_buf_.empty()) return true;  // an empty chunk would end it
+  ex_->bytes_out += filter_buf_.size();
+  if (ex_->chunked_out) {
+    appendChunkHeader(&out_, filter_buf_.size());
+    out_.append(filter_buf_);
+    out_.append("\r\n");
+  } else {
+    out_.append(filter_buf_);
+  }
+  return true;
+}
+
 void ClientConnection::onUpstreamReadDone() {
   flush();
   if (upstream_ && writeQueueSize() > clientConfig().buffer_size) upstream_->pauseReading();
@@ -1312,6 +1358,8 @@ void ClientConnection::onUpstreamReadDone() {
 
 void ClientConnection::onUpstreamComplete() {
   finishCacheFlight();
+  // Every filtered response ends with one eof call, bodiless ones included.
+  if (ex_->lua_body_filter && !writeFilteredBody({}, true)) return;
   if (ex_->chunked_out) out_.append("0\r\n\r\n");
   ex_->upstream_ns = SteadyClock::monotonicNanos() - ex_->upstream_start_ns;
   releaseUpstream(upstream_ && upstream_->reusable());
@@ -1440,6 +1488,13 @@ void ClientConnection::respondLocal(const LocalResponse& r, bool close_after) {
   ex_->status = r.status;
   ex_->response_started = true;
   bool http10 = parser_.headersDone() && parser_.head().isHttp10();
+  if (uint8_t lf = luaFilters()) {
+    HeaderMap h;
+    h.add("Content-Type", r.content_type);
+    for (const auto& [k, v] : r.headers) h.add(k, v);
+    sendWholeFiltered(r.status, h, r.body, http10, lf);
+    return;
+  }
   out_.append(http10 ? "HTTP/1.0 " : "HTTP/1.1 ");
   appendUint(&out_, static_cast<uint64_t>(r.status));
   out_.push_back(' ');
@@ -1457,6 +1512,41 @@ void ClientConnection::respondLocal(const LocalResponse& r, bool close_after) {
   }
   if (!ex_->request_id.empty()) appendRequestIdHeader();
   endLocalResponse(http10, ex_->is_head ? std::string_view() : std::string_view(r.body));
+}
+
+void ClientConnection::sendWholeFiltered(int status, HeaderMap& headers, std::string_view body,
+                                         bool http10, uint8_t filters) {
+  LuaPhase::headerFilter(*this, &status, &headers);
+  ex_->status = status;
+  bool no_body = ex_->is_head || status == 204 || status == 304;
+  bool body_filter = filters & kLuaBodyFilter;
+  if (body_filter) {
+    filter_buf_.assign(no_body ? std::string_view() : body);
+    if (!LuaPhase::bodyFilter(*this, &filter_buf_, true)) {
+      // Nothing is sent yet: a plain 500 instead, without filters so it cannot fail again.
+      ex_->lua_filters_off = true;
+      ex_->response_started = false;
+      respondError(500, "policy error", false);
+      return;
+    }
+    body = filter_buf_;
+  }
+  out_.append(http10 ? "HTTP/1.0 " : "HTTP/1.1 ");
+  appendUint(&out_, static_cast<uint64_t>(status));
+  out_.push_back(' ');
+  out_.append(statusReason(status));
+  out_.append("\r\n");
+  headers.serialize(&out_);
+  // HEAD: the unfiltered length would be wrong once a body_filter may change it.
+  if (status != 204 && status != 304 && !(ex_->is_head && body_filter)) {
+    out_.append("Content-Length: ");
+    appendUint(&out_, body.size());
+    out_.append("\r\n");
+  }
+  std::string_view existing;
+  if (!ex_->request_id.empty() && !headers.get(ex_->gen->gen->config->request_id_header, &existing))
+    appendRequestIdHeader();
+  endLocalResponse(http10, no_body ? std::string_view() : body);
 }
 
 void ClientConnection::dropUpstream() {

@@ -70,6 +70,12 @@ struct Exchange {
   bool response_started = false;     // response head written to the client
   bool response_complete = false;
   bool chunked_out = false;
+  // Lua response filters (LuaPhase::filters): body_filter runs on this streamed body; the
+  // response has no body (HEAD, 204, 304: body_filter still sees one eof); filters were turned
+  // off after a body_filter failure so the 500 that replaces the response cannot fail too.
+  bool lua_body_filter = false;
+  bool response_no_body = false;
+  bool lua_filters_off = false;
   bool client_keep_alive = true;
   int status = 0;
   uint64_t bytes_in = 0;
@@ -221,6 +227,14 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   void dropUpstream();
   void appendRequestIdHeader();
   void endLocalResponse(bool http10, std::string_view body);
+  // Lua response filters: the route's filter bits (0 almost always: one byte read).
+  uint8_t luaFilters() const { return ex_->route >= 0 && !admin_ ? LuaPhase::filters(*ex_) : 0; }
+  // A whole-body response (local answer, cache hit) through the filters: body_filter runs once
+  // over the whole body with eof = true, so the Content-Length is the filtered length.
+  void sendWholeFiltered(int status, HeaderMap& headers, std::string_view body, bool http10,
+                         uint8_t filters);
+  // A streamed body chunk through body_filter, then framed; false when the response was cut.
+  bool writeFilteredBody(std::string_view chunk, bool eof);
   void finishCacheFlight();
   void releaseBreakers();
   void reportBreakers(Nanos latency);
@@ -286,6 +300,7 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   std::unique_ptr<Exchange> spare_;  // the previous exchange, recycled
   UpstreamConnection* upstream_ = nullptr;
   std::string out_;
+  std::string filter_buf_;  // body_filter's chunk, capacity kept across chunks
 };
 
 }  // namespace sluice

@@ -37,6 +37,15 @@ struct LuaExchangeState final : lua::RequestHost {
   lua::HeaderList resp_headers;
   std::string resp_body;
   lua::HeaderList queued_headers;  // resp.set_header before there is a response
+  // While header_filter runs: the response head being filtered. The head before the first
+  // change is kept so a failing phase can leave the response as it was.
+  HeaderMap* filter_headers = nullptr;
+  int* filter_status = nullptr;
+  bool filter_saved = false;
+  HeaderMap saved_headers;
+  int saved_status = 0;
+  std::vector<uint32_t> resp_live;  // live fields of *filter_headers
+  bool resp_live_dirty = true;
   // Sub-requests in flight.
   std::map<lua::OperationId, LuaSubrequest*> subs;
   lua::OperationId next_sub = 1;
@@ -137,16 +146,60 @@ struct LuaExchangeState final : lua::RequestHost {
     resp_headers = headers;
     resp_body.assign(b);
   }
+  // Fields that carry the framing are the proxy's to write: a policy cannot break the stream.
+  static bool isFramingField(std::string_view name) {
+    for (const char* n : {"content-length", "transfer-encoding", "connection", "keep-alive",
+                          "upgrade", "te", "trailer", "proxy-connection"})
+      if (equalsIgnoreCase(name, n)) return true;
+    return false;
+  }
+  void saveFilterHead() {
+    if (filter_saved) return;
+    saved_headers = *filter_headers;
+    saved_status = *filter_status;
+    filter_saved = true;
+  }
   void setResponseHeader(std::string_view name, std::string_view value, bool remove) override {
+    if (filter_headers) {
+      if (isFramingField(name)) return;
+      saveFilterHead();
+      filter_headers->removeAll(name);
+      if (!remove) filter_headers->add(name, value);
+      resp_live_dirty = true;
+      return;
+    }
     auto& q = responded ? resp_headers : queued_headers;
     q.erase(std::remove_if(q.begin(), q.end(),
                            [&](const lua::Header& h) { return equalsIgnoreCase(h.name, name); }),
             q.end());
     if (!remove) q.push_back(lua::Header{std::string(name), std::string(value)});
   }
-  int responseStatus() const override { return ex().status; }
+  int responseStatus() const override { return filter_status ? *filter_status : ex().status; }
   void setResponseStatus(int status) override {
-    if (responded) resp_status = status;
+    if (filter_status) {
+      saveFilterHead();
+      *filter_status = status;
+    } else if (responded) {
+      resp_status = status;
+    }
+  }
+  void buildRespLive() {
+    if (!resp_live_dirty) return;
+    resp_live.clear();
+    for (size_t i = 0; i < filter_headers->size(); i++)
+      if (!filter_headers->removed(i)) resp_live.push_back(static_cast<uint32_t>(i));
+    resp_live_dirty = false;
+  }
+  size_t responseHeaderCount() const override {
+    if (!filter_headers) return 0;
+    const_cast<LuaExchangeState*>(this)->buildRespLive();
+    return resp_live.size();
+  }
+  std::string_view responseHeaderName(size_t i) const override {
+    return filter_headers->name(resp_live[i]);
+  }
+  std::string_view responseHeaderValue(size_t i) const override {
+    return filter_headers->value(resp_live[i]);
   }
   lua::LimitTakeResult limitTake(std::string_view rule_or_key, uint32_t cost) override;
   // The risk phase is wired by its own unit; until then these are neutral.
@@ -495,6 +548,7 @@ LocalResponse localFrom(LuaExchangeState& st) {
       r.headers.emplace_back(h.name, h.value);
     }
   }
+  st.queued_headers.clear();  // applied: the header filter must not add them again
   return r;
 }
 
@@ -573,6 +627,62 @@ void LuaPhase::log(ClientConnection& conn) {
     if (r.status == lua::RunStatus::kError)
       LOG_ERROR("lua: request %s log phase: %s", e.request_id.c_str(), r.error.c_str());
   }
+}
+
+uint8_t LuaPhase::filters(const Exchange& e) {
+  if (e.lua_filters_off) return 0;
+  uint8_t m = routeMask(e) & (kLuaHeaderFilter | kLuaBodyFilter);
+  if (e.lua && !e.lua->queued_headers.empty()) m |= kLuaHeaderFilter;
+  return m;
+}
+
+void LuaPhase::headerFilter(ClientConnection& conn, int* status, HeaderMap* headers) {
+  Exchange& e = *conn.ex_;
+  LuaExchangeState* st = ensureState(conn, e.gen->gen->config->routes[e.route], 0);
+  for (const auto& h : st->queued_headers) {
+    if (LuaExchangeState::isFramingField(h.name)) continue;
+    headers->removeAll(h.name);
+    headers->add(h.name, h.value);
+  }
+  st->queued_headers.clear();
+  if (!(routeMask(e) & kLuaHeaderFilter) || !st->req) return;
+  // A response made while a handler waits (a timeout, a 413): that handler never resumes.
+  if (st->req->waiting()) st->req->cancel();
+  st->filter_headers = headers;
+  st->filter_status = status;
+  st->filter_saved = false;
+  st->resp_live_dirty = true;
+  st->phase = lua::Phase::kHeaderFilter;
+  lua::RunResult r = st->req->run(lua::Phase::kHeaderFilter);
+  st->filter_headers = nullptr;
+  st->filter_status = nullptr;
+  if (r.status != lua::RunStatus::kError) return;
+  // Headers are not sent yet, but a failing decoration should not take the response down: it
+  // goes out as it was before the phase (docs/lua-api.md, "Response filters").
+  if (st->filter_saved) {
+    *headers = std::move(st->saved_headers);
+    *status = st->saved_status;
+  }
+  st->filter_saved = false;
+  LOG_ERROR("lua: request %s route %s: %s", e.request_id.c_str(), st->route->name.c_str(),
+            r.error.c_str());
+  if (!e.decisions.empty()) e.decisions.push_back(',');
+  e.decisions.append("\"lua\":\"header_filter_error\"");
+}
+
+bool LuaPhase::bodyFilter(ClientConnection& conn, std::string* chunk, bool eof) {
+  Exchange& e = *conn.ex_;
+  LuaExchangeState* st = e.lua.get();
+  if (!st || !st->req) return true;
+  st->phase = lua::Phase::kBodyFilter;
+  lua::RunResult r = st->req->runBodyFilter(chunk, eof);
+  if (r.status != lua::RunStatus::kError) return true;
+  LOG_ERROR("lua: request %s route %s: %s", e.request_id.c_str(), st->route->name.c_str(),
+            r.error.c_str());
+  if (!e.decisions.empty()) e.decisions.push_back(',');
+  e.decisions.append("\"lua\":\"body_filter_error\"");
+  e.error = Error{ErrorSource::kInternal, ErrorType::kNone, false, "lua body_filter error"};
+  return false;
 }
 
 void LuaPhase::closeConnection(ClientConnection& conn) {

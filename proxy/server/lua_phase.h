@@ -1,6 +1,7 @@
 #pragma once
 // The Lua policy hooks (docs/lua-api.md): access (after risk, may answer or suspend while
-// sub-requests run), aggregate (the content of aggregation routes) and log.
+// sub-requests run), aggregate (the content of aggregation routes), the response filters
+// (header_filter, body_filter) and log.
 // A feature unit: ClientConnection calls these and knows nothing else about Lua.
 //
 // LuaWorkerRuntime is the per-worker half: the WorkerHost (timers on the worker's loop, the
@@ -23,7 +24,9 @@
 namespace sluice {
 
 class ClientConnection;
+class HeaderMap;
 class Worker;
+struct Exchange;
 struct RouteConfig;
 struct LuaExchangeState;  // per request, defined in lua_phase.cc
 
@@ -36,6 +39,18 @@ class LuaPhase {
   // has none (then the upstream is used).
   static PhaseResult aggregate(ClientConnection& conn, const RouteConfig& route);
   static void log(ClientConnection& conn);
+
+  // Response filters (docs/lua-api.md, "Response filters"). `filters` is the route's
+  // kLuaHeaderFilter / kLuaBodyFilter bits, computed at prepare time (plus kLuaHeaderFilter when
+  // an earlier phase queued resp.set_header): 0 costs the caller nothing more.
+  static uint8_t filters(const Exchange& e);
+  // header_filter over the response head before it is serialized; applies the queued
+  // resp.set_header first. A handler error is logged and counted, and the head goes out as it
+  // was before the phase.
+  static void headerFilter(ClientConnection& conn, int* status, HeaderMap* headers);
+  // One body chunk through body_filter (after headerFilter). false: a handler failed (logged,
+  // counted); the caller must not send the chunk.
+  static bool bodyFilter(ClientConnection& conn, std::string* chunk, bool eof);
 
  private:
   friend struct LuaExchangeState;
@@ -54,6 +69,8 @@ enum LuaRouteMask : uint8_t {
   kLuaAccess = 1,
   kLuaAggregate = 2,
   kLuaLog = 4,
+  kLuaHeaderFilter = 8,
+  kLuaBodyFilter = 16,
   kLuaAny = 0x80,
 };
 

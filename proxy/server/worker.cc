@@ -146,6 +146,8 @@ bool Worker::prepareGeneration(const GenerationPtr& gen, std::string* err) {
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kAccess)) m |= kLuaAccess;
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kAggregate)) m |= kLuaAggregate;
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kLog)) m |= kLuaLog;
+      if (wg->vm->routeHasPhase(r.name, lua::Phase::kHeaderFilter)) m |= kLuaHeaderFilter;
+      if (wg->vm->routeHasPhase(r.name, lua::Phase::kBodyFilter)) m |= kLuaBodyFilter;
       if (m) m |= kLuaAny;
       wg->lua_route_phases.push_back(m);
     }

@@ -403,5 +403,80 @@ TEST_CASE("a route without policies runs nothing", "[lua]") {
   CHECK(f.vm->routeHasPhase("r1", Phase::kAccess));
 }
 
+TEST_CASE("header_filter reads the response headers", "[lua]") {
+  Fixture f;
+  f.build({{"p.lua", R"(return { name = "p", phases = {
+      header_filter = function(conf, ctx)
+        local h = sluice.resp.get_headers()
+        ctx.ct = h["content-type"]
+        ctx.multi = h["set-cookie"]
+        ctx.one = sluice.resp.get_header("X-UPSTREAM")
+        ctx.none = sluice.resp.get_header("x-missing")
+      end,
+      body_filter = function(conf, ctx, chunk, eof)
+        return ctx.ct .. "|" .. table.concat(ctx.multi, ",") .. "|" .. ctx.one .. "|" .. tostring(ctx.none)
+      end } })"}},
+          {{"p", ""}});
+  REQUIRE(f.errors.empty());
+  TestRequestHost host;
+  host.resp_status = 200;
+  host.response_headers = {{"Content-Type", "text/html"}, {"Set-Cookie", "a=1"},
+                           {"Set-Cookie", "b=2"}, {"X-Upstream", "u1"}};
+  auto req = f.vm->newRequest(host, "r1");
+  RunResult res = req->run(Phase::kHeaderFilter);
+  INFO(res.error);
+  REQUIRE(res.status == RunStatus::kContinue);
+  std::string chunk = "x";
+  REQUIRE(req->runBodyFilter(&chunk, true).status == RunStatus::kContinue);
+  CHECK(chunk == "text/html|a=1,b=2|u1|nil");
+}
+
+TEST_CASE("resp.get_headers outside header_filter is a phase error", "[lua]") {
+  Run r("body_filter", "sluice.resp.get_headers()");
+  std::string chunk;
+  RunResult res = r.req->runBodyFilter(&chunk, false);
+  CHECK(res.status == RunStatus::kError);
+  CHECK(res.error.find("sluice.resp.get_headers is not allowed in phase 'body_filter' (allowed in: header_filter)") != std::string::npos);
+}
+
+TEST_CASE("a yield in a filter phase is an error naming the phase", "[lua]") {
+  for (const char* code : {"coroutine.yield()", "sluice.sleep(0)"}) {
+    Fixture f;
+    f.build({{"p.lua", std::string("return { name = \"p\", phases = { header_filter = function(conf, ctx) ") +
+                           code + " end } }"}},
+            {{"p", ""}});
+    REQUIRE(f.errors.empty());
+    TestRequestHost host;
+    auto req = f.vm->newRequest(host, "r1");
+    RunResult res = req->run(Phase::kHeaderFilter);
+    INFO(res.error);
+    CHECK(res.status == RunStatus::kError);
+    CHECK(res.error.find("failed in phase 'header_filter'") != std::string::npos);
+    CHECK((res.error.find("phase 'header_filter' may not yield") != std::string::npos ||
+           res.error.find("is not allowed in phase 'header_filter'") != std::string::npos));
+    CHECK(res.error.find("p.lua:1") != std::string::npos);
+    // The VM is still usable afterwards.
+    CHECK(req->run(Phase::kLog).status == RunStatus::kContinue);
+  }
+}
+
+TEST_CASE("a body_filter error is counted against the policy", "[lua]") {
+  Fixture f;
+  f.build({{"p.lua", R"(return { name = "p", phases = {
+      body_filter = function(conf, ctx, chunk, eof) if eof then error("bad tail") end return chunk end } })"}},
+          {{"p", ""}});
+  REQUIRE(f.errors.empty());
+  TestRequestHost host;
+  auto req = f.vm->newRequest(host, "r1");
+  std::string chunk = "abc";
+  REQUIRE(req->runBodyFilter(&chunk, false).status == RunStatus::kContinue);
+  CHECK(chunk == "abc");
+  chunk.clear();
+  RunResult res = req->runBodyFilter(&chunk, true);
+  CHECK(res.status == RunStatus::kError);
+  CHECK(res.error.find("p.lua:2: bad tail") != std::string::npos);
+  CHECK(f.vm->policies()[0].errors == 1);
+}
+
 }  // namespace
 }  // namespace sluice::lua

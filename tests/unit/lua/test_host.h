@@ -92,6 +92,9 @@ class TestRequestHost : public RequestHost {
   }
   int responseStatus() const override { return resp_status; }
   void setResponseStatus(int s) override { resp_status = s; }
+  size_t responseHeaderCount() const override { return response_headers.size(); }
+  std::string_view responseHeaderName(size_t i) const override { return response_headers[i].name; }
+  std::string_view responseHeaderValue(size_t i) const override { return response_headers[i].value; }
   LimitTakeResult limitTake(std::string_view key, uint32_t cost) override {
     takes.push_back(std::string(key) + ":" + std::to_string(cost));
     auto f = limits.find(std::string(key));
@@ -170,6 +173,7 @@ class TestRequestHost : public RequestHost {
   int score = 0;
   std::vector<std::string> takes;
   std::vector<std::string> request_header_ops, response_header_ops;
+  HeaderList response_headers;  // what resp.get_headers() sees
   int responses = 0;
   int resp_status = 0;
   HeaderList resp_headers;
