@@ -242,7 +242,7 @@ TEST_CASE("limits: an unknown key kind is an error at the part, with a suggestio
   CHECK(e.format() ==
         "test.yaml:8:12: limits.rules[0].key[0]: unknown key kind 'usr_agent' (did you mean "
         "'user_agent'?) (ip, user_agent, member, device, item, route, upstream, global, header:NAME, "
-        "cookie:NAME, query:NAME, jwt:CLAIM)");
+        "cookie:NAME, query:NAME, jwt:CLAIM, lua:NAME)");
 
   // In a composite key: the position of the part; nothing close, no suggestion.
   ConfigError far = loadError(withRules(R"(    - id: mi
@@ -253,14 +253,14 @@ TEST_CASE("limits: an unknown key kind is an error at the part, with a suggestio
   CHECK(far.col == 21);
   CHECK(far.message ==
         "limits.rules[0].key[1]: unknown key kind 'sku' (ip, user_agent, member, device, item, "
-        "route, upstream, global, header:NAME, cookie:NAME, query:NAME, jwt:CLAIM)");
+        "route, upstream, global, header:NAME, cookie:NAME, query:NAME, jwt:CLAIM, lua:NAME)");
 }
 
 TEST_CASE("limits: key sources are validated", "[config][limits]") {
   ConfigError src = loadError(withRules("    - {id: m, key: \"member=body:x\", rate: 1r/s}\n"));
   CHECK(src.format() ==
         "test.yaml:7:20: limits.rules[0].key[0]: source 'body:x' must be header:NAME, "
-        "cookie:NAME, query:NAME, path:REGEX or jwt:CLAIM");
+        "cookie:NAME, query:NAME, path:REGEX, jwt:CLAIM or lua:NAME");
   ConfigError empty_name = loadError(withRules("    - {id: m, key: \"header:\", rate: 1r/s}\n"));
   CHECK_THAT(empty_name.message, Catch::Contains("source 'header:' must be header:NAME"));
   ConfigError no_source = loadError(withRules("    - {id: m, key: \"ip=header:X\", rate: 1r/s}\n"));
