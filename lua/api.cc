@@ -842,6 +842,18 @@ int nowFn(lua_State* L) {
   return 1;
 }
 
+// sluice.limit.set_key(name, value): what a `lua:NAME` limit key reads for this request.
+int limitSetKey(lua_State* L) {
+  RequestHost& h = request(L, enter(L)).host();
+  std::string_view name = checkSv(L, 1);
+  std::string_view value = checkSv(L, 2);
+  if (name.empty() || name.size() > 64) luaL_error(L, "limit.set_key: name must be 1..64 bytes");
+  // Keys are hashed, never stored by the limiter; the bound only keeps one request's memory small.
+  if (value.size() > 4096) luaL_error(L, "limit.set_key: value longer than 4096 bytes");
+  if (!h.setLimitKey(name, value)) luaL_error(L, "limit.set_key: too many keys on this request");
+  return 0;
+}
+
 int getPhase(lua_State* L) {
   VmCore* c = enter(L);
   lua_pushstring(L, phaseName(c->phase));
@@ -867,6 +879,7 @@ const ApiFn kApi[] = {
      bits({Phase::kHeaderFilter, Phase::kBodyFilter, Phase::kLog})},
     {"resp", "set_status", respSetStatus, phaseBit(Phase::kHeaderFilter)},
     {"limit", "take", limitTake, kYield},
+    {"limit", "set_key", limitSetKey, phaseBit(Phase::kRewrite)},
     {"risk", "add", riskAdd, kYield},
     {"risk", "score", riskScore, kYield | bits({Phase::kHeaderFilter, Phase::kLog})},
     {"http", "request", httpRequest, kYield},

@@ -154,6 +154,9 @@ class RequestHost {
   virtual std::string_view responseHeaderValue(size_t i) const = 0;
 
   virtual LimitTakeResult limitTake(std::string_view rule_or_key, uint32_t cost) = 0;
+  // Rewrite: the value of the `lua:NAME` key source the route's limit rules read. False when the
+  // request already holds the most names it may (the host's bound).
+  virtual bool setLimitKey(std::string_view name, std::string_view value) = 0;
   virtual void riskAdd(std::string_view signal, int points) = 0;
   virtual int riskScore() = 0;
 

@@ -357,11 +357,31 @@ int ClientConnection::onHeadersComplete() {
     respondLocal(r, false);
     return closing_ ? -1 : 0;
   }
+  return rewriteThenLimit(route);
+}
+
+int ClientConnection::rewriteThenLimit(const RouteConfig& route) {
+  ex_->phase = Phase::kRewrite;
+  const PhaseResult rw = LuaPhase::rewrite(*this, route);
+  if (closing_) return -1;
+  if (rw == PhaseResult::kSuspended) return 0;  // the body is buffered meanwhile
+  if (rw == PhaseResult::kAnswered) return 0;
+  return limitThenLater(route);
+}
+
+int ClientConnection::limitThenLater(const RouteConfig& route) {
   recordHotItem();
   int limited = route.limits.empty() ? 0 : limitPhase(route);
   if (closing_) return -1;
   if (limited == 3) return 0;  // waiting on Redis; the body is buffered meanwhile
   return afterLimit(limited);
+}
+
+void ClientConnection::resumeAfterRewrite() {
+  if (!ex_ || ex_->response_started || closing_) return;
+  limitThenLater(ex_->gen->gen->config->routes[ex_->route]);
+  if (upstream_ && !closing_) upstream_->flush();
+  if (!closing_) flush();
 }
 
 void ClientConnection::resumeAfterLimit() {
@@ -519,6 +539,7 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
   if (ex_->item_looked_up)  // hot-item detection already matched the item source
     view.cache[view.cached++] = {cfg.hot_items.source.source, ex_->item_value, !ex_->item_value.empty()};
   view.now_unix = ex_->start_wall_us / 1000000;
+  view.lua_keys = LuaPhase::limitKeys(*ex_);
   // Cluster exact-mode rules are charged in Redis first; the reply runs this phase again.
   if (ClusterPhase::startExact(*this, route, view) == PhaseResult::kSuspended) return 3;
   // Decision counters: this worker's cells, or a sink when metrics are off (unit tests).

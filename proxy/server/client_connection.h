@@ -196,6 +196,11 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
 
   // Phases.
   int identify();
+  // Lua rewrite (may suspend: resumeAfterRewrite goes on), then the limit phase and the rest.
+  int rewriteThenLimit(const RouteConfig& route);
+  int limitThenLater(const RouteConfig& route);
+  // A suspended Lua rewrite phase goes on with the limit phase (called by LuaPhase).
+  void resumeAfterRewrite();
   // 0: go on; 1: answered locally (rejected/degraded); 2: delayed (a timer resumes it);
   // 3: waiting on Redis (cluster exact mode; resumeAfterLimit runs the phase again).
   int limitPhase(const RouteConfig& route);

@@ -37,6 +37,8 @@ struct LuaExchangeState final : lua::RequestHost {
   lua::HeaderList resp_headers;
   std::string resp_body;
   lua::HeaderList queued_headers;  // resp.set_header before there is a response
+  // sluice.limit.set_key in rewrite: the values of lua:NAME limit sources.
+  std::vector<std::pair<std::string, std::string>> limit_keys;
   // While header_filter runs: the response head being filtered. The head before the first
   // change is kept so a failing phase can leave the response as it was.
   HeaderMap* filter_headers = nullptr;
@@ -140,6 +142,17 @@ struct LuaExchangeState final : lua::RequestHost {
     if (!remove) hm.add(name, value);
     live_dirty = true;
   }
+  bool setLimitKey(std::string_view name, std::string_view value) override {
+    for (auto& [k, v] : limit_keys)
+      if (k == name) {
+        v.assign(value);
+        return true;
+      }
+    if (limit_keys.size() >= kMaxLimitKeys) return false;
+    limit_keys.emplace_back(name, value);
+    return true;
+  }
+  static constexpr size_t kMaxLimitKeys = 16;
   void respond(int status, const lua::HeaderList& headers, std::string_view b) override {
     responded = true;
     resp_status = status;
@@ -588,6 +601,18 @@ PhaseResult LuaPhase::access(ClientConnection& conn, const RouteConfig& route) {
   return handle(conn, *st, st->req->run(lua::Phase::kAccess));
 }
 
+PhaseResult LuaPhase::rewrite(ClientConnection& conn, const RouteConfig& route) {
+  uint8_t mask = routeMask(*conn.ex_);
+  if (!(mask & kLuaRewrite)) return PhaseResult::kContinue;
+  LuaExchangeState* st = ensureState(conn, route, mask);
+  st->phase = lua::Phase::kRewrite;
+  return handle(conn, *st, st->req->run(lua::Phase::kRewrite));
+}
+
+const std::vector<std::pair<std::string, std::string>>* LuaPhase::limitKeys(const Exchange& e) {
+  return e.lua && !e.lua->limit_keys.empty() ? &e.lua->limit_keys : nullptr;
+}
+
 PhaseResult LuaPhase::aggregate(ClientConnection& conn, const RouteConfig& route) {
   uint8_t mask = routeMask(*conn.ex_);
   if (!(mask & kLuaAggregate)) return PhaseResult::kContinue;
@@ -607,6 +632,10 @@ void LuaPhase::onResume(const std::weak_ptr<LuaExchangeState>& w) {
   PhaseResult pr = handle(c, *st, st->req->resume());
   if (pr == PhaseResult::kContinue && phase == lua::Phase::kAccess) {
     c.resumeAfterAccess();
+    return;
+  }
+  if (pr == PhaseResult::kContinue && phase == lua::Phase::kRewrite) {
+    c.resumeAfterRewrite();
     return;
   }
   if (c.upstream_ && !c.closing_) c.upstream_->flush();

@@ -35,6 +35,10 @@ class LuaPhase {
   // kSuspended: the policy yielded; the phase calls ClientConnection::resumeAfterAccess() (or
   // answers) later, from the connection's loop.
   static PhaseResult access(ClientConnection& conn, const RouteConfig& route);
+  // Before the limit phase: the route's rewrite handlers. kSuspended: resumeAfterRewrite() later.
+  static PhaseResult rewrite(ClientConnection& conn, const RouteConfig& route);
+  // The keys rewrite handlers set (sluice.limit.set_key) for lua:NAME limit sources; null if none.
+  static const std::vector<std::pair<std::string, std::string>>* limitKeys(const Exchange& e);
   // Content of a route whose response a Lua aggregate handler produces. kContinue when the route
   // has none (then the upstream is used).
   static PhaseResult aggregate(ClientConnection& conn, const RouteConfig& route);
@@ -71,6 +75,7 @@ enum LuaRouteMask : uint8_t {
   kLuaLog = 4,
   kLuaHeaderFilter = 8,
   kLuaBodyFilter = 16,
+  kLuaRewrite = 32,
   kLuaAny = 0x80,
 };
 

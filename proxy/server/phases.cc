@@ -6,6 +6,7 @@ const char* phaseName(Phase p) {
   switch (p) {
     case Phase::kRead: return "read";
     case Phase::kIdentify: return "identify";
+    case Phase::kRewrite: return "rewrite";
     case Phase::kLimit: return "limit";
     case Phase::kRisk: return "risk";
     case Phase::kAccess: return "access";

@@ -13,6 +13,9 @@ enum class Phase : uint8_t {
   // Real client IP (trusted proxies / PROXY protocol), request id, trace, route match.
   // Computed once, read by every later phase. May end the request: 404 (no route). Never yields.
   kIdentify,
+  // Operator Lua rewrite handlers: change the request (headers) and set the keys limit rules
+  // read (sluice.limit.set_key) before any rule runs. May end the request; may yield.
+  kRewrite,
   // Limit rules of the route (limiter issue). May end the request (429/503/degrade). May yield
   // (queueing).
   kLimit,

@@ -188,6 +188,25 @@ TEST_CASE("limit.take returns allowed, remaining, reset; unknown rule gives nil,
   CHECK(r.host.takes == std::vector<std::string>{"per_member:2", "nope:1"});
 }
 
+TEST_CASE("limit.set_key sets the lua:NAME keys in rewrite; bad names, values and counts are errors", "[lua]") {
+  Run r("rewrite", R"(
+    sluice.limit.set_key("buyer", "b-1")
+    sluice.limit.set_key("buyer", "b-2")  -- a second call replaces the value
+    sluice.limit.set_key("cluster", "c")
+    assert(not pcall(sluice.limit.set_key, "", "x"))
+    assert(not pcall(sluice.limit.set_key, string.rep("n", 65), "x"))
+    assert(not pcall(sluice.limit.set_key, "big", string.rep("v", 4097)))
+    assert(not pcall(sluice.limit.set_key, "only_name"))
+    sluice.limit.set_key("third", "3")
+    local ok, err = pcall(sluice.limit.set_key, "fourth", "4")  -- the test host holds three
+    assert(not ok and err:find("too many keys"))
+  )");
+  RunResult res = r.go(Phase::kRewrite);
+  INFO(res.error);
+  CHECK(res.status == RunStatus::kContinue);
+  CHECK(r.host.limit_keys == std::map<std::string, std::string>{{"buyer", "b-2"}, {"cluster", "c"}, {"third", "3"}});
+}
+
 TEST_CASE("risk.add and risk.score", "[lua]") {
   Run r("access", R"(
     sluice.risk.add("headless_ua", 30)
@@ -311,6 +330,7 @@ TEST_CASE("every API call refuses the phases it is not allowed in", "[lua]") {
       {"sluice.resp.get_status()", "access", "header_filter, body_filter, log"},
       {"sluice.resp.set_status(200)", "log", "header_filter"},
       {"sluice.limit.take('x')", "log", "rewrite, access, aggregate"},
+      {"sluice.limit.set_key('x', 'y')", "access", "rewrite"},
       {"sluice.risk.add('x', 1)", "header_filter", "rewrite, access, aggregate"},
       {"sluice.risk.score()", "body_filter", "rewrite, access, aggregate, header_filter, log"},
   };

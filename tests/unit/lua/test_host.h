@@ -101,6 +101,12 @@ class TestRequestHost : public RequestHost {
     if (f == limits.end()) return LimitTakeResult{false};
     return f->second;
   }
+  bool setLimitKey(std::string_view name, std::string_view value) override {
+    if (limit_keys.size() >= 3 && !limit_keys.count(std::string(name))) return false;
+    limit_keys[std::string(name)] = std::string(value);
+    return true;
+  }
+  std::map<std::string, std::string> limit_keys;
   void riskAdd(std::string_view signal, int points) override {
     risk[std::string(signal)] += points;
     score += points;
