@@ -1032,9 +1032,14 @@ void ClientConnection::connectUpstream() {
   const auto& head = parser_.head();
   Nanos now = SteadyClock::monotonicNanos();
   uint64_t key = 0;
-  if (ucfg.balance == BalanceKind::kHash)
-    key = balanceKeyHash(ucfg.hash_key, ex_->client_ip, head.target, head.headers);
-  int server = pool.pick(key, ex_->tried, now);
+  const auto& rcfg = ex_->gen->gen->config->routes[ex_->route];
+  int server = -1;
+  if (LuaPhase::balancer(*this, rcfg, &server) != PhaseResult::kContinue || closing_) return;
+  if (server < 0) {
+    if (ucfg.balance == BalanceKind::kHash)
+      key = balanceKeyHash(ucfg.hash_key, ex_->client_ip, head.target, head.headers);
+    server = pool.pick(key, ex_->tried, now);
+  }
   if (server < 0) {
     ex_->error = Error{ErrorSource::kUpstream, ErrorType::kNoHealthyServer, false,
                        "no upstream server available"};

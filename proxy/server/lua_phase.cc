@@ -609,6 +609,33 @@ PhaseResult LuaPhase::rewrite(ClientConnection& conn, const RouteConfig& route) 
   return handle(conn, *st, st->req->run(lua::Phase::kRewrite));
 }
 
+PhaseResult LuaPhase::balancer(ClientConnection& conn, const RouteConfig& route, int* server) {
+  *server = -1;
+  uint8_t mask = routeMask(*conn.ex_);
+  if (!(mask & kLuaBalancer) || !conn.ex_->pool) return PhaseResult::kContinue;
+  LuaExchangeState* st = ensureState(conn, route, mask);
+  st->phase = lua::Phase::kBalancer;
+  std::string peer;
+  lua::RunResult r = st->req->runBalancer(&peer);
+  if (r.status != lua::RunStatus::kContinue) return handle(conn, *st, std::move(r));
+  if (peer.empty()) return PhaseResult::kContinue;
+  Exchange& e = *conn.ex_;
+  const UpstreamCluster& cluster = e.pool->cluster();
+  for (size_t i = 0; i < cluster.size(); i++) {
+    if (cluster.server(i).address != peer) continue;
+    // A retry must move on, and an ejected server stays ejected: the configured balancing
+    // decides then, as it does when the policy names no peer.
+    const bool tried = i < 64 && (e.tried & (1ULL << i));
+    if (!tried && cluster.server(i).available(SteadyClock::monotonicNanos())) *server = static_cast<int>(i);
+    return PhaseResult::kContinue;
+  }
+  LOG_ERROR("lua: request %s route %s: the balancer named '%s', not a server of pool '%s'; "
+            "balancing as configured",
+            e.request_id.c_str(), route.name.c_str(), peer.substr(0, 64).c_str(),
+            e.pool->config().name.c_str());
+  return PhaseResult::kContinue;
+}
+
 const std::vector<std::pair<std::string, std::string>>* LuaPhase::limitKeys(const Exchange& e) {
   return e.lua && !e.lua->limit_keys.empty() ? &e.lua->limit_keys : nullptr;
 }

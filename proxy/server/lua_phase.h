@@ -37,6 +37,11 @@ class LuaPhase {
   static PhaseResult access(ClientConnection& conn, const RouteConfig& route);
   // Before the limit phase: the route's rewrite handlers. kSuspended: resumeAfterRewrite() later.
   static PhaseResult rewrite(ClientConnection& conn, const RouteConfig& route);
+  // Before the content phase picks an upstream server: the route's balancer handler may name one
+  // of the pool's servers ("host:port"). kContinue with *server the index, or -1 to balance as
+  // configured (no handler, no answer, a peer not in the pool, or one tried / unavailable);
+  // kAnswered when the handler failed (500, like every policy error).
+  static PhaseResult balancer(ClientConnection& conn, const RouteConfig& route, int* server);
   // The keys rewrite handlers set (sluice.limit.set_key) for lua:NAME limit sources; null if none.
   static const std::vector<std::pair<std::string, std::string>>* limitKeys(const Exchange& e);
   // Content of a route whose response a Lua aggregate handler produces. kContinue when the route
@@ -76,6 +81,7 @@ enum LuaRouteMask : uint8_t {
   kLuaHeaderFilter = 8,
   kLuaBodyFilter = 16,
   kLuaRewrite = 32,
+  kLuaBalancer = 64,
   kLuaAny = 0x80,
 };
 

@@ -144,6 +144,7 @@ bool Worker::prepareGeneration(const GenerationPtr& gen, std::string* err) {
     for (const auto& r : gen->config->routes) {
       uint8_t m = 0;
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kRewrite)) m |= kLuaRewrite;
+      if (wg->vm->routeHasPhase(r.name, lua::Phase::kBalancer)) m |= kLuaBalancer;
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kAccess)) m |= kLuaAccess;
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kAggregate)) m |= kLuaAggregate;
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kLog)) m |= kLuaLog;
