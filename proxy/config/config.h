@@ -351,6 +351,10 @@ struct Config {
   CacheConfig cache;
   std::vector<DegradeSwitchConfig> degrade_switches;
   std::string pid_file;  // written at start, removed at exit; `sluice -s` signals through it
+  // `reload:`: also reload when the config file or a policy file changes on disk, once the
+  // writes have been quiet for `debounce` (an editor's save, a deploy's several files).
+  bool reload_watch = false;
+  Nanos reload_debounce = 500 * kMillis;
   // Scalper risk scoring (`risk:`); null when the section is absent or `enabled: false`.
   std::shared_ptr<const RiskSettings> risk;
   // Lua policies (`lua:` + routes' `policies:`), validated at load; null when there are none.

@@ -48,7 +48,7 @@ void Loader::load(const Node& root, Config& cfg) {
                         {"workers", "listeners", "admin", "client", "trusted_proxies",
                          "request_id_header", "tracing", "drain_timeout", "log", "upstreams",
                          "routes", "limits", "jwt", "cache", "degrade_switches", "pid_file", "risk",
-                         "lua", "redis", "max_open_files"});
+                         "lua", "redis", "max_open_files", "reload"});
   if (!top.valid) return;
 
   cfg.workers = 0;
@@ -90,6 +90,15 @@ void Loader::load(const Node& root, Config& cfg) {
   resolveRouteLimits(cfg);
   if (auto n = top.get("degrade_switches")) loadDegradeSwitches(*n, cfg);
   if (auto n = top.get("pid_file")) readString(*n, "pid_file", &cfg.pid_file);
+  if (auto n = top.get("reload")) {
+    Mapping r = mapping(*n, "reload", {"watch", "debounce"});
+    if (auto v = r.get("watch")) readBool(*v, r.child("watch"), &cfg.reload_watch);
+    if (auto v = r.get("debounce")) {
+      if (readDuration(*v, r.child("debounce"), &cfg.reload_debounce) &&
+          (cfg.reload_debounce < 10 * kMillis || cfg.reload_debounce > 60 * kSeconds))
+        fail(*v, "reload.debounce: must be between 10ms and 60s");
+    }
+  }
   loadLua(top.get("lua"), cfg);
 }
 

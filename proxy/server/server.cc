@@ -14,6 +14,7 @@
 #include "proxy/config/config_loader.h"
 #include "proxy/config/lua_config.h"
 #include "proxy/cluster/risk_sync.h"
+#include "proxy/server/reload_watcher.h"
 #include "proxy/server/worker.h"
 #include "proxy/upstream/health_checker.h"
 
@@ -127,7 +128,13 @@ int Server::run() {
     uv_signal_start(sigs[i], onSignal, nums[i]);
   }
   RiskSync::configure(loop, cfg);
+  watcher_ = std::make_unique<ReloadWatcher>(loop, [this] {
+    std::string message;
+    reload(&message);
+  });
+  watcher_->configure(cfg);
   control_->on_shutdown = [this] {
+    watcher_->stop();
     RiskSync::shutdown();
     health_->stop();
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
@@ -326,6 +333,7 @@ bool Server::reload(std::string* message) {
   for (auto& w : workers_) w->post([w = w.get(), gen] { w->commitGeneration(gen); });
   control_->swapGeneration(gen);
   RiskSync::configure(control_->loop(), next);
+  watcher_->configure(next);
   *message = "generation " + std::to_string(gen->id) + " live (config " + next.hash.substr(0, 12) + ")";
   last_reload_ = "ok: " + *message;
   reloads_ok_++;

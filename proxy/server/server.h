@@ -17,6 +17,7 @@ namespace sluice {
 
 class Worker;
 class HealthChecker;
+class ReloadWatcher;
 
 class Server {
  public:
@@ -51,6 +52,7 @@ class Server {
   std::unique_ptr<Worker> control_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<HealthChecker> health_;
+  std::unique_ptr<ReloadWatcher> watcher_;
   uv_signal_t sigterm_, sigquit_, sigint_, sighup_, sigusr1_;
   std::string last_reload_ = "none";
   uint64_t reloads_ok_ = 0;

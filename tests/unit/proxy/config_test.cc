@@ -383,6 +383,21 @@ TEST_CASE("max_connections and max_open_files take auto or a bounded integer", "
         "max_open_files: expected \"auto\" or an integer 64..100000000, got 'lots'");
 }
 
+TEST_CASE("reload: watch and its debounce", "[config]") {
+  auto ok = loadConfigString("listeners: [{address: 127.0.0.1:8080}]\nreload: {watch: true, debounce: 2s}\n", "t.yaml");
+  REQUIRE(ok.ok());
+  CHECK(ok.config->reload_watch);
+  CHECK(ok.config->reload_debounce == 2 * kSeconds);
+  auto def = loadConfigString("listeners: [{address: 127.0.0.1:8080}]\n", "t.yaml");
+  REQUIRE(def.ok());
+  CHECK_FALSE(def.config->reload_watch);
+  CHECK(def.config->reload_debounce == 500 * kMillis);
+  CHECK(loadError("listeners: [{address: 127.0.0.1:8080}]\nreload: {watch: true, debounce: 1ms}\n").format() ==
+        "test.yaml:2:33: reload.debounce: must be between 10ms and 60s");
+  CHECK(loadError("listeners: [{address: 127.0.0.1:8080}]\nreload: {wach: true}\n").message ==
+        "unknown key 'wach' in reload (did you mean 'watch'?)");
+}
+
 TEST_CASE("bad durations are errors at the value", "[config]") {
   ConfigError e = loadError(R"(listeners: [{address: 127.0.0.1:8080}]
 client:
