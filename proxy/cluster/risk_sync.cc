@@ -213,7 +213,9 @@ class Sync {
   // The subscriber: its own connection (a subscribed connection can run nothing else).
   void subscribe() {
     if (settings_.endpoints.empty()) return;
-    const auto& [host, port] = settings_.endpoints[0];
+    // Each attempt takes the next endpoint: with a seed node down (a Redis Cluster failover) the
+    // subscriber lands on another node, and cluster PUBLISH reaches every node's subscribers.
+    const auto& [host, port] = settings_.endpoints[next_endpoint_++ % settings_.endpoints.size()];
     redisAsyncContext* ac = redisAsyncConnect(host.c_str(), port);
     if (!ac || ac->err) {
       if (ac) redisAsyncFree(ac);
@@ -458,6 +460,7 @@ class Sync {
   Nanos resync_interval_;
   std::string instance_;
   uv_timer_t* share_timer_ = nullptr;
+  size_t next_endpoint_ = 0;
   std::vector<risk::SharedEntityUpdate> batch_, folded_;
   std::unordered_map<uint64_t, size_t> index_;
   redis::RedisClientPtr client_;
