@@ -1,0 +1,375 @@
+"""Hostile upstreams, stores and clients end to end (issue 8, docs/security.md): an upstream that
+resets or closes mid-body or before its head, one that drips its body, a client that walks away
+mid-request body, a pipelined flood, Redis frozen with SIGSTOP under cluster-scope rules, and the
+GeoIP database replaced under load. Real sluice, real sockets; scripted upstreams where the demo
+cannot misbehave on purpose."""
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+import unittest
+
+from harness import (ProxyTestCase, RawClient, RssSampler, Sluice, admin_json, admin_reload,
+                     demo_counter, free_port, header, http_get, read_until_close, upstream_yaml,
+                     wait_until, ROOT)
+
+
+# ---------------------------------------------------------------------------------------------
+# A scripted upstream that records what each connection carried.
+
+class UpConn:
+    """One accepted upstream connection, as a script sees it. Every byte received is kept in
+    .received (in order), so a test can check what the connection carried after the fact."""
+
+    def __init__(self, sock, index):
+        self.sock = sock
+        self.index = index  # 1-based, in accept order
+        self.received = b""
+        self.buf = b""
+        self.requests = []  # (head text, body bytes) of each complete request read
+        self.eof = False
+
+    def _fill(self):
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            raise EOFError("peer closed")
+        self.received += chunk
+        self.buf += chunk
+
+    def read_request(self):
+        """The next whole request: (head, body). EOFError if the peer closes before it is whole
+        (what arrived stays in .buf)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, rest = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        hmap = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hmap[k.strip().lower()] = v.strip()
+        if hmap.get("transfer-encoding", "").lower() == "chunked":
+            while b"\r\n0\r\n\r\n" not in b"\r\n" + rest:
+                self._fill()
+                rest = self.buf.split(b"\r\n\r\n", 1)[1]
+            end = (b"\r\n" + rest).index(b"\r\n0\r\n\r\n") + 5
+            body, rest = rest[:end], rest[end:]
+        else:
+            n = int(hmap.get("content-length", "0"))
+            while len(rest) < n:
+                self._fill()
+                rest = self.buf.split(b"\r\n\r\n", 1)[1]
+            body, rest = rest[:n], rest[n:]
+        self.buf = rest
+        self.requests.append((head.decode("latin-1"), body))
+        return head.decode("latin-1"), body
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def answer(self, body):
+        self.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def reset(self):
+        """Close with an RST (SO_LINGER 0) instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def wait_eof(self, timeout=5.0):
+        """Reads (and records) until the peer closes; True if it did within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                self._fill()
+        except EOFError:
+            return True
+        except OSError:
+            return self.eof
+
+
+def serve_normally(c):
+    """The well-behaved script: answers every request with 'conn N req K'."""
+    while True:
+        c.read_request()
+        c.answer(b"conn %d req %d" % (c.index, len(c.requests)))
+
+
+class ScriptedUpstream:
+    """An upstream on a free loopback port: each accepted connection runs `script(UpConn)` in its
+    own thread (EOF and socket errors end it quietly); .conns lists them in accept order."""
+
+    def __init__(self, script):
+        self.script = script
+        self.conns = []
+        self._lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                c = UpConn(sock, len(self.conns) + 1)
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.sock.settimeout(15)
+        try:
+            self.script(c)
+        except (EOFError, OSError):
+            pass
+        finally:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self._closed = True
+        self.sock.close()
+
+
+def cut_after(first_bytes, how, then=serve_normally):
+    """A script: connection 1 reads its request, sends `first_bytes`, waits for sluice to pass
+    them on, then closes ('fin') or resets ('rst'); later connections run `then`."""
+    def script(c):
+        if c.index > 1:
+            return then(c)
+        c.read_request()
+        if first_bytes:
+            c.send(first_bytes)
+            time.sleep(0.2)
+        if how == "rst":
+            c.reset()
+        else:
+            c.sock.shutdown(socket.SHUT_WR)
+            c.wait_eof()
+    return script
+
+
+def get(path, host="127.0.0.1", extra=""):
+    return ("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, host, extra)).encode()
+
+
+def log_entry(sluice, request_id, timeout=5.0):
+    """The access-log line of one request (the log is flushed every 100 ms)."""
+    return wait_until(lambda: next((e for e in sluice.access_log() if e["request_id"] == request_id),
+                                   None), timeout=timeout, message="access log line of %s" % request_id)
+
+
+class HostileTestCase(ProxyTestCase):
+    def scripted(self, script):
+        up = ScriptedUpstream(script)
+        self.addCleanup(up.close)
+        return up
+
+    def start_scripted(self, script, upstream_extra="", routes=None, extra=""):
+        self.up = self.scripted(script)
+        return self.start_sluice(upstream_yaml("storefront", [self.up.address], upstream_extra),
+                                 routes=routes, extra=extra)
+
+    def assert_serves_next(self, s):
+        """The worker keeps serving: a fresh request gets a whole answer on a new upstream
+        connection, and that connection carried exactly that one request."""
+        n = len(self.up.conns)
+        status, _, body = http_get(s.port, "/next")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body, b"conn %d req 1" % (n + 1))
+        self.assertEqual(len(self.up.conns), n + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+class UpstreamCutMidBodyTest(HostileTestCase):
+    """An upstream sends its head and part of the body, then resets or closes: the client never
+    gets a complete-looking response, the log says why, the connection is not reused."""
+
+    def _cut_content_length(self, how):
+        s = self.start_scripted(cut_after(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 300, how))
+        c = RawClient(s.port)
+        c.send(get("/cut", extra="X-Request-Id: cut-%s\r\n" % how))
+        data, closed = read_until_close(c, timeout=5)
+        c.close()
+        self.assertTrue(closed, "sluice must close a response it cannot complete")
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        self.assertIn(b"Content-Length: 1000", head)
+        self.assertEqual(body, b"a" * 300, "closed short of the length, nothing invented")
+        e = log_entry(s, "cut-%s" % how)
+        self.assertEqual(e["status"], 200)
+        self.assertEqual(e["upstream"], self.up.address)
+        self.assertTrue(e.get("error", "").startswith("connection_reset"), e)
+        self.assertEqual(len(self.up.conns[0].requests), 1)
+        self.assert_serves_next(s)
+
+    def test_content_length_body_cut_by_reset(self):
+        self._cut_content_length("rst")
+
+    def test_content_length_body_cut_by_close(self):
+        self._cut_content_length("fin")
+
+    def _cut_chunked(self, how):
+        s = self.start_scripted(cut_after(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", how))
+        c = RawClient(s.port)
+        c.send(get("/cut", extra="X-Request-Id: chunk-%s\r\n" % how))
+        data, closed = read_until_close(c, timeout=5)
+        c.close()
+        self.assertTrue(closed)
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", head)
+        self.assertEqual(body, b"5\r\nhello\r\n", "no terminating 0-chunk")
+        e = log_entry(s, "chunk-%s" % how)
+        self.assertTrue(e.get("error", "").startswith("connection_reset"), e)
+        self.assert_serves_next(s)
+
+    def test_chunked_body_cut_by_reset_has_no_last_chunk(self):
+        self._cut_chunked("rst")
+
+    def test_chunked_body_cut_by_close_has_no_last_chunk(self):
+        self._cut_chunked("fin")
+
+    def test_reset_before_any_header_byte_is_502_naming_the_request_id(self):
+        s = self.start_scripted(cut_after(b"", "rst"))
+        status, headers, body = http_get(s.port, "/early", headers={"X-Request-Id": "early-rst"})
+        self.assertEqual(status, 502, body)
+        self.assertIn(b"request_id: early-rst", body)
+        e = log_entry(s, "early-rst")
+        self.assertEqual(e["status"], 502)
+        self.assertTrue(e.get("error", "").startswith("connection_reset"), e)
+        self.assert_serves_next(s)
+
+    def test_reset_before_any_header_byte_on_a_fresh_connection_is_not_retried(self):
+        # The request reached a server that then died on it: retry only replays what never
+        # reached a server (docs/configuration.md, retry.attempts), even for a GET, so a request
+        # that kills servers does not take the next one down too. Contrast: a *reused* keep-alive
+        # connection reset before answering is replayed (test_upstreams.KeepAliveTest).
+        up = self.scripted(lambda c: (c.read_request(), c.reset()))
+        demo = self.start_demo("live")
+        s = self.start_sluice(upstream_yaml(
+            "storefront", [up.address, demo.address],
+            "retry: {attempts: 1}\npassive_health: {max_fails: 1000, fail_timeout: 1s}\n"))
+        before = demo_counter(demo)
+        statuses = sorted(http_get(s.port, "/api/items/%d" % i)[0] for i in range(4))
+        self.assertEqual(statuses, [200, 200, 502, 502])
+        self.assertEqual(len(up.conns), 2)
+        self.assertEqual(demo_counter(demo), before + 2, "nothing replayed on the live server")
+
+
+class SlowDripUpstreamTest(HostileTestCase):
+    """read_timeout is the longest wait between two reads from the server (docs/configuration.md),
+    not a deadline for the whole response."""
+
+    ROUTES = "- name: all\n  match:\n    path: { prefix: / }\n  upstream: storefront\n  read_timeout: 1s\n"
+
+    @staticmethod
+    def drip(pieces, gap):
+        def script(c):
+            if c.index > 1:
+                return serve_normally(c)
+            c.read_request()
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(pieces))
+            for p in pieces:
+                c.send(p)
+                time.sleep(gap)
+            serve_normally(c)
+        return script
+
+    def test_gap_longer_than_read_timeout_cuts_the_response(self):
+        s = self.start_scripted(self.drip([b"a", b"b", b"c"], 3.0), routes=self.ROUTES)
+        c = RawClient(s.port)
+        t0 = time.monotonic()
+        c.send(get("/drip", extra="X-Request-Id: drip-long\r\n"))
+        data, closed = read_until_close(c, timeout=10)
+        took = time.monotonic() - t0
+        c.close()
+        self.assertTrue(closed)
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: 3", head)
+        self.assertEqual(body, b"a", "cut after the first byte, before the second came")
+        self.assertGreater(took, 0.9, "not before read_timeout")
+        self.assertLess(took, 2.9, "at read_timeout, not at the upstream's next byte")
+        e = log_entry(s, "drip-long")
+        self.assertTrue(e.get("error", "").startswith("read_timeout"), e)
+        self.assert_serves_next(s)
+
+    def test_gaps_shorter_than_read_timeout_complete_a_long_response(self):
+        pieces = [b"%x" % (i % 16) for i in range(14)]
+        s = self.start_scripted(self.drip(pieces, 0.15), routes=self.ROUTES)
+        t0 = time.monotonic()
+        status, headers, body = http_get(s.port, "/drip", headers={"X-Request-Id": "drip-short"})
+        took = time.monotonic() - t0
+        self.assertEqual(status, 200)
+        self.assertEqual(body, b"".join(pieces))
+        self.assertGreater(took, 1.5, "the whole response took longer than read_timeout")
+        e = log_entry(s, "drip-short")
+        self.assertNotIn("error", e)
+
+
+class ClientAbortMidBodyTest(HostileTestCase):
+    """A client sends a head and half its body, then goes: the upstream connection that carried
+    the half body is closed, never pooled, and the next request gets a clean connection."""
+
+    def _abort(self, partial, tail):
+        s = self.start_scripted(serve_normally)
+        c = RawClient(s.port)
+        # A whole request first, so the upstream connection is pooled and the partial one
+        # reuses it (the case where returning it to the pool would desynchronise the stream).
+        c.send(b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        status, _, body = c.read_response()
+        self.assertEqual((status, body), (200, b"conn 1 req 1"))
+        c.send(partial)
+        conn = wait_until(lambda: self.up.conns[0].buf.endswith(tail) and self.up.conns[0],
+                          message="the partial body upstream")
+        c.close()
+        wait_until(lambda: conn.eof, message="sluice closing the upstream connection")
+        self.assertEqual(len(conn.requests), 1, "the partial request was never completed")
+        # What that connection carried after the first request: exactly the partial one.
+        first_head, first_body = conn.requests[0]
+        self.assertTrue(conn.buf.startswith(b"POST /upload "), conn.buf[:40])
+        self.assertTrue(conn.buf.endswith(tail))
+        self.assertNotIn(b"\r\n0\r\n\r\n", conn.buf, "no last chunk was invented")
+        self.assertEqual(len(self.up.conns), 1)
+        for i in range(3):
+            status, _, body = http_get(s.port, "/after", method="POST", body=b"x" * 10)
+            # A fresh connection, then pooled and reused: clean, since it carried whole requests.
+            self.assertEqual((status, body), (200, b"conn 2 req %d" % (i + 1)))
+        self.assertEqual(len(self.up.conns), 2)
+        self.assertEqual([h.split(" ")[1] for h, _ in self.up.conns[1].requests], ["/after"] * 3)
+        self.assertEqual(self.up.conns[1].buf, b"", "nothing but whole requests on it")
+
+    def test_half_content_length_body_then_close(self):
+        self._abort(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"p" * 500,
+                    tail=b"p" * 500)
+
+    def test_half_chunked_body_then_close(self):
+        self._abort(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"100\r\n" + b"q" * 256 + b"\r\n80\r\n" + b"r" * 64,
+                    # sluice re-frames a chunked body: the 64 bytes of the cut chunk go up as a
+                    # chunk of their own, and no last chunk follows.
+                    tail=b"r" * 64 + b"\r\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
