@@ -371,5 +371,48 @@ class ClientAbortMidBodyTest(HostileTestCase):
                     tail=b"r" * 64 + b"\r\n")
 
 
+
+class PipelinedFloodTest(HostileTestCase):
+    """One write of 2,000 pipelined GETs: sluice parses one request at a time and buffers what
+    follows up to client.buffer_size, then stops reading (the client's own socket buffers hold the
+    rest), so every request is answered, in order, and memory stays flat."""
+
+    N = 2000
+
+    def test_2000_pipelined_gets_answered_in_order_with_bounded_rss(self):
+        demo = self.start_demo("flood")
+        s = self.start_sluice(upstream_yaml("storefront", [demo.address]))
+        http_get(s.port, "/__demo/echo?warm=1")
+        before_requests = demo_counter(demo)
+        base_kb = s.rss_kb()
+        # Each request carries a 1 kB header: 2 MB in one write, 32 times client.buffer_size.
+        pad = "X-Pad: %s\r\n" % ("p" * 1000)
+        flood = b"".join(get("/__demo/echo?n=%d" % i, host="flood.test", extra=pad)
+                         for i in range(self.N))
+        c = RawClient(s.port, timeout=30)
+        # The write blocks once sluice stops reading: send from a thread, read here.
+        writer = threading.Thread(target=c.send, args=(flood,), daemon=True)
+        with RssSampler(s.pid, interval=0.02) as rss:
+            writer.start()
+            for i in range(self.N):
+                status, _, body = c.read_response()
+                self.assertEqual(status, 200, "response %d" % i)
+                self.assertEqual(json.loads(body)["path"], "/__demo/echo?n=%d" % i,
+                                 "response %d out of order" % i)
+        writer.join(10)
+        self.assertEqual(c.buf, b"", "exactly one response per request")
+        self.assertFalse(c.closed(timeout=0.2), "the connection stays usable")
+        c.send(get("/__demo/echo?n=after", host="flood.test"))
+        status, _, body = c.read_response()
+        self.assertEqual(json.loads(body)["path"], "/__demo/echo?n=after")
+        c.close()
+        self.assertEqual(demo_counter(demo), before_requests + self.N + 1)
+        # Generous: sluice holds at most buffer_size (64k) of the 2 MB flood at a time.
+        grew_kb = rss.peak_kb - base_kb
+        self.assertLess(grew_kb, 16 * 1024, "RSS %d kB -> peak %d kB during the flood" % (base_kb, rss.peak_kb))
+        self.assertTrue(s.alive())
+        self.assertEqual(http_get(s.port, "/__demo/echo?fresh=1")[0], 200)
+
+
 if __name__ == "__main__":
     unittest.main()
