@@ -414,5 +414,124 @@ class PipelinedFloodTest(HostileTestCase):
         self.assertEqual(http_get(s.port, "/__demo/echo?fresh=1")[0], 200)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Redis frozen (SIGSTOP): slow, not down. The connection stays up and the kernel still takes
+# our bytes; only replies stop coming.
+
+SLOW_RULES = [
+    "id: open-rate, key: global, rate: 500r/s, scope: cluster, sync_interval: 50ms, "
+    "on_redis_down: fail_open",
+    "id: closed-rate, key: global, rate: 500r/s, scope: cluster, sync_interval: 50ms, "
+    "on_redis_down: fail_closed",
+    "id: member-closed, key: member, algorithm: sliding_window, limit: 3, window: 1m, "
+    "scope: cluster, cluster_mode: exact, redis_timeout: 50ms, on_redis_down: fail_closed",
+    "id: member-open, key: member, algorithm: sliding_window, limit: 3, window: 1m, "
+    "scope: cluster, cluster_mode: exact, redis_timeout: 50ms, on_redis_down: fail_open",
+]
+
+SLOW_ROUTES = """\
+  - name: rate
+    match: { path: { prefix: /rate } }
+    direct_response: { status: 200, body: "ok" }
+    limits: [open-rate]
+  - name: closed
+    match: { path: { prefix: /closed } }
+    direct_response: { status: 200, body: "ok" }
+    limits: [closed-rate]
+  - name: member-closed
+    match: { path: { prefix: /member-closed } }
+    direct_response: { status: 200, body: "ok" }
+    limits: [member-closed]
+  - name: member-open
+    match: { path: { prefix: /member-open } }
+    direct_response: { status: 200, body: "ok" }
+    limits: [member-open]
+"""
+
+
+@unittest.skipUnless(shutil.which("redis-server"), "redis-server is needed")
+class RedisFrozenTest(HostileTestCase):
+    """Redis SIGSTOPped under cluster-scope rules: requests keep flowing per on_redis_down, none
+    waits past its rule's Redis budget (exact rules: redis_timeout 50 ms; lease rules never wait:
+    their syncs run beside the requests, command_timeout 100 ms), and after SIGCONT syncing
+    resumes with replies matched to the right calls. Redis killed and restarted:
+    test_cluster.ClusterTest.test_redis_killed_mid_load_then_back."""
+
+    def setUp(self):
+        super().setUp()
+        from test_cluster import Redis, config
+        self.redis = Redis(self.tmp)
+        port, admin = free_port(), free_port()
+        self.s = Sluice(self.tmp, config(port, admin, "127.0.0.1:9", self.redis.port, SLOW_RULES,
+                                         SLOW_ROUTES), port, admin)
+        self._procs.append(self.s)
+
+    def tearDown(self):
+        try:
+            os.kill(self.redis.proc.pid, signal.SIGCONT)
+        except OSError:
+            pass
+        super().tearDown()
+        self.redis.kill()
+
+    def timed(self, path, member=None):
+        t0 = time.monotonic()
+        status = http_get(self.s.port, path,
+                          headers={"Cookie": "member=%s" % member} if member else None)[0]
+        return status, time.monotonic() - t0
+
+    def test_sigstopped_redis_never_holds_a_request_past_its_budget(self):
+        from test_cluster import metric
+        s = self.s
+        # Warm: leases held, exact rules answered by Redis (a fresh member passes fail_closed).
+        for path in ("/rate", "/closed"):
+            self.assertEqual(http_get(s.port, path)[0], 200)
+        self.assertEqual(self.timed("/member-closed", "warm")[0], 200)
+        self.assertEqual(self.timed("/member-open", "warm")[0], 200)
+        fb_open = metric(s, "sluice_cluster_fallbacks_total", '{policy="fail_open"}')
+        fb_closed = metric(s, "sluice_cluster_fallbacks_total", '{policy="fail_closed"}')
+
+        os.kill(self.redis.proc.pid, signal.SIGSTOP)
+        worst = {}
+        statuses = {"/rate": [], "/closed": [], "/member-closed": [], "/member-open": []}
+        for i in range(12):
+            for path in statuses:
+                # A fresh member each time: under Redis it would pass; what it gets now is the
+                # rule's fallback (fail_open: the local share, 1 of 3 per instance-pair minute).
+                status, took = self.timed(path, "frozen-%d" % i if "member" in path else None)
+                statuses[path].append(status)
+                worst[path] = max(worst.get(path, 0), took)
+            time.sleep(0.05)  # let lease syncs tick (and time out) between rounds
+        # Generous bounds (budget + 200 ms): exact rules wait at most redis_timeout (50 ms);
+        # lease rules never wait on Redis.
+        for path, budget in (("/member-closed", 0.05), ("/member-open", 0.05), ("/rate", 0.1),
+                             ("/closed", 0.1)):
+            self.assertLess(worst[path], budget + 0.2, "%s waited %.3fs on a frozen Redis" %
+                            (path, worst[path]))
+        self.assertEqual(set(statuses["/rate"]), {200}, "fail_open keeps serving")
+        self.assertEqual(set(statuses["/member-open"]), {200}, "fail_open keeps serving")
+        self.assertEqual(set(statuses["/member-closed"]), {429}, "fail_closed refuses")
+        # The lease rule spends what it holds, then its sync times out and fail_closed refuses.
+        self.assertEqual(statuses["/closed"][-1], 429, statuses["/closed"])
+        self.assertGreater(metric(s, "sluice_cluster_fallbacks_total", '{policy="fail_open"}'), fb_open)
+        self.assertGreater(metric(s, "sluice_cluster_fallbacks_total", '{policy="fail_closed"}'),
+                           fb_closed)
+
+        os.kill(self.redis.proc.pid, signal.SIGCONT)
+        takes = metric(s, "sluice_cluster_lease_total", '{event="takes"}')
+        probe = iter(range(1000))
+        wait_until(lambda: (http_get(s.port, "/closed")[0] == 200 and
+                            self.timed("/member-closed", "probe-%d" % next(probe))[0] == 200),
+                   timeout=10, interval=0.1, message="syncing resumed after SIGCONT")
+        wait_until(lambda: metric(s, "sluice_cluster_lease_total", '{event="takes"}') > takes,
+                   timeout=5, message="lease takes after SIGCONT")
+        # The replies Redis owed from while it was frozen were discarded, not matched to later
+        # calls: a fresh member's quota counts exactly 3.
+        got = [self.timed("/member-closed", "after")[0] for _ in range(4)]
+        self.assertEqual(got, [200, 200, 200, 429])
+        self.assertEqual(self.redis.cli("PING"), "PONG")
+
+
 if __name__ == "__main__":
     unittest.main()
