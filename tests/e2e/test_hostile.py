@@ -533,5 +533,123 @@ class RedisFrozenTest(HostileTestCase):
         self.assertEqual(self.redis.cli("PING"), "PONG")
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The GeoIP database replaced under load.
+
+GEOIP_DIR = os.path.join(ROOT, "tests", "data", "geoip")
+
+
+@unittest.skipUnless(os.path.isdir(GEOIP_DIR), "no test GeoIP databases")
+class GeoIpReplacedTest(HostileTestCase):
+    """risk.geoip points at a file the operator replaces: by rename (a new inode; sluice's mapping
+    of the old one is untouched) and then POST /reload. 1.128.0.1 is ASN 1221 in GeoLite2-ASN-Test
+    (tests/data/geoip/README.md); a Country database has no ASN for it."""
+
+    IP = "1.128.0.1"
+
+    def setUp(self):
+        super().setUp()
+        self.geo = os.path.join(self.tmp, "geo")
+        os.makedirs(self.geo)
+        self.db = os.path.join(self.geo, "asn.mmdb")
+        self.install("GeoIP2-Country-Test.mmdb")
+        with open(os.path.join(self.tmp, "risk.key"), "w") as f:
+            f.write("m" * 48 + "\n")
+        self.demo = self.start_demo()
+        risk = ("trusted_proxies: [127.0.0.1/32]\n"
+                "risk:\n"
+                "  master_secret_file: risk.key\n"
+                "  geoip: {asn: %s}\n"
+                "  risky_asns: [1221]\n"
+                "  signals: {geo.risky_asn: 60}\n"
+                "  profiles:\n"
+                "    - {name: default, monitor: true, thresholds: [{score: 30, action: pow}]}\n"
+                % self.db)
+        self.s = self.start_sluice(upstream_yaml("storefront", [self.demo.address]), extra=risk)
+        self.seq = 0
+        self.failures = []
+        self.sent = 0
+        self._stop = threading.Event()
+
+    def install(self, name, data=None):
+        """Replaces the configured file the way operators must: write beside it, rename over."""
+        tmp = self.db + ".new"
+        if data is None:
+            shutil.copyfile(os.path.join(GEOIP_DIR, name), tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        os.rename(tmp, self.db)
+
+    def _load(self):
+        while not self._stop.is_set():
+            try:
+                status, _, body = http_get(self.s.port, "/api/items/load",
+                                           headers={"X-Forwarded-For": self.IP})
+                if status != 200:
+                    self.failures.append((status, body[:200]))
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                self.failures.append(repr(e))
+            self.sent += 1
+
+    def risky_asn_now(self):
+        """Whether a request sent now scores geo.risky_asn (its access-log line says)."""
+        self.seq += 1
+        rid = "geo-%d" % self.seq
+        status, _, _ = http_get(self.s.port, "/api/items/probe",
+                                headers={"X-Forwarded-For": self.IP, "X-Request-Id": rid})
+        self.assertEqual(status, 200)
+        e = log_entry(self.s, rid)
+        return any(t.startswith("geo.risky_asn:") for t in e["risk"].get("top", []))
+
+    def test_reload_ignored_a_geoip_database_replaced_under_an_unchanged_config(self):
+        """The bug: the reload's "configuration unchanged" check hashed sluice.yaml only, so a
+        database renamed over the configured path was never opened (nor a list file re-read)
+        until the YAML itself changed."""
+        self.assertFalse(self.risky_asn_now())
+        self.install("GeoLite2-ASN-Test.mmdb")
+        status, body = admin_reload(self.s)
+        self.assertEqual(status, 200, body)
+        self.assertNotIn("unchanged", body["message"])
+        self.assertTrue(self.risky_asn_now(), "the new database answers after the reload")
+        status, body = admin_reload(self.s)
+        self.assertIn("unchanged", body["message"], "nothing changed since: still a no-op")
+
+    def test_database_replaced_by_rename_then_reloaded_under_load(self):
+        self.assertFalse(self.risky_asn_now(), "a Country database knows no ASN")
+        load = threading.Thread(target=self._load, daemon=True)
+        load.start()
+        self.addCleanup(self._stop.set)
+
+        # (a) Another valid database, then reload: its answers take effect.
+        self.install("GeoLite2-ASN-Test.mmdb")
+        self.assertFalse(self.risky_asn_now(), "no reload yet: the old mapping still answers")
+        status, body = admin_reload(self.s)
+        self.assertEqual(status, 200, body)
+        self.assertTrue(self.risky_asn_now(), "the new database answers after the reload")
+
+        # (b) A corrupt file, then reload: refused with the config position and the path; the
+        # database already loaded keeps serving.
+        self.install(None, data=b"this is not a MaxMind database\n" * 64)
+        status, body = admin_reload(self.s)
+        self.assertEqual(status, 400, body)
+        self.assertRegex(body["message"], r"sluice\.yaml:\d+:\d+: risk\.geoip: .*asn\.mmdb")
+        self.assertTrue(self.risky_asn_now(), "the old database keeps serving")
+
+        # (c) Replaced again without a reload: sluice keeps its mapping of the old inode.
+        self.install("GeoIP2-Country-Test.mmdb")
+        self.assertTrue(self.risky_asn_now())
+        status, body = admin_reload(self.s)
+        self.assertEqual(status, 200, body)
+        self.assertFalse(self.risky_asn_now())
+
+        wait_until(lambda: self.sent >= 50, timeout=10, message="50 requests under load")
+        self._stop.set()
+        load.join(10)
+        self.assertEqual(self.failures, [], "no request failed while the database changed")
+        self.assertTrue(self.s.alive())
+
+
 if __name__ == "__main__":
     unittest.main()
