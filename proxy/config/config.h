@@ -329,6 +329,10 @@ struct AccessLogConfig {
 struct Config {
   std::string source_path;  // the file it was loaded from
   std::string hash;         // hex SHA-256 of the file bytes, shown by the admin API
+  // Identity (device, inode, size, mtime) of every other file the load read: secrets, risk
+  // lists, GeoIP databases. A reload whose YAML is byte-identical must still take a database
+  // replaced by rename, so "unchanged" compares this too.
+  std::string inputs_stamp;
   int workers = 0;          // resolved: "auto" becomes the core count
   std::vector<ListenerConfig> listeners;
   AdminConfig admin;

@@ -1302,6 +1302,7 @@ ConfigLoadResult finish(Loader& loader, std::shared_ptr<Config> cfg) {
     return std::make_pair(a.line, a.col) < std::make_pair(b.line, b.col);
   });
   result.errors = std::move(errors);
+  cfg->inputs_stamp = loader.inputsStamp();
   if (result.errors.empty()) result.config = std::move(cfg);
   return result;
 }

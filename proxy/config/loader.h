@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <sys/stat.h>
 #include <initializer_list>
 #include <optional>
 #include <set>
@@ -205,6 +206,24 @@ class Loader {
   void failNoPos(std::string msg) { fail(YAML::Mark::null_mark(), std::move(msg)); }
 
   void load(const Node& root, Config& cfg);
+
+  // Records the identity of a file the config depends on, before it is read: a file replaced
+  // after this stat shows up as a change at the next reload instead of being missed.
+  void noteInput(const std::string& file) {
+    struct stat st;
+    inputs_stamp_ += file;
+    if (::stat(file.c_str(), &st) != 0) {
+      inputs_stamp_ += " missing\n";
+      return;
+    }
+    char buf[128];
+    snprintf(buf, sizeof(buf), " %llu:%llu:%lld:%lld.%09ld\n",
+             static_cast<unsigned long long>(st.st_dev), static_cast<unsigned long long>(st.st_ino),
+             static_cast<long long>(st.st_size), static_cast<long long>(st.st_mtim.tv_sec),
+             st.st_mtim.tv_nsec);
+    inputs_stamp_ += buf;
+  }
+  const std::string& inputsStamp() const { return inputs_stamp_; }
 
  private:
   // ---- shape helpers: each reports its own error and returns false/invalid on mismatch.
@@ -408,6 +427,7 @@ class Loader {
   // The whole file at `file` (relative to the working directory, like every path given to the
   // binary); false after reporting at `n` when it cannot be read.
   bool readFile(const Node& n, const std::string& path, const std::string& file, std::string* out) {
+    noteInput(file);
     FILE* f = fopen(file.c_str(), "rb");
     if (!f) {
       fail(n, path + ": cannot read '" + file + "': " + strerror(errno));
@@ -474,6 +494,7 @@ class Loader {
 
   std::string file_;
   std::vector<ConfigError> errors_;
+  std::string inputs_stamp_;
   // Every upstream name declared, even one whose body had errors, so that a route naming it
   // does not pile a second, misleading error on top.
   std::vector<std::string> upstream_names_;

@@ -381,6 +381,11 @@ void Loader::loadRisk(const Node& n, Config& cfg) {
   risk_on_ = true;
   if (errors_.size() != errors_before) return;
 
+  // The policy opens these itself; a reload must notice them replaced even if the YAML is not.
+  for (const auto* f : {&rc.geoip.country, &rc.geoip.asn, &rc.geoip.anonymous})
+    if (!f->empty()) noteInput(*f);
+  for (const auto& l : rc.lists)
+    if (!l.file.empty()) noteInput(l.file);
   std::vector<std::string> errs;
   settings->policy = risk::buildRiskPolicy(rc, secrets, &errs);
   for (const auto& e : errs) fail(marks.find(e, n.Mark()), e);

@@ -274,7 +274,10 @@ bool Server::reload(std::string* message) {
     return false;
   }
   auto luaHash = [](const Config& c) -> uint64_t { return c.lua ? c.lua->hash : 0; };
-  if (next.hash == config_->hash && luaHash(next) == luaHash(*config_)) {
+  // Byte-identical YAML is not enough: a GeoIP database or list file replaced in place of the
+  // old one (same path) is a change too.
+  if (next.hash == config_->hash && next.inputs_stamp == config_->inputs_stamp &&
+      luaHash(next) == luaHash(*config_)) {
     *message = "configuration unchanged (generation " + std::to_string(generation_->id) + ")";
     last_reload_ = "ok: " + *message;
     reloads_ok_++;
