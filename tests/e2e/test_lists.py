@@ -153,6 +153,22 @@ class TestListsAdmin(RiskCase):
 REDIS_LISTS = "  sync_lists: true\n  lists_resync_interval: 500ms\n"
 
 
+class TestListFileReload(RiskCase):
+    def test_reload_ignored_a_list_file_replaced_under_an_unchanged_config(self):
+        write_list_files(self.tmp)
+        s = super().start(extra=LISTS)
+        self.assertFalse(listed(s, "farm_devices", "farm-new"))
+        path = os.path.join(self.tmp, "devices.txt")
+        with open(path + ".new", "w") as f:
+            f.write("dev-from-file\nfarm-new\n")
+        os.replace(path + ".new", path)  # sluice.yaml itself is untouched
+        st, j = admin_reload(s)
+        self.assertEqual(st, 200, j)
+        self.assertTrue(listed(s, "farm_devices", "farm-new"))
+        st, _, j = admin_call(s, "GET", "/lists/farm_devices?match=farm-new")
+        self.assertTrue(j["in_file"])
+
+
 def cluster_config(port, admin, upstream, redis_port, redis_extra=REDIS_LISTS, risk_extra=LISTS):
     return default_config(
         port, admin, upstream_yaml("storefront", [upstream]), ROUTES,
