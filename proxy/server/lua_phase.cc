@@ -516,7 +516,11 @@ LuaExchangeState* LuaPhase::ensureState(ClientConnection& conn, const RouteConfi
   st->vm = e.gen->vm;
   st->route = &route;
   st->self = st;
-  st->req = st->vm->newRequest(*st, route.name);
+  // The chain resolved when the generation was prepared (same VM: e.gen holds it).
+  size_t ri = static_cast<size_t>(e.route);
+  st->req = ri < e.gen->lua_route_chains.size()
+                ? st->vm->newRequest(*st, e.gen->lua_route_chains[ri])
+                : st->vm->newRequest(*st, route.name);
   if (st->rt) st->rt->track(st.get());
   e.lua = st;
   return st.get();
