@@ -516,6 +516,15 @@ LuaRequestPtr WorkerVm::newRequest(RequestHost& host, std::string_view route) {
                                       f == core_->routes.end() ? nullptr : &f->second);
 }
 
+const RouteChain* WorkerVm::routeChain(std::string_view route) const {
+  auto f = core_->routes.find(std::string(route));
+  return f == core_->routes.end() ? nullptr : &f->second;
+}
+
+LuaRequestPtr WorkerVm::newRequest(RequestHost& host, const RouteChain* chain) {
+  return std::make_unique<LuaRequest>(shared_from_this(), host, chain);
+}
+
 bool WorkerVm::routeHasPhase(std::string_view route, Phase phase) const {
   auto f = core_->routes.find(std::string(route));
   return f != core_->routes.end() && !f->second.phases[static_cast<size_t>(phase)].empty();

@@ -53,6 +53,7 @@ struct PolicyInfo {
 };
 
 class LuaRequest;
+struct RouteChain;
 using LuaRequestPtr = std::unique_ptr<LuaRequest>;
 struct VmCore;
 class WorkerVm;
@@ -78,6 +79,10 @@ class WorkerVm : public std::enable_shared_from_this<WorkerVm> {
 
   // A request on `route`. Its phases run the route's policies (none for an unknown route).
   LuaRequestPtr newRequest(RequestHost& host, std::string_view route);
+  // The same with the route's chain looked up once per generation by the host (routeChain),
+  // so a request pays no lookup by name. The chain lives as long as this VM.
+  const RouteChain* routeChain(std::string_view route) const;
+  LuaRequestPtr newRequest(RequestHost& host, const RouteChain* chain);
   bool routeHasPhase(std::string_view route, Phase phase) const;
 
   size_t memoryBytes() const;

@@ -55,6 +55,8 @@ struct WorkerGeneration {
   lua::WorkerVmPtr vm;
   bool vm_reused = false;
   std::vector<uint8_t> lua_route_phases;  // route index -> LuaRouteMask bits (lua_phase.h)
+  // route index -> its policy chain in `vm` (null: none), so a request skips the lookup by name
+  std::vector<const lua::RouteChain*> lua_route_chains;
 };
 using WorkerGenerationPtr = std::shared_ptr<WorkerGeneration>;
 

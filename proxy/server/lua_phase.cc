@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "core/hash.h"
 #include "core/log.h"
@@ -27,7 +28,7 @@ struct LuaExchangeState final : lua::RequestHost {
   ClientConnection* conn = nullptr;
   LuaWorkerRuntime* rt = nullptr;
   lua::WorkerVmPtr vm;
-  lua::LuaRequestPtr req;
+  std::optional<lua::LuaRequest> req;  // in place: one allocation per request less
   const RouteConfig* route = nullptr;
   lua::Phase phase = lua::Phase::kAccess;
   std::weak_ptr<LuaExchangeState> self;
@@ -529,7 +530,11 @@ LuaExchangeState* LuaPhase::ensureState(ClientConnection& conn, const RouteConfi
   st->vm = e.gen->vm;
   st->route = &route;
   st->self = st;
-  st->req = st->vm->newRequest(*st, route.name);
+  // The chain resolved when the generation was prepared (same VM: e.gen holds it).
+  size_t ri = static_cast<size_t>(e.route);
+  st->req.emplace(st->vm, *st,
+                  ri < e.gen->lua_route_chains.size() ? e.gen->lua_route_chains[ri]
+                                                      : st->vm->routeChain(route.name));
   if (st->rt) st->rt->track(st.get());
   e.lua = st;
   return st.get();

@@ -152,6 +152,7 @@ bool Worker::prepareGeneration(const GenerationPtr& gen, std::string* err) {
       if (wg->vm->routeHasPhase(r.name, lua::Phase::kBodyFilter)) m |= kLuaBodyFilter;
       if (m) m |= kLuaAny;
       wg->lua_route_phases.push_back(m);
+      wg->lua_route_chains.push_back(wg->vm->routeChain(r.name));
     }
   }
   prepared_ = std::move(wg);
