@@ -409,7 +409,11 @@ class PipelinedFloodTest(HostileTestCase):
         self.assertEqual(demo_counter(demo), before_requests + self.N + 1)
         # Generous: sluice holds at most buffer_size (64k) of the 2 MB flood at a time.
         grew_kb = rss.peak_kb - base_kb
-        self.assertLess(grew_kb, 16 * 1024, "RSS %d kB -> peak %d kB during the flood" % (base_kb, rss.peak_kb))
+        # Under ASan freed memory sits in its quarantine (about 220 MB here), so RSS says nothing
+        # about sluice's buffering there; the order and count checks above still hold.
+        if not os.environ.get("SLUICE_SANITIZER"):
+            self.assertLess(grew_kb, 16 * 1024,
+                            "RSS %d kB -> peak %d kB during the flood" % (base_kb, rss.peak_kb))
         self.assertTrue(s.alive())
         self.assertEqual(http_get(s.port, "/__demo/echo?fresh=1")[0], 200)
 
