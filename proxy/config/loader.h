@@ -296,18 +296,7 @@ class Loader {
 
   template <class T>
   bool readInt(const Node& n, const std::string& path, int64_t lo, int64_t hi, T* out) {
-    std::string expected =
-        "an integer " + std::to_string(lo) + ".." + std::to_string(hi);
-    std::string s;
-    if (!scalar(n, path, expected, &s)) return false;
-    int64_t v = 0;
-    auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || ec != std::errc() || ptr != s.data() + s.size() || v < lo || v > hi) {
-      fail(n, path + ": expected " + expected + ", got '" + s + "'");
-      return false;
-    }
-    *out = static_cast<T>(v);
-    return true;
+    return readIntIn(n, path, lo, hi, "an integer " + std::to_string(lo) + ".." + std::to_string(hi), out);
   }
 
   // "auto" (leaves *out at 0, the "work it out at run time" value) or an integer lo..hi.
@@ -317,7 +306,14 @@ class Loader {
       *out = 0;
       return true;
     }
-    std::string expected = "\"auto\" or an integer " + std::to_string(lo) + ".." + std::to_string(hi);
+    return readIntIn(n, path, lo, hi,
+                     "\"auto\" or an integer " + std::to_string(lo) + ".." + std::to_string(hi), out);
+  }
+
+  // An integer in lo..hi; `expected` says what was wanted in the error.
+  template <class T>
+  bool readIntIn(const Node& n, const std::string& path, int64_t lo, int64_t hi,
+                 const std::string& expected, T* out) {
     std::string s;
     if (!scalar(n, path, expected, &s)) return false;
     int64_t v = 0;
