@@ -1,6 +1,8 @@
 #include "lua/json.h"
 
+#include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -341,12 +343,16 @@ class Encoder {
           *err = "cannot encode NaN or infinity";
           return false;
         }
+        // Integers as integers; anything else as the shortest text that reads back as the same
+        // double (std::to_chars, Ryu-style). glibc's "%.17g" cost ~8,000 instructions per
+        // item_page response here and printed 250.29 as 250.28999999999999.
         char buf[32];
+        std::to_chars_result r;
         if (d == std::floor(d) && std::fabs(d) < 1e15)
-          snprintf(buf, sizeof buf, "%.0f", d);
+          r = std::to_chars(buf, buf + sizeof buf, static_cast<int64_t>(d));
         else
-          snprintf(buf, sizeof buf, "%.17g", d);
-        *out_ += buf;
+          r = std::to_chars(buf, buf + sizeof buf, d);
+        out_->append(buf, static_cast<size_t>(r.ptr - buf));
         return true;
       }
       case LUA_TSTRING: {

@@ -245,6 +245,12 @@ TEST_CASE("json encode/decode round trip, null, arrays and errors", "[lua]") {
     assert(d == nil and derr:find("deep"))
     assert(json.decode("1 2") == nil)
     assert(json.decode('"\\ud800"') == nil, "lone surrogate")
+    -- Numbers: integers as integers, others as the shortest text that reads back the same.
+    assert(json.encode(250.29) == "250.29", json.encode(250.29))
+    assert(json.encode({0.1, -5, 1e300, 2^53}) == "[0.1,-5,1e+300,9007199254740992]", json.encode({0.1, -5, 1e300, 2^53}))
+    for _, x in ipairs({1/3, -2.5e-7, 123456.789, 5e-324, 1.7976931348623157e308}) do
+      assert(json.decode(json.encode(x)) == x, "round trip of " .. tostring(x))
+    end
   )");
   RunResult res = r.go(Phase::kAccess);
   INFO(res.error);
