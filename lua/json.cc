@@ -378,8 +378,14 @@ class Encoder {
   void string(std::string_view s) {
     static const char* kHex = "0123456789abcdef";
     *out_ += '"';
-    for (char c : s) {
-      unsigned char u = static_cast<unsigned char>(c);
+    // Runs of bytes that need no escape are appended whole (most of a body is such a run).
+    size_t run = 0;
+    for (size_t i = 0; i < s.size(); i++) {
+      const unsigned char u = static_cast<unsigned char>(s[i]);
+      if (u >= 0x20 && u != 0x7f && u != '"' && u != '\\') continue;
+      out_->append(s.data() + run, i - run);
+      run = i + 1;
+      const char c = s[i];
       switch (c) {
         case '"': *out_ += "\\\""; break;
         case '\\': *out_ += "\\\\"; break;
@@ -387,15 +393,12 @@ class Encoder {
         case '\r': *out_ += "\\r"; break;
         case '\t': *out_ += "\\t"; break;
         default:
-          if (u < 0x20 || u == 0x7f) {
-            *out_ += "\\u00";
-            *out_ += kHex[u >> 4];
-            *out_ += kHex[u & 15];
-          } else {
-            *out_ += c;
-          }
+          *out_ += "\\u00";
+          *out_ += kHex[u >> 4];
+          *out_ += kHex[u & 15];
       }
     }
+    out_->append(s.data() + run, s.size() - run);
     *out_ += '"';
   }
 

@@ -12,15 +12,29 @@ void pushResult(lua_State* L, const SubrequestResult& r, size_t max_body) {
   lua_pushinteger(L, r.status);
   lua_setfield(L, -2, "status");
   lua_createtable(L, 0, static_cast<int>(r.headers.size()));
+  // Each name is lowered on the stack and interned once (it was copied into a std::string and
+  // interned twice, by getfield and setfield, per header of every part of an http.multi).
+  char lower[128];
+  std::string long_name;
   for (const auto& h : r.headers) {
-    std::string key = h.name;
-    for (char& c : key) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
-    lua_getfield(L, -1, key.c_str());
-    bool had = !lua_isnil(L, -1);
+    const size_t n = h.name.size();
+    char* key = lower;
+    if (n > sizeof lower) {
+      long_name.resize(n);
+      key = long_name.data();
+    }
+    for (size_t i = 0; i < n; i++) key[i] = static_cast<char>(tolower(static_cast<unsigned char>(h.name[i])));
+    lua_pushlstring(L, key, n);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    const bool had = !lua_isnil(L, -1);
     lua_pop(L, 1);
-    if (had) continue;  // first value wins; sub-request headers are informational
+    if (had) {  // first value wins; sub-request headers are informational
+      lua_pop(L, 1);
+      continue;
+    }
     lua_pushlstring(L, h.value.data(), h.value.size());
-    lua_setfield(L, -2, key.c_str());
+    lua_rawset(L, -3);
   }
   lua_setfield(L, -2, "headers");
   lua_pushlstring(L, r.body.data(), std::min(r.body.size(), max_body));
