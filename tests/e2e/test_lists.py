@@ -169,6 +169,36 @@ class TestListFileReload(RiskCase):
         self.assertTrue(j["in_file"])
 
 
+class TestTrustedTlsFingerprint(RiskCase):
+    """The TLS terminator's fingerprint header, from a peer in trusted_proxies: honoured by the
+    risk phase (a tls list matches it) and forwarded; from anyone else it is stripped
+    (test_risk.test_tls_fingerprint_header_stripped_from_untrusted_peer)."""
+
+    BAD = "t13d1516h2_8daaf6152771_e5627efa2ab1"
+
+    def test_a_trusted_peers_fingerprint_is_scored_and_forwarded(self):
+        write_list_files(self.tmp)
+        with open(os.path.join(self.tmp, "tls.txt"), "w") as f:
+            f.write(self.BAD + "\n")
+        self.write_secrets()
+        self.demo = self.start_demo()
+        extra = risk_section(extra=LISTS + "    - {name: bad_tls, kind: tls, file: tls.txt, points: 100}\n")
+        extra = extra.replace("trusted_proxies: [10.0.0.0/8]", "trusted_proxies: [127.0.0.1/32]")
+        s = self.start_sluice(upstream_yaml("storefront", [self.demo.address]), ROUTES, extra=extra)
+        st, _, body = raw_request(s.port, "GET", "/__demo/echo",
+                                  chrome_headers() + [("X-TLS-Fingerprint", self.BAD)])
+        self.assertEqual(st, 200)
+        seen = dict((k.lower(), v) for k, v in json.loads(body)["headers"])
+        self.assertEqual(seen.get("x-tls-fingerprint"), self.BAD)
+        raw_request(s.port, "GET", "/item/9", chrome_headers("device=d-tls") + [("X-TLS-Fingerprint", self.BAD)])
+        entry = log_for(s, lambda e: e.get("path") == "/item/9")[-1]
+        self.assertIn("tls.listed", json.dumps(entry["risk"]))
+        raw_request(s.port, "GET", "/item/10", chrome_headers("device=d-tls2") +
+                    [("X-TLS-Fingerprint", "t13d1516h2_8daaf6152771_000000000000")])
+        entry = log_for(s, lambda e: e.get("path") == "/item/10")[-1]
+        self.assertNotIn("tls.listed", json.dumps(entry["risk"]))
+
+
 def cluster_config(port, admin, upstream, redis_port, redis_extra=REDIS_LISTS, risk_extra=LISTS):
     return default_config(
         port, admin, upstream_yaml("storefront", [upstream]), ROUTES,
