@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/strings.h"
 #include "lua/json.h"
 #include "lua/request.h"
 #include "lua/vm_internal.h"
@@ -160,29 +161,6 @@ int reqGetQuery(lua_State* L) {
   return 1;
 }
 
-int unhex(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::string urlDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); i++) {
-    if (s[i] == '+') {
-      out += ' ';
-    } else if (s[i] == '%' && i + 2 < s.size() && unhex(s[i + 1]) >= 0 && unhex(s[i + 2]) >= 0) {
-      out += static_cast<char>(unhex(s[i + 1]) * 16 + unhex(s[i + 2]));
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
 int reqGetUriArgs(lua_State* L) {
   std::string_view q = request(L, enter(L)).host().query();
   int max = static_cast<int>(luaL_optinteger(L, 1, 100));
@@ -195,13 +173,13 @@ int reqGetUriArgs(lua_State* L) {
     if (part.empty()) continue;
     count++;
     size_t eq = part.find('=');
-    std::string key = urlDecode(part.substr(0, eq));
+    std::string key = percentDecode(part.substr(0, eq));
     lua_getfield(L, -1, key.c_str());
     bool had = !lua_isnil(L, -1);
     if (eq == std::string_view::npos)
       lua_pushboolean(L, 1);
     else
-      pushSv(L, urlDecode(part.substr(eq + 1)));
+      pushSv(L, percentDecode(part.substr(eq + 1)));
     if (!had) {
       lua_setfield(L, -3, key.c_str());
       lua_pop(L, 1);
