@@ -238,5 +238,32 @@ TEST_CASE("config: cluster-scope errors carry file:line:col", "[cluster]") {
   CHECK_THAT(errors(r), Catch::Contains("must contain {ITEM}"));
 }
 
+TEST_CASE("config: redis list sync and shared risk keys, defaults and bounds", "[cluster]") {
+  auto r = load("redis: {endpoints: [127.0.0.1:6379]}\n");
+  REQUIRE(r.ok());
+  CHECK_FALSE(r.config->redis->sync_lists);
+  CHECK_FALSE(r.config->redis->share_risk);
+  CHECK(r.config->redis->lists_resync_interval == 10 * kSeconds);
+  CHECK(r.config->redis->share_min_score == 30);
+  CHECK(r.config->redis->share_interval == 50 * kMillis);
+  CHECK(r.config->redis->spend_timeout == 50 * kMillis);
+  r = load("redis: {endpoints: [127.0.0.1:6379], sync_lists: true, lists_resync_interval: 2s,"
+           " share_risk: true, share_min_score: 60, share_interval: 20ms, spend_timeout: 30ms}\n");
+  INFO(errors(r));
+  REQUIRE(r.ok());
+  CHECK(r.config->redis->sync_lists);
+  CHECK(r.config->redis->share_risk);
+  CHECK(r.config->redis->lists_resync_interval == 2 * kSeconds);
+  CHECK(r.config->redis->share_min_score == 60);
+  CHECK(r.config->redis->share_interval == 20 * kMillis);
+  CHECK(r.config->redis->spend_timeout == 30 * kMillis);
+  r = load("redis: {endpoints: [127.0.0.1:6379], lists_resync_interval: 10ms}\n");
+  CHECK_THAT(errors(r), Catch::Contains("t.yaml:3:") && Catch::Contains("lists_resync_interval: must be at least 100ms"));
+  r = load("redis: {endpoints: [127.0.0.1:6379], share_interval: 1ms}\n");
+  CHECK_THAT(errors(r), Catch::Contains("share_interval: must be at least 10ms"));
+  r = load("redis: {endpoints: [127.0.0.1:6379], share_min_score: 0}\n");
+  CHECK_THAT(errors(r), Catch::Contains("share_min_score") && Catch::Contains("1..100"));
+}
+
 }  // namespace
 }  // namespace sluice
