@@ -25,8 +25,19 @@ inline uint64_t hash64(std::string_view s, uint64_t seed = 0) {
     p += 8;
     n -= 8;
   }
+  // The last 1-7 bytes, little-endian, zero-extended: the value a memcpy into a zeroed word
+  // gives, from two overlapping loads instead of a variable-length memcpy call (which cost a
+  // third of the hash on short keys).
   uint64_t tail = 0;
-  if (n) memcpy(&tail, p, n);  // p may be null for an empty view
+  if (n >= 4) {
+    uint32_t lo, hi;
+    memcpy(&lo, p, 4);
+    memcpy(&hi, p + n - 4, 4);
+    tail = lo | (static_cast<uint64_t>(hi) << (8 * (n - 4)));
+  } else if (n) {  // p may be null for an empty view
+    const auto* b = reinterpret_cast<const unsigned char*>(p);
+    tail = b[0] | (static_cast<uint64_t>(b[n / 2]) << (8 * (n / 2))) | (static_cast<uint64_t>(b[n - 1]) << (8 * (n - 1)));
+  }
   h = (h ^ tail ^ (static_cast<uint64_t>(s.size()) << 56)) * 0x100000001b3ULL;
   return mix64(h);
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/uninit_array.h"
+
 namespace sluice::limiter {
 
 const char* verdictName(Verdict v) {
@@ -20,10 +22,27 @@ Admission admit(std::span<const RateRuleCheck> rateChecks,
                 std::span<const ConcurrencyRuleCheck> concurrencyChecks, Nanos now,
                 std::span<RateDecision> decisions) {
   Admission out;
+  admitInto(out, rateChecks, concurrencyChecks, now, decisions);
+  return out;
+}
+
+void admitInto(Admission& out, std::span<const RateRuleCheck> rateChecks,
+               std::span<const ConcurrencyRuleCheck> concurrencyChecks, Nanos now,
+               std::span<RateDecision> decisions) {
+  for (size_t j = 0; j < out.slotCount; ++j) out.slots[j].release();
+  out.slotCount = 0;
+  out.verdict = Verdict::kAllow;
+  out.delay = 0;
+  out.retryAfter = 0;
+  out.rejectedBy = RuleKind::kNone;
+  out.rejectedIndex = -1;
+  out.tightestRateRule = -1;
+  out.shadowRejects = 0;
   const size_t rateCount = std::min(rateChecks.size(), kMaxRateRules);
   const size_t concurrencyCount = std::min(concurrencyChecks.size(), kMaxConcurrencyRules);
   const bool report = decisions.size() >= rateCount;
-  ChargeReceipt receipts[kMaxRateRules];
+  // Only `charged` is read unless take() set it, and take() fills the rest when it charges.
+  UninitArray<ChargeReceipt, kMaxRateRules> receipts;
   int64_t tightestRemaining = INT64_MAX;
   // Issue every rule's cache miss at once: N rules then cost about one miss, not N.
   for (size_t i = 0; i < rateCount; ++i) rateChecks[i].limiter->prefetch(rateChecks[i].key);
@@ -31,7 +50,11 @@ Admission admit(std::span<const RateRuleCheck> rateChecks,
   for (size_t i = 0; i < rateCount; ++i) {
     const RateRuleCheck& check = rateChecks[i];
     RateLimiter* limiter = check.limiter;
-    if (out.rejected() && !limiter->countsRejected()) continue;  // never charged, never refunded
+    receipts[i].charged = false;
+    if (out.rejected() && !limiter->countsRejected()) {  // never charged, never refunded
+      if (report) decisions[i] = RateDecision();
+      continue;
+    }
     RateDecision d = limiter->take(check.key, now, check.cost, &receipts[i]);
     if (d.verdict == Verdict::kDelay && check.maxDelay > 0 && d.delay > check.maxDelay) {
       // Charged by take(); refunded below with the rest unless the rule counts rejections.
@@ -94,7 +117,6 @@ Admission admit(std::span<const RateRuleCheck> rateChecks,
       }
     }
   }
-  return out;
 }
 
 }  // namespace sluice::limiter

@@ -66,9 +66,15 @@ struct Admission {
 };
 
 // `decisions`, when not empty, must have room for one per rate check; it receives each rule's
-// decision (rules skipped after a rejection keep a default-constructed one with charged=false).
+// decision (rules skipped after a rejection get a default-constructed one with charged=false).
 Admission admit(std::span<const RateRuleCheck> rateChecks,
                 std::span<const ConcurrencyRuleCheck> concurrencyChecks, Nanos now,
                 std::span<RateDecision> decisions = {});
+// The same, into an existing Admission (first reset: slots it still held are released). The
+// proxy keeps the outcome in its per-request state; this spares it a temporary and a move of
+// every slot.
+void admitInto(Admission& out, std::span<const RateRuleCheck> rateChecks,
+               std::span<const ConcurrencyRuleCheck> concurrencyChecks, Nanos now,
+               std::span<RateDecision> decisions = {});
 
 }  // namespace sluice::limiter

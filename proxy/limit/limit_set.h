@@ -11,6 +11,7 @@
 
 #include "core/ip.h"
 #include "core/jwt.h"
+#include "core/uninit_array.h"
 #include "limiter/admission.h"
 #include "limiter/circuit_breaker.h"
 #include "limiter/concurrency.h"
@@ -78,7 +79,7 @@ struct LimitRequestView {
   // lua:NAME sources: the keys the route's rewrite-phase policies set (sluice.limit.set_key).
   const std::vector<std::pair<std::string, std::string>>* lua_keys = nullptr;
   static constexpr uint8_t kCacheSlots = 6;
-  mutable CachedSource cache[kCacheSlots];
+  mutable UninitArray<CachedSource, kCacheSlots> cache;  // [0, cached) are set
   mutable uint8_t cached = 0;
 };
 
@@ -116,6 +117,8 @@ class LimitSet {
 // "Mozilla/5.0 (X11) Chrome/120.0.6099.71" -> "mozilla/#.# (x##) chrome/#.#.#.#": one bucket per
 // client family rather than per patch version, so rotating version strings buys nothing.
 void normaliseUserAgent(std::string_view ua, std::string* out);
+// The same without BMI2 (what CPUs without PEXT run; normaliseUserAgent picks at start-up).
+void normaliseUserAgentPortable(std::string_view ua, std::string* out);
 // hash64 of the normalised UA, through a per-thread cache keyed by the raw bytes' hash.
 uint64_t userAgentKey(std::string_view ua);
 

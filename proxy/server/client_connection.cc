@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/random.h"
 #include "core/strings.h"
+#include "core/uninit_array.h"
 #include "proxy/admin/admin.h"
 #include "proxy/cluster/cluster_limits.h"
 #include "proxy/http/status.h"
@@ -525,10 +526,11 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
   const auto& cfg = *ex_->gen->gen->config;
   const auto& h = parser_.head();
   Nanos now = ex_->head_ns;
-  limiter::RateRuleCheck rate[limiter::kMaxRateRules];
+  // Room for the most rules a route may have; a request fills a few (zeroing all cost more).
+  UninitArray<limiter::RateRuleCheck, limiter::kMaxRateRules> rate;
   int rate_rule[limiter::kMaxRateRules];
   size_t nr = 0;
-  limiter::ConcurrencyRuleCheck conc[limiter::kMaxConcurrencyRules];
+  UninitArray<limiter::ConcurrencyRuleCheck, limiter::kMaxConcurrencyRules> conc;
   int conc_rule[limiter::kMaxConcurrencyRules];
   size_t nc = 0;
   int ui = ex_->gen->gen->route_upstream[ex_->route];
@@ -618,10 +620,10 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
       conc_rule[nc++] = idx;
     }
   }
-  limiter::RateDecision decisions[limiter::kMaxRateRules];
-  ex_->admission = limiter::admit(std::span<const limiter::RateRuleCheck>(rate, nr),
-                                  std::span<const limiter::ConcurrencyRuleCheck>(conc, nc), now,
-                                  std::span<limiter::RateDecision>(decisions, nr));
+  UninitArray<limiter::RateDecision, limiter::kMaxRateRules> decisions;  // admit() fills nr
+  limiter::admitInto(ex_->admission, std::span<const limiter::RateRuleCheck>(rate.data(), nr),
+                     std::span<const limiter::ConcurrencyRuleCheck>(conc.data(), nc), now,
+                     std::span<limiter::RateDecision>(decisions.data(), nr));
   auto& adm = ex_->admission;
 
   if (adm.shadowRejects) {
