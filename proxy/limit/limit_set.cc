@@ -207,14 +207,14 @@ uint64_t userAgentKey(std::string_view ua) {
 
 bool matchDefaultItemPath(std::string_view path, std::string_view* id) {
   // ^/(?:api/)?items?/([^/?]+) without a regex engine: the pattern every default item key uses.
-  if (path.rfind("/api/", 0) == 0) path.remove_prefix(4);
-  if (path.rfind("/item", 0) != 0) return false;
+  if (path.starts_with("/api/")) path.remove_prefix(4);
+  if (!path.starts_with("/item")) return false;
   path.remove_prefix(5);
   if (!path.empty() && path.front() == 's') path.remove_prefix(1);
   if (path.empty() || path.front() != '/') return false;
-  path.remove_prefix(1);
-  size_t end = path.find_first_of("/?");
-  *id = path.substr(0, end);
+  size_t end = 1;
+  while (end < path.size() && path[end] != '/' && path[end] != '?') end++;
+  *id = path.substr(1, end - 1);
   return !id->empty();
 }
 
@@ -335,19 +335,24 @@ bool LimitSet::sourceValue(const LimitKeyPart& part, const LimitRequestView& req
     }
   }
   bool found = sourceValueUncached(part, req, out);
-  if (req.cached < LimitRequestView::kCacheSlots && s.rfind("jwt:", 0) != 0)  // claims live in scratch
+  if (req.cached < LimitRequestView::kCacheSlots && !std::string_view(s).starts_with("jwt:"))  // claims live in scratch
     req.cache[req.cached++] = {s, *out, found};
   return found;
 }
 
 bool LimitSet::sourceValueUncached(const LimitKeyPart& part, const LimitRequestView& req,
                                    std::string_view* out) {
-  const std::string& s = part.source;
-  if (s.rfind("header:", 0) == 0) return req.headers->get(std::string_view(s).substr(7), out) && !out->empty();
-  if (s.rfind("cookie:", 0) == 0) return findCookie(*req.headers, std::string_view(s).substr(7), out) && !out->empty();
-  if (s.rfind("lua:", 0) == 0) {
+  const std::string_view s = part.source;
+  std::string_view path, query;
+  if (part.default_item) {  // the item id: every item rule and hot-item detection, first
+    splitTarget(req.target, &path, &query);
+    return matchDefaultItemPath(path, out);
+  }
+  if (s.starts_with("header:")) return req.headers->get(s.substr(7), out) && !out->empty();
+  if (s.starts_with("cookie:")) return findCookie(*req.headers, s.substr(7), out) && !out->empty();
+  if (s.starts_with("lua:")) {
     if (!req.lua_keys) return false;
-    const std::string_view name = std::string_view(s).substr(4);
+    const std::string_view name = s.substr(4);
     for (const auto& [k, v] : *req.lua_keys)
       if (k == name) {
         *out = v;
@@ -355,7 +360,7 @@ bool LimitSet::sourceValueUncached(const LimitKeyPart& part, const LimitRequestV
       }
     return false;
   }
-  if (s.rfind("jwt:", 0) == 0) {
+  if (s.starts_with("jwt:")) {
     if (!req.jwt || !req.jwt_config) return false;
     if (req.jwt_state == 0) {
       std::string_view token;
@@ -363,14 +368,12 @@ bool LimitSet::sourceValueUncached(const LimitKeyPart& part, const LimitRequestV
                 req.jwt->decode(token, req.now_unix, req.jwt_config->leeway / kSeconds, &req.jwt_claims);
       req.jwt_state = ok ? 1 : -1;
     }
-    if (req.jwt_state < 0 || !jwtClaim(req.jwt_claims, std::string_view(s).substr(4), &req.scratch)) return false;
+    if (req.jwt_state < 0 || !jwtClaim(req.jwt_claims, s.substr(4), &req.scratch)) return false;
     *out = req.scratch;
     return !out->empty();
   }
-  std::string_view path, query;
   splitTarget(req.target, &path, &query);
-  if (s.rfind("query:", 0) == 0) return findQueryArg(query, std::string_view(s).substr(6), out) && !out->empty();
-  if (part.default_item) return matchDefaultItemPath(path, out);
+  if (s.starts_with("query:")) return findQueryArg(query, s.substr(6), out) && !out->empty();
   if (part.path_regex) {
     re2::StringPiece capture;
     if (!RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *part.path_regex, &capture))

@@ -1,25 +1,52 @@
 #include "proxy/upstream/balance_key.h"
 
+#include <cstring>
+
 #include "core/hash.h"
 #include "core/strings.h"
 #include "proxy/router/router.h"
 
 namespace sluice {
 
+namespace {
+
+inline bool isOws(char c) { return c == ' ' || c == '\t'; }
+
+}  // namespace
+
 bool findCookie(const HeaderMap& headers, std::string_view name, std::string_view* value) {
+  // Runs for every cookie-keyed limit, balance key and risk identity of a request: one pass over
+  // the pairs with pointer scans, no substring and trim calls per pair. A pair is
+  // OWS name OWS "=" OWS value OWS; the first pair whose name is `name` (case-sensitive) wins.
+  // A pair's name never holds '=' or ';' and never ends in OWS: such a `name` matches nothing.
+  if (name.find_first_of("=;") != std::string_view::npos || (!name.empty() && isOws(name.back())))
+    return false;
+  const size_t n = name.size();
   for (size_t i = 0; i < headers.size(); i++) {
-    if (headers.removed(i) || !equalsIgnoreCase(headers.name(i), "cookie")) continue;
-    std::string_view v = headers.value(i);
-    while (!v.empty()) {
-      size_t semi = v.find(';');
-      std::string_view pair = trim(v.substr(0, semi));
-      size_t eq = pair.find('=');
-      if (eq != std::string_view::npos && trim(pair.substr(0, eq)) == name) {
-        *value = trim(pair.substr(eq + 1));
-        return true;
+    if (headers.removed(i)) continue;
+    const std::string_view hn = headers.name(i);
+    if (hn.size() != 6 || !equalsIgnoreCase(hn, "cookie")) continue;
+    const std::string_view v = headers.value(i);
+    const char* p = v.data();
+    const char* const end = p + v.size();
+    while (p < end) {
+      while (p < end && isOws(*p)) p++;
+      if (static_cast<size_t>(end - p) > n && memcmp(p, name.data(), n) == 0) {
+        const char* q = p + n;
+        while (q < end && isOws(*q)) q++;
+        if (q < end && *q == '=') {
+          const char* vb = q + 1;
+          const char* ve = static_cast<const char*>(memchr(vb, ';', static_cast<size_t>(end - vb)));
+          if (ve == nullptr) ve = end;
+          while (vb < ve && isOws(*vb)) vb++;
+          while (ve > vb && isOws(ve[-1])) ve--;
+          *value = std::string_view(vb, static_cast<size_t>(ve - vb));
+          return true;
+        }
       }
-      if (semi == std::string_view::npos) break;
-      v.remove_prefix(semi + 1);
+      const char* semi = static_cast<const char*>(memchr(p, ';', static_cast<size_t>(end - p)));
+      if (semi == nullptr) break;
+      p = semi + 1;
     }
   }
   return false;

@@ -5,6 +5,7 @@
 
 #include "core/hash.h"
 #include "core/ip.h"
+#include "core/strings.h"
 #include "proxy/http/header_map.h"
 
 namespace sluice {
@@ -66,6 +67,42 @@ TEST_CASE("findCookie reads every Cookie header, in order", "[proxy][upstream][b
   CHECK(cookie(h, "z") == "26");
   h.remove(2);
   CHECK(cookie(h, "sid") == "third");  // removed headers are not read
+}
+
+TEST_CASE("findCookie agrees with the substring-and-trim reference on random headers",
+          "[proxy][upstream][balance_key]") {
+  // The parser as first written: split at ';', trim, split at the first '=', trim both halves.
+  auto reference = [](std::string_view v, std::string_view name, std::string_view* out) {
+    while (!v.empty()) {
+      size_t semi = v.find(';');
+      std::string_view pair = trim(v.substr(0, semi));
+      size_t eq = pair.find('=');
+      if (eq != std::string_view::npos && trim(pair.substr(0, eq)) == name) {
+        *out = trim(pair.substr(eq + 1));
+        return true;
+      }
+      if (semi == std::string_view::npos) break;
+      v.remove_prefix(semi + 1);
+    }
+    return false;
+  };
+  uint64_t seed = 11;
+  auto next = [&] { return seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; };
+  const char pool[] = "ab=;; \t=a=";
+  const std::string_view names[] = {"a", "b", "ab", "", "ba", "a ", "a\tb", "a=b", "=", "a;b", " a"};
+  for (int round = 0; round < 30000; round++) {
+    std::string v;
+    const size_t len = next() % 24;
+    for (size_t k = 0; k < len; k++) v.push_back(pool[(next() >> 33) % (sizeof pool - 1)]);
+    HeaderMap h;
+    h.add("Cookie", v);
+    for (std::string_view name : names) {
+      std::string_view got, want;
+      const bool found = findCookie(h, name, &got);
+      REQUIRE(found == reference(v, name, &want));
+      if (found) REQUIRE(got == want);
+    }
+  }
 }
 
 TEST_CASE("findCookie edge shapes", "[proxy][upstream][balance_key]") {
