@@ -3,6 +3,9 @@
 #include <re2/re2.h>
 
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/hash.h"
 #include "core/strings.h"
@@ -114,12 +117,12 @@ struct PextSqueeze {
 // the digits that continue a run ("120" -> "#") squeezed out of the word. Only the last 0-7
 // bytes take the byte loop. (A byte loop over every word with a digit cost ~9.5 instructions a
 // byte; this runs on every UA-cache miss.)
+// Starts at input byte i / output byte w; prev_digit is 0x80 when byte i - 1 was a digit.
 template <class Squeeze>
-__attribute__((always_inline)) inline size_t normaliseWords(std::string_view ua, char* base) {
+__attribute__((always_inline)) inline size_t normaliseWords(std::string_view ua, char* base, size_t i = 0,
+                                                            size_t w = 0, uint64_t prev_digit = 0) {
   const auto* p = reinterpret_cast<const unsigned char*>(ua.data());
   const size_t n = ua.size();
-  size_t i = 0, w = 0;
-  uint64_t prev_digit = 0;  // 0x80 when the byte before the current word was a digit
   // For 7-bit bytes b, b + (0x80 - lo) sets the byte's high bit iff b >= lo, with no carry out.
   auto atLeast = [](uint64_t low7, unsigned lo) { return low7 + (0x80 - lo) * kOnes; };
   while (i + 8 <= n) {
@@ -151,8 +154,61 @@ __attribute__((always_inline)) inline size_t normaliseWords(std::string_view ua,
   return w;
 }
 
+#if defined(__SSE2__)
+// Byte i of kSqueezeMask[m] is 0xff when bit i of m is set: a movemask back to a byte mask.
+struct SqueezeMasks {
+  uint64_t mask[256];
+  SqueezeMasks() {
+    for (int m = 0; m < 256; m++) {
+      mask[m] = 0;
+      for (int b = 0; b < 8; b++)
+        if (m & (1 << b)) mask[m] |= uint64_t{0xff} << (8 * b);
+    }
+  }
+};
+const SqueezeMasks kSqueezeMasks;
+#endif
+
+// Sixteen bytes at a time with SSE2 compares (bytes >= 0x80 are negative, so in no range), then
+// the words above for the rest. A block without a digit run stores as is; one with runs squeezes
+// each half with PEXT. (~3 instructions a byte with the word loop alone.)
 __attribute__((target("bmi2,popcnt"))) size_t normalisePext(std::string_view ua, char* out) {
+#if defined(__SSE2__)
+  const auto* p = ua.data();
+  const size_t n = ua.size();
+  size_t i = 0, w = 0;
+  unsigned prev = 0;  // 1 when the byte before the block was a digit
+  const __m128i lo_digit = _mm_set1_epi8('0' - 1), hi_digit = _mm_set1_epi8('9' + 1);
+  const __m128i lo_upper = _mm_set1_epi8('A' - 1), hi_upper = _mm_set1_epi8('Z' + 1);
+  const __m128i case_bit = _mm_set1_epi8(0x20), hash = _mm_set1_epi8('#');
+  while (i + 16 <= n) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(v, lo_digit), _mm_cmpgt_epi8(hi_digit, v));
+    const __m128i upper = _mm_and_si128(_mm_cmpgt_epi8(v, lo_upper), _mm_cmpgt_epi8(hi_upper, v));
+    v = _mm_or_si128(v, _mm_and_si128(upper, case_bit));
+    v = _mm_or_si128(_mm_andnot_si128(digit, v), _mm_and_si128(digit, hash));
+    const unsigned d = static_cast<unsigned>(_mm_movemask_epi8(digit));
+    const unsigned cont = d & ((d << 1) | prev);  // digits right after a digit
+    prev = d >> 15;
+    if (cont == 0) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + w), v);  // w <= i: fits
+      w += 16;
+    } else {
+      uint64_t lo = static_cast<uint64_t>(_mm_cvtsi128_si64(v));
+      uint64_t hi = static_cast<uint64_t>(_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)));
+      lo = __builtin_ia32_pext_di(lo, ~kSqueezeMasks.mask[cont & 0xff]);
+      memcpy(out + w, &lo, 8);
+      w += 8 - static_cast<size_t>(__builtin_popcount(cont & 0xff));
+      hi = __builtin_ia32_pext_di(hi, ~kSqueezeMasks.mask[cont >> 8]);
+      memcpy(out + w, &hi, 8);
+      w += 8 - static_cast<size_t>(__builtin_popcount(cont >> 8));
+    }
+    i += 16;
+  }
+  return normaliseWords<PextSqueeze>(ua, out, i, w, prev ? 0x80 : 0);
+#else
   return normaliseWords<PextSqueeze>(ua, out);
+#endif
 }
 size_t normaliseShift(std::string_view ua, char* out) { return normaliseWords<ShiftSqueeze>(ua, out); }
 

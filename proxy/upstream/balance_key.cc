@@ -19,8 +19,9 @@ bool findCookie(const HeaderMap& headers, std::string_view name, std::string_vie
   // the pairs with pointer scans, no substring and trim calls per pair. A pair is
   // OWS name OWS "=" OWS value OWS; the first pair whose name is `name` (case-sensitive) wins.
   // A pair's name never holds '=' or ';' and never ends in OWS: such a `name` matches nothing.
-  if (name.find_first_of("=;") != std::string_view::npos || (!name.empty() && isOws(name.back())))
-    return false;
+  for (char c : name)
+    if (c == '=' || c == ';') return false;
+  if (!name.empty() && isOws(name.back())) return false;
   const size_t n = name.size();
   for (size_t i = 0; i < headers.size(); i++) {
     if (headers.removed(i)) continue;
