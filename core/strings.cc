@@ -30,13 +30,9 @@ inline uint64_t load64(const char* p) {
 
 }  // namespace
 
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+bool equalsIgnoreCaseN(const char* p, const char* q, size_t n) {
   // Header names on every lookup of every request: eight bytes at a time (the last word
   // overlaps the one before it), not a byte at a time.
-  const size_t n = a.size();
-  if (n != b.size()) return false;
-  const char* p = a.data();
-  const char* q = b.data();
   if (n >= 8) {
     for (size_t i = 0; i + 8 < n; i += 8)
       if (!wordsEqualIgnoreCase(load64(p + i), load64(q + i))) return false;

@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -6,7 +7,12 @@
 namespace sluice {
 
 inline char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
-bool equalsIgnoreCase(std::string_view a, std::string_view b);
+// ASCII case-insensitive equality of two equally long byte runs.
+bool equalsIgnoreCaseN(const char* a, const char* b, size_t n);
+// The length check inline: most header-name comparisons stop there, without a call.
+inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && equalsIgnoreCaseN(a.data(), b.data(), a.size());
+}
 std::string toLower(std::string_view s);
 std::string_view trim(std::string_view s);
 // True if the comma-separated header value contains `token` (case-insensitive), as in

@@ -604,7 +604,9 @@ int ClientConnection::limitPhase(const RouteConfig& route) {
       continue;
     }
     // A hot-only rule governs an item only while the sketch marks it hot.
-    if (rc.only_hot && (!limits.hotItems() || item_hash == 0 || !limits.hotItems()->isHot(item_hash)))
+    // The sketch's answer for this request's item was taken when it was recorded.
+    if (rc.only_hot && (!limits.hotItems() || item_hash == 0 ||
+                        !(item_hash == ex_->item_hash ? ex_->item_hot : limits.hotItems()->isHot(item_hash))))
       continue;
     auto mode = shadow_mode ? limiter::RuleMode::kShadow : limiter::RuleMode::kEnforce;
     if (rt.rate && nr < limiter::kMaxRateRules) {
@@ -707,10 +709,16 @@ void ClientConnection::recordHotItem() {
   limiter::HeavyHitterSketch* sketch = ex_->gen->gen->limits->hotItems();
   if (!sketch) return;
   const auto& h = parser_.head();
-  LimitRequestView view{&ex_->client_ip, cfg.routes[ex_->route].name, h.target, &h.headers};
   std::string_view item;
   ex_->item_looked_up = true;
-  if (!LimitSet::sourceValue(cfg.hot_items.source, view, &item)) return;
+  if (cfg.hot_items.source.default_item) {  // the usual case: no request view to build
+    std::string_view path, query;
+    splitTarget(h.target, &path, &query);
+    if (!matchDefaultItemPath(path, &item)) return;
+  } else {
+    LimitRequestView view{&ex_->client_ip, cfg.routes[ex_->route].name, h.target, &h.headers};
+    if (!LimitSet::sourceValue(cfg.hot_items.source, view, &item)) return;
+  }
   ex_->item_value = item;  // a view into the request head: the limit phase reuses it
   // Item ids are short; a hostile 8 KB one is truncated inside the sketch's candidate list.
   ex_->item_hash = hash64(item);
