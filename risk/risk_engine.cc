@@ -85,7 +85,7 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   const HeaderOrderFingerprint& fp = precomputed ? *precomputed : computed;
   d.fingerprint = fp.text;
   const HeaderScan scan = HeaderScan::of(r.headers);
-  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r, scan);
+  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r, scan, &UserAgentCache::forThisThread());
   if (ua.missing) signals.fire(Signal::kUaMissing);
   if (ua.automation) signals.fire(Signal::kUaAutomation);
   if (ua.headless) signals.fire(Signal::kUaHeadless);
