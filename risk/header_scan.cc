@@ -26,10 +26,25 @@ inline uint64_t upperMask(uint64_t w) {
   return geA & ~gtZ & ~w & kHigh;                        // ~w: bytes >= 0x80 are not letters
 }
 
-inline uint64_t loadPartial(const char* p, size_t n) {
-  uint64_t w = 0;
-  std::memcpy(&w, p, n);  // n <= 8
+inline uint64_t load8(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, 8);
   return w;
+}
+
+// n (1..8) bytes at p, zero-padded, never reading outside [p, p + n): two overlapping loads for
+// 4..8 bytes, three single bytes for 1..3 (overlapping bytes are equal, so OR-ing is exact). A
+// variable-length memcpy would be a library call per name.
+inline uint64_t loadPartial(const char* p, size_t n) {
+  if (n == 8) return load8(p);
+  if (n >= 4) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + n - 4, 4);
+    return uint64_t{lo} | uint64_t{hi} << (8 * (n - 4));
+  }
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return uint64_t{u[0]} | uint64_t{u[n / 2]} << (8 * (n / 2)) | uint64_t{u[n - 1]} << (8 * (n - 1));
 }
 
 // A name's first kWords words, zero-padded (only for names of at most kMaxKnown bytes).
@@ -46,7 +61,7 @@ inline void loadName(std::string_view name, NameWords* out) {
     const size_t at = static_cast<size_t>(i) * 8;
     if (at >= n) break;
     const size_t len = n - at < 8 ? n - at : 8;
-    out->w[i] = len == 8 ? loadPartial(name.data() + at, 8) : loadPartial(name.data() + at, len);
+    out->w[i] = loadPartial(name.data() + at, len);
     out->upper[i] = upperMask(out->w[i]);
     any |= out->upper[i];
   }
@@ -59,7 +74,7 @@ bool hasUpper(std::string_view name) {
   size_t n = name.size();
   uint64_t any = 0;
   while (n >= 8) {
-    any |= upperMask(loadPartial(p, 8));
+    any |= upperMask(load8(p));
     p += 8;
     n -= 8;
   }
