@@ -65,15 +65,17 @@ struct UserAgentAnalysis {
 
 // A per-thread memo of the UA + client-hints part of the analysis. Real traffic carries a few
 // thousand distinct UAs, and the analysis (lower-casing, token scan, hint parsing) is a pure
-// function of those bytes, so most requests repeat one already seen. Fixed size (kSets x kWays
-// slots of kMaxKeyBytes, 256 KB), two-way LRU per set; the whole key is stored and compared, the
-// hash only picks the set. It reads no configuration and no keys (the browser rules are compiled
-// in), so a reload has nothing to invalidate. Not thread-safe: one per thread (forThisThread).
+// function of those bytes, so most requests repeat one already seen. Fixed size: kSets x kWays
+// slots of kMaxKeyBytes plus the result, ~250 KB, allocated on a thread's first use; two-way LRU
+// per set. The whole key is stored and compared, the hash only picks the set. It reads no
+// configuration and no keys (the browser rules are compiled in), so a reload has nothing to
+// invalidate. Not thread-safe: one per thread (forThisThread).
 class UserAgentCache {
  public:
   static constexpr size_t kSets = 256;
   static constexpr size_t kWays = 2;
   static constexpr size_t kMaxKeyBytes = 440;  // flags + 4 lengths + bytes; longer: not cached
+  static_assert(kWays == 2, "victim_ holds the other way of two");
 
   struct Stats {
     uint64_t hits = 0;
