@@ -70,14 +70,30 @@ GeoIpDatabasePtr GeoIpDatabase::open(const std::string& path, std::string* error
   }
   db->path_ = path;
   if (db->mmdb_->metadata.database_type) db->type_ = db->mmdb_->metadata.database_type;
+  db->fields_ = fieldsFor(db->type_);
   return db;
+}
+
+uint8_t GeoIpDatabase::fieldsFor(std::string_view type) {
+  // Each path walk is a scan of the record's top-level map with a string compare per key, and
+  // most of them cannot match in a given database (a country database has no ASN keys), so
+  // MaxMind's own types walk only the paths their documented schemas have at the top level.
+  if (type == "GeoIP2-Country" || type == "GeoLite2-Country" || type == "GeoIP2-City" ||
+      type == "GeoLite2-City")
+    return kCountry;
+  if (type == "GeoLite2-ASN" || type == "GeoIP2-ISP") return kAsn;
+  if (type == "GeoIP2-Anonymous-IP") return kAnonymousFlags;
+  // Anything else: every path, the anonymous flags only when the type says so (as before).
+  uint8_t f = kCountry | kAsn;
+  if (type.find("Anonymous") != std::string_view::npos) f |= kAnonymousFlags;
+  return f;
 }
 
 GeoIpDatabase::~GeoIpDatabase() {
   if (mmdb_) MMDB_close(mmdb_.get());
 }
 
-bool GeoIpDatabase::lookup(const IpAddress& ip, GeoIpRecord* out) const {
+bool GeoIpDatabase::lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields) const {
   sockaddr_storage ss{};
   if (ip.v4) {
     auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
@@ -94,25 +110,27 @@ bool GeoIpDatabase::lookup(const IpAddress& ip, GeoIpRecord* out) const {
   if (mmdbError != MMDB_SUCCESS || !res.found_entry) return false;
   MMDB_entry_s* entry = &res.entry;
   MMDB_entry_data_s data;
+  const uint8_t fields = allFields ? (kCountry | kAsn | kAnonymousFlags) : fields_;
 
-  static const char* const kCountry[] = {"country", "iso_code", nullptr};
-  if (const auto* d = getValue(entry, &data, kCountry);
+  static const char* const kCountryPath[] = {"country", "iso_code", nullptr};
+  if (const auto* d = (fields & kCountry) ? getValue(entry, &data, kCountryPath) : nullptr;
       d && d->type == MMDB_DATA_TYPE_UTF8_STRING && d->data_size == 2) {
     out->country[0] = d->utf8_string[0];
     out->country[1] = d->utf8_string[1];
     out->country[2] = 0;
   }
-  static const char* const kAsn[] = {"autonomous_system_number", nullptr};
-  if (const auto* d = getValue(entry, &data, kAsn)) {
+  static const char* const kAsnPath[] = {"autonomous_system_number", nullptr};
+  if (const auto* d = (fields & kAsn) ? getValue(entry, &data, kAsnPath) : nullptr) {
     if (d->type == MMDB_DATA_TYPE_UINT32) out->asn = d->uint32;
     else if (d->type == MMDB_DATA_TYPE_UINT16) out->asn = d->uint16;
   }
-  static const char* const kOrg[] = {"autonomous_system_organization", nullptr};
-  if (const auto* d = getValue(entry, &data, kOrg); d && d->type == MMDB_DATA_TYPE_UTF8_STRING) {
+  static const char* const kOrgPath[] = {"autonomous_system_organization", nullptr};
+  if (const auto* d = (fields & kAsn) ? getValue(entry, &data, kOrgPath) : nullptr;
+      d && d->type == MMDB_DATA_TYPE_UTF8_STRING) {
     out->asnOrg = std::string_view(d->utf8_string, d->data_size);
   }
   // Anonymous-IP databases only: skip the six path walks for the others.
-  if (type_.find("Anonymous") != std::string::npos) {
+  if (fields & kAnonymousFlags) {
     out->isAnonymous = getBool(entry, "is_anonymous");
     out->isVpn = getBool(entry, "is_anonymous_vpn");
     out->isHosting = getBool(entry, "is_hosting_provider");

@@ -48,7 +48,15 @@ class GeoIpDatabase {
 
   // Fills `out` with what this database knows about `ip`; false when the address is not in it
   // (or the lookup failed, which for a validated database means a corrupt record).
-  bool lookup(const IpAddress& ip, GeoIpRecord* out) const;
+  // Only the fields this database's type can hold are looked up (see fields()); `allFields`
+  // walks every path whatever the type (tests compare the two).
+  bool lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields = false) const;
+
+  // Which record paths lookup() walks, from the metadata database_type: MaxMind's documented
+  // schemas for their exact type names; every path for any other type.
+  enum Field : uint8_t { kCountry = 1, kAsn = 2, kAnonymousFlags = 4 };
+  uint8_t fields() const { return fields_; }
+  static uint8_t fieldsFor(std::string_view databaseType);
 
   const std::string& path() const { return path_; }
   // The metadata database_type, e.g. "GeoLite2-ASN".
@@ -59,6 +67,7 @@ class GeoIpDatabase {
   std::unique_ptr<MMDB_s> mmdb_;
   std::string path_;
   std::string type_;
+  uint8_t fields_ = kCountry | kAsn;
 };
 
 }  // namespace sluice::risk

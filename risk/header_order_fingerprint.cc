@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 
 #include "core/hash.h"
 #include "core/strings.h"
@@ -20,19 +21,26 @@ void putHex48(char* out, uint64_t v) {
   }
 }
 
-// Calls fn(name) for every cookie name in one Cookie header value.
-template <class Fn>
-void forEachCookieName(std::string_view value, Fn&& fn) {
-  size_t pos = 0;
-  while (pos <= value.size()) {
-    size_t end = value.find(';', pos);
-    if (end == std::string_view::npos) end = value.size();
-    std::string_view pair = value.substr(pos, end - pos);
-    size_t eq = pair.find('=');
-    std::string_view name = trim(eq == std::string_view::npos ? pair : pair.substr(0, eq));
-    if (!name.empty() && !fn(name)) return;
-    pos = end + 1;
-  }
+// trim() of core/strings, inlined: it runs on every cookie pair.
+inline std::string_view trimSpace(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
+  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
+  return s.substr(b, e - b);
+}
+
+// Case-insensitive "cookie" (6 bytes) / "referer" (7 bytes): one word compare with the 0x20 bit
+// forced, which every case of the name passes and almost no other name does; a pass is then
+// confirmed byte by byte, so the answer is exactly equalsIgnoreCase's.
+inline bool isCookieName(std::string_view name) {
+  uint64_t w = 0;
+  std::memcpy(&w, name.data(), 6);
+  return (w | 0x0000202020202020ULL) == 0x000065696b6f6f63ULL && equalsIgnoreCase(name, "cookie");
+}
+inline bool isRefererName(std::string_view name) {
+  uint64_t w = 0;
+  std::memcpy(&w, name.data(), 7);
+  return (w | 0x0020202020202020ULL) == 0x0072657265666572ULL && equalsIgnoreCase(name, "referer");
 }
 
 }  // namespace
@@ -44,24 +52,52 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compute(const RiskRequest& r) {
 HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, uint8_t major,
                                                        uint8_t minor,
                                                        const std::vector<HeaderField>& headers) {
+  return compute(method, major, minor, headers, {}, nullptr);
+}
+
+HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, uint8_t major,
+                                                       uint8_t minor,
+                                                       const std::vector<HeaderField>& headers,
+                                                       std::string_view wantCookie,
+                                                       std::string_view* cookieValue) {
   HeaderOrderFingerprint fp;
   bool cookie = false;
   bool referer = false;
+  bool found = false;
   unsigned count = 0;
   uint64_t names = 0;
   std::array<std::string_view, kMaxFingerprintCookies> cookies;
   size_t ncookies = 0;
+  if (cookieValue) *cookieValue = {};
   for (const auto& [name, value] : headers) {
-    if (name.size() == 6 && equalsIgnoreCase(name, "cookie")) {
+    if (name.size() == 6 && isCookieName(name)) {
       cookie = true;
-      forEachCookieName(value, [&](std::string_view n) {
-        if (ncookies == cookies.size()) return false;
-        cookies[ncookies++] = n;
-        return true;
-      });
+      // One pass over the pairs: the names for the K hash (the first kMaxFingerprintCookies),
+      // and the wanted cookie's value as RiskEngine::findCookie finds it (the first trimmed pair
+      // that starts with "name=", over every Cookie header in order).
+      const bool wantMore = cookieValue && !wantCookie.empty();
+      size_t pos = 0;
+      while (pos <= value.size()) {
+        if (ncookies == cookies.size() && (!wantMore || found)) break;
+        size_t end = value.find(';', pos);
+        if (end == std::string_view::npos) end = value.size();
+        const std::string_view pair = trimSpace(value.substr(pos, end - pos));
+        pos = end + 1;
+        const size_t eq = pair.find('=');
+        if (ncookies < cookies.size()) {
+          const std::string_view n = eq == std::string_view::npos ? pair : trimSpace(pair.substr(0, eq));
+          if (!n.empty()) cookies[ncookies++] = n;
+        }
+        const size_t wn = wantCookie.size();
+        if (wantMore && !found && pair.size() > wn && pair.compare(0, wn, wantCookie) == 0 &&
+            pair[wn] == '=') {
+          *cookieValue = trimSpace(pair.substr(wn + 1));
+          found = true;
+        }
+      }
       continue;
     }
-    if (name.size() == 7 && equalsIgnoreCase(name, "referer")) {
+    if (name.size() == 7 && isRefererName(name)) {
       referer = true;
       continue;
     }

@@ -10,8 +10,124 @@ constexpr std::string_view kNames[kHeaderIdCount] = {
     "accept-language", "cookie", "referer",      "sec-ch-ua",         "sec-ch-ua-mobile",
     "sec-ch-ua-platform", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest"};
 
-bool is(const char* lower, std::string_view name, HeaderId id) {
-  return std::memcmp(lower, kNames[static_cast<int>(id)].data(), name.size()) == 0;
+// Header names are read 8 bytes at a time (SWAR): the known names are at most 18 bytes, so a
+// name is classified with at most three word compares instead of a byte loop, a copy and a
+// memcmp. The per-byte definitions (ASCII 'A'..'Z' only are upper case) are kept exactly.
+constexpr size_t kMaxKnown = 18;
+constexpr int kWords = 3;  // ceil(kMaxKnown / 8)
+constexpr uint64_t kOnes = 0x0101010101010101ULL;
+constexpr uint64_t kHigh = 0x8080808080808080ULL;
+
+// 0x80 in every byte of `w` that is an ASCII upper-case letter, 0 elsewhere.
+inline uint64_t upperMask(uint64_t w) {
+  const uint64_t low7 = w & ~kHigh;
+  const uint64_t geA = low7 + kOnes * (0x80 - 'A');      // high bit: byte >= 'A'
+  const uint64_t gtZ = low7 + kOnes * (0x80 - 'Z' - 1);  // high bit: byte > 'Z'
+  return geA & ~gtZ & ~w & kHigh;                        // ~w: bytes >= 0x80 are not letters
+}
+
+inline uint64_t load8(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, 8);
+  return w;
+}
+
+// n (1..8) bytes at p, zero-padded, never reading outside [p, p + n): two overlapping loads for
+// 4..8 bytes, three single bytes for 1..3 (overlapping bytes are equal, so OR-ing is exact). A
+// variable-length memcpy would be a library call per name.
+inline uint64_t loadPartial(const char* p, size_t n) {
+  if (n == 8) return load8(p);
+  if (n >= 4) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + n - 4, 4);
+    return uint64_t{lo} | uint64_t{hi} << (8 * (n - 4));
+  }
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return uint64_t{u[0]} | uint64_t{u[n / 2]} << (8 * (n / 2)) | uint64_t{u[n - 1]} << (8 * (n - 1));
+}
+
+// A name's first kWords words, zero-padded (only for names of at most kMaxKnown bytes).
+struct NameWords {
+  uint64_t w[kWords] = {};
+  uint64_t upper[kWords] = {};
+  bool anyUpper = false;
+};
+
+inline void loadName(std::string_view name, NameWords* out) {
+  const size_t n = name.size();
+  uint64_t any = 0;
+  for (int i = 0; i < kWords; ++i) {
+    const size_t at = static_cast<size_t>(i) * 8;
+    if (at >= n) break;
+    const size_t len = n - at < 8 ? n - at : 8;
+    out->w[i] = loadPartial(name.data() + at, len);
+    out->upper[i] = upperMask(out->w[i]);
+    any |= out->upper[i];
+  }
+  out->anyUpper = any != 0;
+}
+
+// Upper-case detection for names of any length (unknown names only need this bit).
+bool hasUpper(std::string_view name) {
+  const char* p = name.data();
+  size_t n = name.size();
+  uint64_t any = 0;
+  while (n >= 8) {
+    any |= upperMask(load8(p));
+    p += 8;
+    n -= 8;
+  }
+  if (n) any |= upperMask(loadPartial(p, n));
+  return any != 0;
+}
+
+// Per known id: its lower-case and Title-Case spellings as zero-padded words.
+struct KnownWords {
+  uint64_t lower[kHeaderIdCount][kWords] = {};
+  uint64_t title[kHeaderIdCount][kWords] = {};
+  // Per name length (0..kMaxKnown): the ids of that length, 0-terminated.
+  uint8_t byLength[kMaxKnown + 1][4] = {};
+  KnownWords() {
+    for (int k = 1; k < kHeaderIdCount; ++k) {
+      const std::string_view canon = kNames[k];
+      char lo[kWords * 8] = {};
+      char ti[kWords * 8] = {};
+      for (size_t j = 0; j < canon.size(); ++j) {
+        lo[j] = canon[j];
+        const bool wantUpper = j == 0 || canon[j - 1] == '-';
+        ti[j] = wantUpper && canon[j] >= 'a' && canon[j] <= 'z' ? static_cast<char>(canon[j] - 32)
+                                                                : canon[j];
+      }
+      std::memcpy(lower[k], lo, sizeof lo);
+      std::memcpy(title[k], ti, sizeof ti);
+      uint8_t* slot = byLength[canon.size()];
+      while (*slot) ++slot;
+      *slot = static_cast<uint8_t>(k);
+    }
+  }
+};
+
+const KnownWords& known() {
+  static const KnownWords k;
+  return k;
+}
+
+inline bool equalWords(const uint64_t* a, const uint64_t* b) {
+  return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2])) == 0;
+}
+
+// The known id of a name already loaded, kOther when none.
+inline HeaderId classifyWords(size_t n, const NameWords& nw, const KnownWords& kw) {
+  if (n > kMaxKnown) return HeaderId::kOther;
+  const uint8_t* ids = kw.byLength[n];
+  if (ids[0] == 0) return HeaderId::kOther;
+  // Lower-case: each upper-case byte gets its 0x20 bit (0x80 >> 2).
+  const uint64_t lower[kWords] = {nw.w[0] | nw.upper[0] >> 2, nw.w[1] | nw.upper[1] >> 2,
+                                  nw.w[2] | nw.upper[2] >> 2};
+  for (; *ids; ++ids)
+    if (equalWords(lower, kw.lower[*ids])) return static_cast<HeaderId>(*ids);
+  return HeaderId::kOther;
 }
 
 }  // namespace
@@ -23,71 +139,40 @@ HeaderId classifyHeader(std::string_view name) {
   return classifyHeader(name, &upper);
 }
 
-HeaderId classifyHeader(std::string_view name, bool* hasUpper) {
-  const size_t n = name.size();
-  if (n < 4 || n > 18) {
-    bool upper = false;
-    for (char c : name) upper |= (c >= 'A' && c <= 'Z');
-    *hasUpper = upper;
+HeaderId classifyHeader(std::string_view name, bool* upper) {
+  if (name.size() > kMaxKnown) {
+    *upper = hasUpper(name);
     return HeaderId::kOther;
   }
-  char lower[18];
-  bool upper = false;
-  for (size_t i = 0; i < n; ++i) {
-    const char c = name[i];
-    const bool u = c >= 'A' && c <= 'Z';
-    upper |= u;
-    lower[i] = u ? static_cast<char>(c + 32) : c;
-  }
-  *hasUpper = upper;
-  switch (n) {
-    case 4: return is(lower, name, HeaderId::kHost) ? HeaderId::kHost : HeaderId::kOther;
-    case 6:
-      if (is(lower, name, HeaderId::kAccept)) return HeaderId::kAccept;
-      if (is(lower, name, HeaderId::kCookie)) return HeaderId::kCookie;
-      return HeaderId::kOther;
-    case 7: return is(lower, name, HeaderId::kReferer) ? HeaderId::kReferer : HeaderId::kOther;
-    case 9: return is(lower, name, HeaderId::kSecChUa) ? HeaderId::kSecChUa : HeaderId::kOther;
-    case 10: return is(lower, name, HeaderId::kUserAgent) ? HeaderId::kUserAgent : HeaderId::kOther;
-    case 14:
-      if (std::memcmp(lower, "sec-fetch-", 10) != 0) return HeaderId::kOther;
-      if (is(lower, name, HeaderId::kSecFetchSite)) return HeaderId::kSecFetchSite;
-      if (is(lower, name, HeaderId::kSecFetchMode)) return HeaderId::kSecFetchMode;
-      if (is(lower, name, HeaderId::kSecFetchDest)) return HeaderId::kSecFetchDest;
-      return HeaderId::kOther;
-    case 15:
-      if (is(lower, name, HeaderId::kAcceptEncoding)) return HeaderId::kAcceptEncoding;
-      if (is(lower, name, HeaderId::kAcceptLanguage)) return HeaderId::kAcceptLanguage;
-      return HeaderId::kOther;
-    case 16: return is(lower, name, HeaderId::kSecChUaMobile) ? HeaderId::kSecChUaMobile : HeaderId::kOther;
-    case 18:
-      return is(lower, name, HeaderId::kSecChUaPlatform) ? HeaderId::kSecChUaPlatform : HeaderId::kOther;
-    default: return HeaderId::kOther;
-  }
+  NameWords nw;
+  loadName(name, &nw);
+  *upper = nw.anyUpper;
+  return classifyWords(name.size(), nw, known());
 }
 
 HeaderScan HeaderScan::of(const std::vector<HeaderField>& headers) {
   HeaderScan s;
   for (auto& f : s.first) f = -1;
+  const KnownWords& kw = known();
+  bool anyUpper = false;
   for (size_t i = 0; i < headers.size(); ++i) {
     const std::string_view name = headers[i].first;
-    bool upper = false;
-    const HeaderId id = classifyHeader(name, &upper);
-    s.anyUpper |= upper;
+    if (name.size() > kMaxKnown) {
+      anyUpper = anyUpper || hasUpper(name);
+      continue;
+    }
+    NameWords nw;
+    loadName(name, &nw);
+    anyUpper |= nw.anyUpper;
+    const HeaderId id = classifyWords(name.size(), nw, kw);
     if (id == HeaderId::kOther) continue;
     const int k = static_cast<int>(id);
     if (s.first[k] < 0) s.first[k] = static_cast<int32_t>(i);
-    if (upper) s.notLower |= bit(id);
-    // Title-Case: upper at the start and after '-', lower elsewhere.
-    const std::string_view canon = kNames[k];
-    bool title = true;
-    for (size_t j = 0; j < name.size(); ++j) {
-      const bool wantUpper = j == 0 || canon[j - 1] == '-';
-      const char want = wantUpper && canon[j] >= 'a' && canon[j] <= 'z' ? static_cast<char>(canon[j] - 32) : canon[j];
-      title &= name[j] == want;
-    }
-    if (!title) s.notTitle |= bit(id);
+    if (nw.anyUpper) s.notLower |= bit(id);
+    // Title-Case: upper at the start and after '-', lower elsewhere; exactly those bytes.
+    if (!equalWords(nw.w, kw.title[k])) s.notTitle |= bit(id);
   }
+  s.anyUpper = anyUpper;
   return s;
 }
 

@@ -80,12 +80,20 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   behaviour_.prefetch(ev);
 
   // Header order and User-Agent.
+  // The fingerprint's pass over the Cookie headers also finds the pass-token cookie.
   HeaderOrderFingerprint computed;
-  if (!precomputed) computed = HeaderOrderFingerprint::compute(r);
+  std::string_view tokenCookie;
+  const bool wantToken = policy.tokens != nullptr;
+  if (!precomputed) {
+    computed = HeaderOrderFingerprint::compute(r.method, r.httpMajor, r.httpMinor, r.headers,
+                                               cfg.tokens.cookie, &tokenCookie);
+  } else if (wantToken) {
+    tokenCookie = findCookie(r, cfg.tokens.cookie);
+  }
   const HeaderOrderFingerprint& fp = precomputed ? *precomputed : computed;
   d.fingerprint = fp.text;
   const HeaderScan scan = HeaderScan::of(r.headers);
-  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r, scan);
+  const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r, scan, &UserAgentCache::forThisThread());
   if (ua.missing) signals.fire(Signal::kUaMissing);
   if (ua.automation) signals.fire(Signal::kUaAutomation);
   if (ua.headless) signals.fire(Signal::kUaHeadless);
@@ -185,7 +193,7 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
 
   // Pass token.
   if (policy.tokens) {
-    const std::string_view cookie = findCookie(r, cfg.tokens.cookie);
+    const std::string_view cookie = tokenCookie;
     if (!cookie.empty()) {
       const TokenCheck tc = policy.tokens->verify(cookie, {r.deviceId, r.memberId}, r.clientIp,
                                                   scan.value(r.headers, HeaderId::kUserAgent),

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <iterator>
 
+#include "core/hash.h"
 #include "core/strings.h"
 
 namespace sluice::risk {
@@ -265,33 +266,16 @@ void checkHeaderOrder(const RiskRequest& r, const HeaderScan& scan, const Browse
   }
 }
 
-}  // namespace
-
-const char* browserFamilyName(BrowserFamily f) {
-  switch (f) {
-    case BrowserFamily::kUnknown: return "unknown";
-    case BrowserFamily::kChrome: return "chrome";
-    case BrowserFamily::kEdge: return "edge";
-    case BrowserFamily::kFirefox: return "firefox";
-    case BrowserFamily::kSafari: return "safari";
-  }
-  return "unknown";
-}
-
-UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r) {
-  return analyze(r, HeaderScan::of(r.headers));
-}
-
-UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r, const HeaderScan& scan) {
+UserAgentAnalysis analyzeBytes(const UserAgentInput& in, bool* iosOut) {
   UserAgentAnalysis out;
-  std::string_view rawUa = scan.value(r.headers, HeaderId::kUserAgent);
-  const std::string_view chUa = scan.value(r.headers, HeaderId::kSecChUa);
-  const std::string_view chMobile = scan.value(r.headers, HeaderId::kSecChUaMobile);
-  const std::string_view chPlatform = scan.value(r.headers, HeaderId::kSecChUaPlatform);
-  const bool haveChUa = scan.has(HeaderId::kSecChUa);
-  const bool haveMobile = scan.has(HeaderId::kSecChUaMobile);
-  const bool havePlatform = scan.has(HeaderId::kSecChUaPlatform);
-  rawUa = trim(rawUa);
+  *iosOut = false;
+  const std::string_view rawUa = in.userAgent;
+  const std::string_view chUa = in.chUa;
+  const std::string_view chMobile = in.chMobile;
+  const std::string_view chPlatform = in.chPlatform;
+  const bool haveChUa = in.haveChUa;
+  const bool haveMobile = in.haveMobile;
+  const bool havePlatform = in.havePlatform;
   if (rawUa.empty()) {
     out.missing = true;
     return out;
@@ -395,10 +379,122 @@ UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r, const HeaderS
     }
   }
 
-  if (const BrowserProfile* profile = profileFor(f); profile != nullptr && !ios) {
+  *iosOut = ios;
+  return out;
+}
+
+}  // namespace
+
+const char* browserFamilyName(BrowserFamily f) {
+  switch (f) {
+    case BrowserFamily::kUnknown: return "unknown";
+    case BrowserFamily::kChrome: return "chrome";
+    case BrowserFamily::kEdge: return "edge";
+    case BrowserFamily::kFirefox: return "firefox";
+    case BrowserFamily::kSafari: return "safari";
+  }
+  return "unknown";
+}
+
+UserAgentInput UserAgentInput::of(const RiskRequest& r, const HeaderScan& scan) {
+  UserAgentInput in;
+  in.userAgent = trim(scan.value(r.headers, HeaderId::kUserAgent));
+  in.chUa = scan.value(r.headers, HeaderId::kSecChUa);
+  in.chMobile = scan.value(r.headers, HeaderId::kSecChUaMobile);
+  in.chPlatform = scan.value(r.headers, HeaderId::kSecChUaPlatform);
+  in.haveChUa = scan.has(HeaderId::kSecChUa);
+  in.haveMobile = scan.has(HeaderId::kSecChUaMobile);
+  in.havePlatform = scan.has(HeaderId::kSecChUaPlatform);
+  return in;
+}
+
+UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r) {
+  return analyze(r, HeaderScan::of(r.headers));
+}
+
+UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r, const HeaderScan& scan,
+                                             UserAgentCache* cache) {
+  const UserAgentInput in = UserAgentInput::of(r, scan);
+  bool ios = false;
+  UserAgentAnalysis out = cache ? cache->lookup(in, &ios) : analyzeBytes(in, &ios);
+  // The header order and case are this request's own: checked every time, never cached.
+  if (out.missing) return out;
+  if (const BrowserProfile* profile = profileFor(out.family); profile != nullptr && !ios) {
     checkHeaderOrder(r, scan, *profile, &out);
   }
   return out;
+}
+
+// Cache key: presence flags, the four lengths, then the bytes, so ("ab", "c") and ("a", "bc")
+// differ and an empty hint header differs from an absent one.
+struct UserAgentCache::Entry {
+  uint64_t hash = 0;
+  uint16_t keyLen = 0;  // 0 = empty slot
+  bool ios = false;
+  UserAgentAnalysis result;
+  char key[kMaxKeyBytes];
+};
+
+UserAgentCache::UserAgentCache() : entries_(new Entry[kSets * kWays]) {
+  std::memset(victim_, 0, sizeof victim_);
+}
+UserAgentCache::~UserAgentCache() = default;
+
+UserAgentAnalysis UserAgentCache::lookup(const UserAgentInput& in, bool* ios) {
+  constexpr size_t kHeader = 9;
+  const size_t total =
+      kHeader + in.userAgent.size() + in.chUa.size() + in.chMobile.size() + in.chPlatform.size();
+  if (in.userAgent.empty() || total > kMaxKeyBytes) {
+    // Missing UAs cost nothing to analyse; oversized ones would evict the common ones.
+    ++stats_.uncacheable;
+    return analyzeBytes(in, ios);
+  }
+  char key[kMaxKeyBytes];
+  key[0] = static_cast<char>((in.haveChUa ? 1 : 0) | (in.haveMobile ? 2 : 0) | (in.havePlatform ? 4 : 0));
+  size_t pos = 1;
+  for (std::string_view part : {in.userAgent, in.chUa, in.chMobile, in.chPlatform}) {
+    key[pos] = static_cast<char>(part.size() & 0xff);
+    key[pos + 1] = static_cast<char>(part.size() >> 8);
+    pos += 2;
+  }
+  for (std::string_view part : {in.userAgent, in.chUa, in.chMobile, in.chPlatform}) {
+    std::memcpy(key + pos, part.data(), part.size());
+    pos += part.size();
+  }
+  const std::string_view k(key, pos);
+  const uint64_t h = hash64(k, 0x55a);
+  const size_t set = static_cast<size_t>(h >> 56) & (kSets - 1);
+  Entry* ways = &entries_[set * kWays];
+  for (size_t w = 0; w < kWays; ++w) {
+    Entry& e = ways[w];
+    // The hash only picks candidates; the whole key is compared, so a collision cannot return
+    // another UA's verdict.
+    if (e.keyLen == pos && e.hash == h && std::memcmp(e.key, key, pos) == 0) {
+      ++stats_.hits;
+      victim_[set] = static_cast<uint8_t>(w ^ 1);  // the other way goes next (LRU of two)
+      *ios = e.ios;
+      return e.result;
+    }
+  }
+  ++stats_.misses;
+  const UserAgentAnalysis result = analyzeBytes(in, ios);
+  const size_t w = victim_[set];
+  Entry& e = ways[w];
+  if (e.keyLen != 0) ++stats_.evictions;
+  e.hash = h;
+  e.keyLen = static_cast<uint16_t>(pos);
+  e.ios = *ios;
+  e.result = result;
+  std::memcpy(e.key, key, pos);
+  victim_[set] = static_cast<uint8_t>(w ^ 1);
+  return result;
+}
+
+UserAgentCache& UserAgentCache::forThisThread() {
+  // Allocated on first use, so threads that never score pay nothing.
+  thread_local std::unique_ptr<UserAgentCache> cache;
+  if (!cache) cache = std::make_unique<UserAgentCache>();
+  return *cache;
 }
 
 }  // namespace sluice::risk

@@ -69,6 +69,57 @@ TEST_CASE("GeoIP anonymous-IP database: flags", "[risk][geoip]") {
   CHECK(v6.isPublicProxy);
 }
 
+bool sameRecord(const GeoIpRecord& a, const GeoIpRecord& b) {
+  return a.countryCode() == b.countryCode() && a.asn == b.asn && a.asnOrg == b.asnOrg &&
+         a.isAnonymous == b.isAnonymous && a.isVpn == b.isVpn && a.isHosting == b.isHosting &&
+         a.isPublicProxy == b.isPublicProxy && a.isResidentialProxy == b.isResidentialProxy &&
+         a.isTor == b.isTor;
+}
+
+TEST_CASE("GeoIP lookups walk only their type's paths, with the same answers", "[risk][geoip]") {
+  CHECK(GeoIpDatabase::fieldsFor("GeoIP2-Country") == GeoIpDatabase::kCountry);
+  CHECK(GeoIpDatabase::fieldsFor("GeoLite2-City") == GeoIpDatabase::kCountry);
+  CHECK(GeoIpDatabase::fieldsFor("GeoLite2-ASN") == GeoIpDatabase::kAsn);
+  CHECK(GeoIpDatabase::fieldsFor("GeoIP2-Anonymous-IP") == GeoIpDatabase::kAnonymousFlags);
+  CHECK(GeoIpDatabase::fieldsFor("Acme-Geo") == (GeoIpDatabase::kCountry | GeoIpDatabase::kAsn));
+  CHECK(GeoIpDatabase::fieldsFor("Acme-Anonymous") == 7);
+  // Every test database, over a spread of addresses: the typed lookup finds what walking every
+  // path finds.
+  for (const char* file : {"GeoIP2-Country-Test.mmdb", "GeoLite2-Country-Test.mmdb",
+                           "GeoLite2-City-Test.mmdb", "GeoLite2-ASN-Test.mmdb",
+                           "GeoIP2-ISP-Test.mmdb", "GeoIP2-Anonymous-IP-Test.mmdb"}) {
+    std::string err;
+    auto db = GeoIpDatabase::open(dataPath(file), &err);
+    REQUIRE(db);
+    INFO(file);
+    int found = 0;
+    std::vector<std::string> addrs = {"2.125.160.216", "81.2.69.142",  "81.2.69.160",
+                                      "216.160.83.56", "89.160.20.112", "89.160.20.128",
+                                      "67.43.156.1",   "175.16.199.1",  "2001:218::1",
+                                      "2001:480::1",   "2a02:d280::1",  "::81.2.69.160"};
+    for (int a = 0; a < 256; ++a) {
+      for (int b : {0, 1, 2, 10, 69, 81, 92, 125, 128, 156, 160, 236}) {
+        for (int c : {0, 1, 69, 160}) {
+          addrs.push_back(std::to_string(a) + "." + std::to_string(b) + "." + std::to_string(c) + ".1");
+        }
+      }
+    }
+    for (const std::string& s : addrs) {
+      IpAddress addr;
+      REQUIRE(IpAddress::parse(s, &addr));
+      GeoIpRecord typed, all;
+      const bool t = db->lookup(addr, &typed);
+      const bool w = db->lookup(addr, &all, true);
+      REQUIRE(t == w);
+      if (!t) continue;
+      ++found;
+      INFO(s);
+      CHECK(sameRecord(typed, all));
+    }
+    CHECK(found > 0);
+  }
+}
+
 TEST_CASE("GeoIP records merge across databases", "[risk][geoip]") {
   GeoIpRecord a, b;
   a.asn = 5;

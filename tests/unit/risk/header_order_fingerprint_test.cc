@@ -4,12 +4,19 @@
 #include <regex>
 
 #include "core/hash.h"
+#include "core/strings.h"
+#include "risk/risk_engine.h"
 #include "tests/unit/risk/risk_test_util.h"
 
 namespace sluice::risk {
 namespace {
 
 using testing::chromeNavigation;
+using testing::toLowerCopy;
+
+std::string_view RiskEngineCookie(const RiskRequest& r, std::string_view name) {
+  return RiskEngine::findCookie(r, name);
+}
 
 TEST_CASE("fingerprint text has the documented shape", "[risk][fingerprint]") {
   auto fp = HeaderOrderFingerprint::compute("GET", 1, 1, chromeNavigation());
@@ -74,6 +81,72 @@ TEST_CASE("fingerprint survives hostile input", "[risk][fingerprint]") {
   auto fp = HeaderOrderFingerprint::compute(std::string_view("\x01_", 2), 9, 9, h);
   CHECK(fp.text.size() == 34);
   CHECK(fp.text.substr(0, 2) == "xx");
+}
+
+// The documented formula's K part, written the slow way (split, trim, sort, chain), to check the
+// one-pass parser against.
+uint64_t referenceCookieHash(const std::vector<HeaderField>& headers, size_t* count) {
+  std::vector<std::string> names;
+  for (const auto& [h, v] : headers) {
+    if (toLowerCopy(h) != "cookie") continue;
+    size_t pos = 0;
+    while (pos <= v.size()) {
+      size_t end = v.find(';', pos);
+      if (end == std::string_view::npos) end = v.size();
+      std::string_view pair = v.substr(pos, end - pos);
+      const size_t eq = pair.find('=');
+      const std::string_view n = sluice::trim(eq == std::string_view::npos ? pair : pair.substr(0, eq));
+      if (!n.empty()) {
+        if (names.size() == kMaxFingerprintCookies) break;
+        names.emplace_back(n);
+      }
+      pos = end + 1;
+    }
+  }
+  std::sort(names.begin(), names.end());
+  uint64_t h = 0;
+  for (const auto& n : names) h = hash64(n, h + 1);
+  *count = names.size();
+  return h;
+}
+
+TEST_CASE("fingerprint cookie pass: K hash and the wanted cookie match the slow definitions",
+          "[risk][fingerprint]") {
+  std::string many;
+  for (int i = 0; i < 70; ++i) many += "c" + std::to_string(i) + "=v; ";
+  many += "sluice_pass=after-64";  // the header values are views: this string outlives them
+  const std::vector<std::vector<HeaderField>> cases = {
+      {{"Cookie", "a=1; sluice_pass=TOKEN; b=2"}},
+      {{"cookie", " sluice_pass = spaced ; x=1"}},      // space before '=': findCookie says no
+      {{"COOKIE", "sluice_passx=1; sluice_pass=  v  "}},  // prefix name first
+      {{"Cookie", "a=1"}, {"Host", "h"}, {"Cookie", "sluice_pass=second-header"}},
+      {{"Cookie", many}},                                 // names capped, the token still found
+      {{"Cookie", "sluice_pass="}, {"Cookie", "sluice_pass=later"}},  // first match wins, even empty
+      {{"Cookie", ";;; ; =x; sluice_pass"}},
+      {{"Cookie", ""}},
+      {{"Cookie", "\tsluice_pass=tab\t; q"}},
+      {{"Referer", "r"}, {"Cookiex", "sluice_pass=not-a-cookie-header"}},
+      {{"Cookie", "a=b=c; sluice_pass=x=y"}},
+  };
+  for (const auto& h : cases) {
+    RiskRequest r;
+    r.headers = h;
+    INFO(h.front().second);
+    std::string_view value = "unset";
+    const auto fp = HeaderOrderFingerprint::compute("GET", 1, 1, h, "sluice_pass", &value);
+    CHECK(value == RiskEngineCookie(r, "sluice_pass"));
+    CHECK(fp.text == HeaderOrderFingerprint::compute("GET", 1, 1, h).text);
+    size_t n = 0;
+    const uint64_t want = referenceCookieHash(h, &n);
+    CHECK(fp.cookieHash == want);
+  }
+  // A name containing '=' is matched as findCookie matches it (the part before its own '=').
+  RiskRequest r;
+  r.headers = {{"Cookie", "a=b=1"}};
+  std::string_view value;
+  HeaderOrderFingerprint::compute("GET", 1, 1, r.headers, "a=b", &value);
+  CHECK(value == RiskEngineCookie(r, "a=b"));
+  CHECK(value == "1");
 }
 
 }  // namespace

@@ -34,6 +34,36 @@ TEST_CASE("classifyHeader knows every id in any case and nothing else", "[risk][
   CHECK(classifyHeader(std::string(4000, 'a')) == HeaderId::kOther);
 }
 
+TEST_CASE("classifyHeader finds upper case at every position of every length", "[risk][ua][scan]") {
+  // The word-at-a-time loads must see every byte of 1..40-byte names, and only 'A'..'Z' count.
+  for (size_t n = 1; n <= 40; ++n) {
+    for (size_t at = 0; at < n; ++at) {
+      std::string name(n, 'x');
+      bool upper = true;
+      classifyHeader(name, &upper);
+      CHECK_FALSE(upper);
+      for (char c : {'A', 'Z', 'Q'}) {
+        name[at] = c;
+        upper = false;
+        classifyHeader(name, &upper);
+        INFO(n << " " << at << " " << c);
+        CHECK(upper);
+      }
+      for (char c : {'@', '[', '`', '{', '\xc1', '\xda', '\x81'}) {
+        name[at] = c;
+        upper = true;
+        classifyHeader(name, &upper);
+        INFO(n << " " << at << " " << static_cast<int>(c));
+        CHECK_FALSE(upper);
+      }
+    }
+  }
+  // A byte that would fold onto a letter with |0x20 but is not upper case is not that letter.
+  CHECK(classifyHeader("cook\x09e") == HeaderId::kOther);
+  CHECK(classifyHeader("\x03ookie") == HeaderId::kOther);
+  CHECK(classifyHeader("HOST") == HeaderId::kHost);
+}
+
 TEST_CASE("HeaderScan records first positions and case per known header", "[risk][ua][scan]") {
   const std::vector<HeaderField> h = {{"Host", "a"},        {"sec-ch-ua", "x"},
                                       {"User-Agent", "ua1"}, {"X-Other", "1"},
