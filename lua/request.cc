@@ -1,5 +1,6 @@
 #include "lua/request.h"
 
+#include "core/strings.h"
 #include "lua/vm_internal.h"
 
 namespace sluice::lua {
@@ -23,7 +24,7 @@ void pushResult(lua_State* L, const SubrequestResult& r, size_t max_body) {
       long_name.resize(n);
       key = long_name.data();
     }
-    for (size_t i = 0; i < n; i++) key[i] = static_cast<char>(tolower(static_cast<unsigned char>(h.name[i])));
+    for (size_t i = 0; i < n; i++) key[i] = asciiLower(h.name[i]);
     lua_pushlstring(L, key, n);
     lua_pushvalue(L, -1);
     lua_rawget(L, -3);

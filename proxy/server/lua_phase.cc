@@ -5,6 +5,7 @@
 #include "proxy/server/lua_phase.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <optional>
 
@@ -21,6 +22,16 @@
 namespace sluice {
 
 class LuaSubrequest;
+
+namespace {
+// std::string::find_first_of(const char*) calls memchr on the set once per byte of the string:
+// ~60 calls per sub-request for the path and header checks. Three compares a byte instead.
+inline bool hasAnyOf(std::string_view s, char a, char b, char c) {
+  for (char ch : s)
+    if (ch == a || ch == b || ch == c) return true;
+  return false;
+}
+}  // namespace
 
 // Per request (Exchange::lua). Destroyed with the exchange: cancels the coroutine and every
 // sub-request still running.
@@ -252,28 +263,49 @@ class LuaSubrequest final : public UpstreamHandler {
     auto& st = pool_->cluster().server(static_cast<size_t>(server));
     st.active.fetch_add(1, std::memory_order_relaxed);
     st.requests.fetch_add(1, std::memory_order_relaxed);
-    // The request head, written once the connection is ready.
-    req_.append(spec.method).append(" ").append(spec.path).append(" HTTP/1.1\r\nHost: ");
-    req_.append(st.address).append("\r\n");
+    head_request_ = spec.method == "HEAD";
+    Nanos timeout = spec.timeout > 0 ? spec.timeout : kSeconds;
+    uv_timer_start(&timer_, onTimeout, static_cast<uint64_t>((timeout + kMillis - 1) / kMillis), 0);
+    conn_ = pool_->acquire(static_cast<size_t>(server), this);
+    conn_->setExpectations(head_request_, timeout, timeout, 1 << 20);
+    // A kept-alive connection (the usual case) is ready now: the head goes straight into its
+    // output buffer, which keeps its capacity between requests. A new one gets it in req_,
+    // copied there once connected.
+    const bool ready = conn_->state() == UpstreamConnection::State::kActive;
+    writeHead(ready ? conn_->out() : req_, spec, st.address, request_id, request_id_header);
+    if (ready) {
+      conn_->requestComplete();
+      conn_->flush();
+    }
+  }
+
+  static void writeHead(std::string& out, const lua::SubrequestSpec& spec,
+                        const std::string& address, const std::string& request_id,
+                        const std::string& request_id_header) {
+    // Sized first: appended piece by piece it reallocated three or four times per sub-request.
+    size_t size = out.size() + spec.method.size() + spec.path.size() + address.size() +
+                  spec.body.size() + request_id_header.size() + request_id.size() + 64;
+    for (const auto& h : spec.headers) size += h.name.size() + h.value.size() + 4;
+    out.reserve(size);
+    using namespace std::string_view_literals;
+    out.append(spec.method).append(" "sv).append(spec.path).append(" HTTP/1.1\r\nHost: "sv);
+    out.append(address).append("\r\n"sv);
     bool has_rid = false;
     for (const auto& h : spec.headers) {
       if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
           equalsIgnoreCase(h.name, "connection") || equalsIgnoreCase(h.name, "transfer-encoding"))
         continue;
       if (equalsIgnoreCase(h.name, request_id_header)) has_rid = true;
-      req_.append(h.name).append(": ").append(h.value).append("\r\n");
+      out.append(h.name).append(": "sv).append(h.value).append("\r\n"sv);
     }
-    if (!has_rid) req_.append(request_id_header).append(": ").append(request_id).append("\r\n");
+    if (!has_rid) out.append(request_id_header).append(": "sv).append(request_id).append("\r\n"sv);
     if (!spec.body.empty() || (spec.method != "GET" && spec.method != "HEAD")) {
-      req_.append("Content-Length: ").append(std::to_string(spec.body.size())).append("\r\n");
+      char num[24];
+      auto [end, ec] = std::to_chars(num, num + sizeof num, spec.body.size());
+      (void)ec;
+      out.append("Content-Length: "sv).append(num, static_cast<size_t>(end - num)).append("\r\n"sv);
     }
-    req_.append("\r\n").append(spec.body);
-    head_request_ = spec.method == "HEAD";
-    Nanos timeout = spec.timeout > 0 ? spec.timeout : kSeconds;
-    uv_timer_start(&timer_, onTimeout, static_cast<uint64_t>((timeout + kMillis - 1) / kMillis), 0);
-    conn_ = pool_->acquire(static_cast<size_t>(server), this);
-    conn_->setExpectations(head_request_, timeout, timeout, 1 << 20);
-    if (conn_->state() == UpstreamConnection::State::kActive) sendHead();
+    out.append("\r\n"sv).append(spec.body);
   }
 
   // The request is gone: no callback.
@@ -425,12 +457,10 @@ lua::OperationId LuaExchangeState::startSubrequest(const lua::SubrequestSpec& sp
     return id;
   };
   if (ui < 0) return fail("no such pool");
-  if (spec.path.empty() || spec.path[0] != '/' ||
-      spec.path.find_first_of("\r\n ") != std::string::npos)
+  if (spec.path.empty() || spec.path[0] != '/' || hasAnyOf(spec.path, '\r', '\n', ' '))
     return fail("bad path");
   for (const auto& h : spec.headers)
-    if (h.name.find_first_of("\r\n:") != std::string::npos ||
-        h.value.find_first_of("\r\n") != std::string::npos)
+    if (hasAnyOf(h.name, '\r', '\n', ':') || hasAnyOf(h.value, '\r', '\n', '\n'))
       return fail("bad header");
   auto* sub = new LuaSubrequest(this, id, e.gen->pools[static_cast<size_t>(ui)], std::move(done),
                                 spec.max_body ? spec.max_body : (1u << 20), worker->loop());
