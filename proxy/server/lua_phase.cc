@@ -234,6 +234,10 @@ struct LuaExchangeState final : lua::RequestHost {
                                    lua::SubrequestCallback done) override;
   void cancelSubrequest(lua::OperationId id) override;
   void scheduleResume() override {
+    if (rt) {
+      rt->scheduleResume(self);
+      return;
+    }
     std::weak_ptr<LuaExchangeState> w = self;
     worker->post([w] { LuaPhase::onResume(w); });
   }
@@ -797,6 +801,39 @@ LuaWorkerRuntime::LuaWorkerRuntime(Worker* worker, uv_loop_t* loop) : worker_(wo
   sweep_timer_->data = this;
   uv_timer_start(sweep_timer_, onSweep, 1000, 1000);
   uv_unref(reinterpret_cast<uv_handle_t*>(sweep_timer_));
+  // Started only while resumes are queued; unref'd like the sweep timer, since the suspended
+  // request's own connection keeps the loop alive.
+  resume_check_ = new uv_check_t;
+  uv_check_init(loop_, resume_check_);
+  resume_check_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(resume_check_));
+  resume_idle_ = new uv_idle_t;
+  uv_idle_init(loop_, resume_idle_);
+  resume_idle_->data = this;
+  uv_unref(reinterpret_cast<uv_handle_t*>(resume_idle_));
+}
+
+void LuaWorkerRuntime::scheduleResume(std::weak_ptr<LuaExchangeState> st) {
+  if (closed_) return;  // the worker is finishing: nothing is left to resume for
+  resumes_.push_back(std::move(st));
+  if (resume_armed_) return;
+  resume_armed_ = true;
+  uv_check_start(resume_check_, onResumeCheck);
+  uv_idle_start(resume_idle_, [](uv_idle_t*) {});
+}
+
+void LuaWorkerRuntime::onResumeCheck(uv_check_t* h) {
+  auto* rt = static_cast<LuaWorkerRuntime*>(h->data);
+  // Resumes scheduled while this batch runs wait for the next turn (the idle handle stays on,
+  // so that turn does not block in poll).
+  rt->resuming_.swap(rt->resumes_);
+  for (auto& w : rt->resuming_) LuaPhase::onResume(w);
+  rt->resuming_.clear();
+  if (rt->resumes_.empty() && !rt->closed_) {
+    rt->resume_armed_ = false;
+    uv_check_stop(rt->resume_check_);
+    uv_idle_stop(rt->resume_idle_);
+  }
 }
 
 LuaWorkerRuntime::~LuaWorkerRuntime() { close(); }
@@ -843,6 +880,17 @@ void LuaWorkerRuntime::close() {
     t->fn = nullptr;
     uv_timer_stop(&t->handle);
     uv_close(reinterpret_cast<uv_handle_t*>(&t->handle), [](uv_handle_t* x) { delete static_cast<Timer*>(x->data); });
+  }
+  resumes_.clear();
+  if (resume_check_) {
+    uv_check_stop(resume_check_);
+    uv_close(reinterpret_cast<uv_handle_t*>(resume_check_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
+    resume_check_ = nullptr;
+    uv_idle_stop(resume_idle_);
+    uv_close(reinterpret_cast<uv_handle_t*>(resume_idle_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+    resume_idle_ = nullptr;
   }
   if (sweep_timer_) {
     uv_timer_stop(sweep_timer_);

@@ -49,6 +49,19 @@ return {
 }
 """
 
+NAP = """
+return {
+  name = "nap",
+  phases = {
+    aggregate = function(conf, ctx)
+      sluice.sleep(0.02)
+      sluice.sleep(0.02)
+      return sluice.resp.exit(200, "rested\\n")
+    end,
+  },
+}
+"""
+
 FANOUT = """
 return {
   name = "fanout",
@@ -211,6 +224,20 @@ class LuaTest(ProxyTestCase):
         self.assertTrue(s.alive())
         status, _, lua = admin_call(s, "GET", "/lua")
         self.assertEqual(status, 200)
+
+    def test_resume_from_a_timer_is_not_left_waiting_for_io(self):
+        # Resumes run from the loop's check phase; one scheduled from the timer phase
+        # (sluice.sleep here, a part's deadline in item_page) must not wait in poll for the next
+        # I/O or the 1 s sweep timer. Sequential requests on an otherwise idle worker.
+        self.policy("nap.lua", NAP)
+        s = self.start("  none:\n    servers: [{ address: 127.0.0.1:%d }]\n" % free_port(),
+                       "  - name: nap\n    match: { path: { prefix: /nap } }\n    aggregate: nap\n")
+        for _ in range(5):
+            t0 = time.time()
+            status, _, body = http_get(s.port, "/nap")
+            elapsed = time.time() - t0
+            self.assertEqual((status, body), (200, b"rested\n"))
+            self.assertLess(elapsed, 0.5)
 
     # ---- access policies
 
