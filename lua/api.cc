@@ -597,16 +597,20 @@ int sleepFn(lua_State* L) {
 
 // ---- sluice.json -------------------------------------------------------------------------
 
+constexpr size_t kJsonOutKeep = 64 * 1024;
+
 int jsonEncodeFn(lua_State* L) {
   VmCore* c = enter(L);
   luaL_checkany(L, 1);
-  std::string out, err;
+  std::string err;
+  std::string& out = c->json_out;
   if (!jsonEncode(L, 1, c->options.json, &out, &err)) {
     lua_pushnil(L);
     pushSv(L, err);
     return 2;
   }
   pushSv(L, out);
+  if (out.capacity() > kJsonOutKeep) std::string().swap(out);  // one huge document: let it go
   return 1;
 }
 

@@ -94,6 +94,10 @@ struct VmCore {
   std::unordered_map<std::string, RouteChain> routes;
   std::vector<int> free_threads;  // registry refs of clean coroutines for reuse
 
+  // sluice.json.encode's output buffer, kept between calls (a page document grew through five
+  // reallocations per call). Encoding runs no Lua code, so it is never used re-entrantly.
+  std::string json_out;
+
   std::map<uint64_t, LuaTimer> timers;
   uint64_t next_timer = 1;
 
