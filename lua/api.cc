@@ -506,24 +506,23 @@ int startAndYield(lua_State* L, VmCore* c, LuaRequest& r, PendingOp::Kind kind,
   op->kind = kind;
   op->owner = &r;
   size_t n = specs.size();
-  op->ids.assign(n, 0);
-  op->started.assign(n, false);
-  op->done.assign(n, false);
-  op->results.resize(n);
+  op->slots.resize(n);
   op->outstanding = n;
   r.wait(op);
   r.countSubrequests(n);
   for (size_t i = 0; i < n; i++) {
-    op->started[i] = true;
-    op->ids[i] = r.host().startSubrequest(specs[i], [op, i](SubrequestResult&& res) {
-      if (!op->owner || op->done[i]) return;
-      op->done[i] = true;
-      op->results[i] = std::move(res);
+    op->slots[i].started = true;
+    OperationId id = r.host().startSubrequest(specs[i], [op, i](SubrequestResult&& res) {
+      PendingOp::Slot& slot = op->slots[i];
+      if (!op->owner || slot.done) return;
+      slot.done = true;
+      slot.result = std::move(res);
       if (--op->outstanding == 0) {
         op->ready = true;
         op->owner->opReady();
       }
     });
+    op->slots[i].id = id;
     if (!op->owner) break;  // cancelled from inside a synchronous callback
   }
   return lua_yield(L, 0);
@@ -563,6 +562,7 @@ int httpMulti(lua_State* L) {
   }
   // Every spec is checked before any is started, so a bad argument starts nothing.
   std::vector<SubrequestSpec> specs;
+  specs.reserve(n);
   for (size_t i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, static_cast<int>(i));
     if (!lua_istable(L, -1)) luaL_error(L, "sluice.http.multi: request %d is not a table", (int)i);

@@ -87,8 +87,8 @@ void LuaRequest::cancel() {
   if (pending_) {
     PendingOp& op = *pending_;
     op.owner = nullptr;
-    for (size_t i = 0; i < op.ids.size(); i++)
-      if (op.started[i] && !op.done[i]) host_.cancelSubrequest(op.ids[i]);
+    for (const PendingOp::Slot& slot : op.slots)
+      if (slot.started && !slot.done) host_.cancelSubrequest(slot.id);
     if (op.has_timer && !op.ready && core_->worker) core_->worker->cancelTimer(op.timer);
     pending_.reset();
   }
@@ -110,7 +110,7 @@ int LuaRequest::pushResults() {
     case PendingOp::Kind::kSleep:
       return 0;
     case PendingOp::Kind::kRequest: {
-      const SubrequestResult& r = op->results[0];
+      const SubrequestResult& r = op->slots[0].result;
       if (!r.ok || tooLarge(r)) {
         lua_pushnil(L);
         lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
@@ -120,9 +120,9 @@ int LuaRequest::pushResults() {
       return 1;
     }
     case PendingOp::Kind::kMulti: {
-      lua_createtable(L, static_cast<int>(op->results.size()), 0);
-      for (size_t i = 0; i < op->results.size(); i++) {
-        const SubrequestResult& r = op->results[i];
+      lua_createtable(L, static_cast<int>(op->slots.size()), 0);
+      for (size_t i = 0; i < op->slots.size(); i++) {
+        const SubrequestResult& r = op->slots[i].result;
         if (!r.ok || tooLarge(r)) {
           lua_createtable(L, 0, 1);
           lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");

@@ -43,10 +43,14 @@ struct PendingOp {
   enum class Kind : uint8_t { kRequest, kMulti, kSleep };
   Kind kind = Kind::kRequest;
   LuaRequest* owner = nullptr;
-  std::vector<OperationId> ids;
-  std::vector<bool> started;
-  std::vector<bool> done;
-  std::vector<SubrequestResult> results;
+  // One slot per sub-request, in call order (one allocation; four parallel vectors were four).
+  struct Slot {
+    OperationId id = 0;
+    bool started = false;
+    bool done = false;
+    SubrequestResult result;
+  };
+  std::vector<Slot> slots;
   size_t outstanding = 0;
   bool ready = false;
   OperationId timer = 0;
