@@ -442,6 +442,12 @@ Nanos checkTimeoutMs(lua_State* L, lua_Number ms) {
   return static_cast<Nanos>(ms * kMillis);
 }
 
+// lua_getfield(L, idx, name) with the name interned once per VM; idx must be absolute.
+inline void getKey(lua_State* L, const VmCore* c, int idx, ApiKey k) {
+  pushKey(L, c, k);
+  lua_gettable(L, idx);
+}
+
 // Reads {method, path, headers, body, timeout} at idx (pool from `pool_idx` or the table).
 SubrequestSpec readSpec(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos cap) {
   SubrequestSpec s;
@@ -449,20 +455,20 @@ SubrequestSpec readSpec(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos ca
   if (pool_idx) {
     s.pool = std::string(checkSv(L, pool_idx));
   } else {
-    lua_getfield(L, idx, "pool");
+    getKey(L, c, idx, ApiKey::kPool);
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "each request needs a 'pool' (string)");
     s.pool = lua_tostring(L, -1);
     lua_pop(L, 1);
   }
   if (s.pool.empty() || s.pool.size() > 128) luaL_error(L, "invalid pool name");
-  lua_getfield(L, idx, "method");
+  getKey(L, c, idx, ApiKey::kMethod);
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING || !isToken(lua_tostring(L, -1)))
       luaL_error(L, "invalid method");
     s.method = lua_tostring(L, -1);
   }
   lua_pop(L, 1);
-  lua_getfield(L, idx, "path");
+  getKey(L, c, idx, ApiKey::kPath);
   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "each request needs a 'path' (string)");
   size_t pn;
   const char* p = lua_tolstring(L, -1, &pn);
@@ -473,10 +479,10 @@ SubrequestSpec readSpec(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos ca
   for (char ch : s.path)
     if (static_cast<unsigned char>(ch) <= 0x20 || ch == 0x7f)
       luaL_error(L, "path contains a space or control character");
-  lua_getfield(L, idx, "headers");
+  getKey(L, c, idx, ApiKey::kHeaders);
   if (!lua_isnil(L, -1)) readHeaders(L, lua_gettop(L), &s.headers);
   lua_pop(L, 1);
-  lua_getfield(L, idx, "body");
+  getKey(L, c, idx, ApiKey::kBody);
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "body must be a string");
     size_t bn;
@@ -485,7 +491,7 @@ SubrequestSpec readSpec(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos ca
     s.body.assign(b, bn);
   }
   lua_pop(L, 1);
-  lua_getfield(L, idx, "timeout");
+  getKey(L, c, idx, ApiKey::kTimeout);
   s.timeout = c->options.default_subrequest_timeout;
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "timeout must be a number of milliseconds");
@@ -913,6 +919,16 @@ void pushMagicMeta(lua_State* L, lua_CFunction index) {
 }  // namespace
 
 void registerApi(lua_State* L) {
+  {
+    VmCore* c = coreOf(L);
+    static constexpr const char* kKeys[] = {"pool", "method", "path", "headers",
+                                            "body", "timeout", "status", "err"};
+    static_assert(std::size(kKeys) == static_cast<size_t>(ApiKey::kCount));
+    for (size_t i = 0; i < std::size(kKeys); i++) {
+      lua_pushstring(L, kKeys[i]);
+      c->key_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  }
   // Shared dict userdata metatable (methods checked for phase like every binding).
   luaL_newmetatable(L, kDictMeta);
   lua_createtable(L, 0, 5);

@@ -343,6 +343,17 @@ class Decoder {
   std::string err_;
 };
 
+// Bytes a JSON string must escape (control characters, DEL, quote, backslash): one load per
+// byte in the encoder's scan instead of four compares.
+struct EscapeTable {
+  bool need[256] = {};
+  constexpr EscapeTable() {
+    for (int c = 0; c < 0x20; c++) need[c] = true;
+    need[0x7f] = need['"'] = need['\\'] = true;
+  }
+};
+constexpr EscapeTable kEscape;
+
 class Encoder {
  public:
   Encoder(lua_State* L, const JsonLimits& lim, std::string* out) : L_(L), lim_(lim), out_(out) {}
@@ -400,7 +411,7 @@ class Encoder {
     size_t run = 0;
     for (size_t i = 0; i < s.size(); i++) {
       const unsigned char u = static_cast<unsigned char>(s[i]);
-      if (u >= 0x20 && u != 0x7f && u != '"' && u != '\\') continue;
+      if (!kEscape.need[u]) continue;
       out_->append(s.data() + run, i - run);
       run = i + 1;
       const char c = s[i];

@@ -8,10 +8,14 @@ namespace sluice::lua {
 namespace {
 constexpr size_t kThreadPoolMax = 64;
 
-void pushResult(lua_State* L, const SubrequestResult& r, size_t max_body) {
+// The tables are fresh (no metatable), so rawset with the VM's interned keys is what setfield
+// did, without hashing "status", "headers" and "body" again for every part.
+void pushResult(lua_State* L, const VmCore* c, const SubrequestResult& r, size_t max_body) {
   lua_createtable(L, 0, 3);
+  pushKey(L, c, ApiKey::kStatus);
   lua_pushinteger(L, r.status);
-  lua_setfield(L, -2, "status");
+  lua_rawset(L, -3);
+  pushKey(L, c, ApiKey::kHeaders);
   lua_createtable(L, 0, static_cast<int>(r.headers.size()));
   // Each name is lowered on the stack and interned once (it was copied into a std::string and
   // interned twice, by getfield and setfield, per header of every part of an http.multi).
@@ -37,9 +41,10 @@ void pushResult(lua_State* L, const SubrequestResult& r, size_t max_body) {
     lua_pushlstring(L, h.value.data(), h.value.size());
     lua_rawset(L, -3);
   }
-  lua_setfield(L, -2, "headers");
+  lua_rawset(L, -3);
+  pushKey(L, c, ApiKey::kBody);
   lua_pushlstring(L, r.body.data(), std::min(r.body.size(), max_body));
-  lua_setfield(L, -2, "body");
+  lua_rawset(L, -3);
 }
 }  // namespace
 
@@ -116,7 +121,7 @@ int LuaRequest::pushResults() {
         lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
         return 2;
       }
-      pushResult(L, r, max_body);
+      pushResult(L, core_, r, max_body);
       return 1;
     }
     case PendingOp::Kind::kMulti: {
@@ -125,10 +130,11 @@ int LuaRequest::pushResults() {
         const SubrequestResult& r = op->slots[i].result;
         if (!r.ok || tooLarge(r)) {
           lua_createtable(L, 0, 1);
+          pushKey(L, core_, ApiKey::kErr);
           lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
-          lua_setfield(L, -2, "err");
+          lua_rawset(L, -3);
         } else {
-          pushResult(L, r, max_body);
+          pushResult(L, core_, r, max_body);
         }
         lua_rawseti(L, -2, static_cast<int>(i + 1));
       }

@@ -67,6 +67,11 @@ struct LuaTimer {
   PolicyInfo* unused = nullptr;
 };
 
+// Field names the sub-request bindings read and write on every call, interned once per VM and
+// kept in the registry: lua_getfield/lua_setfield hash and look up their C string each time
+// (~27 times per http.multi of three).
+enum class ApiKey : uint8_t { kPool, kMethod, kPath, kHeaders, kBody, kTimeout, kStatus, kErr, kCount };
+
 struct VmCore {
   lua_State* L = nullptr;
   VmOptions options;
@@ -92,6 +97,7 @@ struct VmCore {
   bool budget_hit = false;
 
   int traceback_ref = LUA_NOREF;
+  std::array<int, static_cast<size_t>(ApiKey::kCount)> key_refs{};
   int boot_ref = LUA_NOREF;  // the bootstrap's export table (require, schema, ...)
 
   std::vector<Policy> policies;
@@ -115,7 +121,10 @@ inline VmCore* coreOf(lua_State* L) {
 }
 
 // api.cc
-void registerApi(lua_State* L);  // pushes the raw `sluice` table
+void registerApi(lua_State* L);  // pushes the raw `sluice` table (and interns the ApiKeys)
+inline void pushKey(lua_State* L, const VmCore* c, ApiKey k) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->key_refs[static_cast<size_t>(k)]);
+}
 // vm.cc
 std::string formatError(lua_State* L, int idx);
 // Starts/stops the budget clock around a call into Lua.
