@@ -19,9 +19,17 @@ void pushResult(lua_State* L, const VmCore* c, const SubrequestResult& r, size_t
   lua_createtable(L, 0, static_cast<int>(r.headers.size()));
   // Each name is lowered on the stack and interned once (it was copied into a std::string and
   // interned twice, by getfield and setfield, per header of every part of an http.multi).
+  // First value wins (sub-request headers are informational). A repeated name is found by
+  // comparing with the earlier names in C++ (a handful of headers) rather than with a
+  // pushvalue/rawget/type/pop round trip through the table for every header.
   char lower[128];
   std::string long_name;
-  for (const auto& h : r.headers) {
+  const size_t count = r.headers.size();
+  for (size_t hi = 0; hi < count; hi++) {
+    const Header& h = r.headers[hi];
+    bool repeated = false;
+    for (size_t j = 0; j < hi && !repeated; j++) repeated = equalsIgnoreCase(r.headers[j].name, h.name);
+    if (repeated) continue;
     const size_t n = h.name.size();
     char* key = lower;
     if (n > sizeof lower) {
@@ -30,14 +38,6 @@ void pushResult(lua_State* L, const VmCore* c, const SubrequestResult& r, size_t
     }
     for (size_t i = 0; i < n; i++) key[i] = asciiLower(h.name[i]);
     lua_pushlstring(L, key, n);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    const bool had = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (had) {  // first value wins; sub-request headers are informational
-      lua_pop(L, 1);
-      continue;
-    }
     lua_pushlstring(L, h.value.data(), h.value.size());
     lua_rawset(L, -3);
   }

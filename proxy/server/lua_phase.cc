@@ -31,6 +31,18 @@ inline bool hasAnyOf(std::string_view s, char a, char b, char c) {
     if (ch == a || ch == b || ch == c) return true;
   return false;
 }
+
+// Host and the framing fields are the proxy's to write in a sub-request head. Dispatched on the
+// length first: four out-of-line equalsIgnoreCase calls per header were ~40% of writeHead.
+inline bool isHostOrFraming(std::string_view n) {
+  switch (n.size()) {
+    case 4: return equalsIgnoreCase(n, "host");
+    case 10: return equalsIgnoreCase(n, "connection");
+    case 14: return equalsIgnoreCase(n, "content-length");
+    case 17: return equalsIgnoreCase(n, "transfer-encoding");
+    default: return false;
+  }
+}
 }  // namespace
 
 // Per request (Exchange::lua). Destroyed with the exchange: cancels the coroutine and every
@@ -303,9 +315,7 @@ class LuaSubrequest final : public UpstreamHandler {
     out.append(address).append("\r\n"sv);
     bool has_rid = false;
     for (const auto& h : spec.headers) {
-      if (equalsIgnoreCase(h.name, "host") || equalsIgnoreCase(h.name, "content-length") ||
-          equalsIgnoreCase(h.name, "connection") || equalsIgnoreCase(h.name, "transfer-encoding"))
-        continue;
+      if (isHostOrFraming(h.name)) continue;
       if (equalsIgnoreCase(h.name, request_id_header)) has_rid = true;
       out.append(h.name).append(": "sv).append(h.value).append("\r\n"sv);
     }
