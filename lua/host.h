@@ -23,8 +23,9 @@
 //     from its event loop, unless the operation was cancelled first (then never). Calling it
 //     synchronously from inside startSubrequest is allowed (e.g. "no such pool").
 //  3. When the last callback of the waiting operation arrives, the library calls
-//     RequestHost::scheduleResume(). The host must then, from a fresh event-loop turn (never
-//     from inside the callback's own stack), call LuaRequest::resume(), which returns a
+//     RequestHost::scheduleResume(). The host must then, from its event loop on a fresh stack
+//     (never from inside the callback's own stack; the proxy uses the loop's check phase right
+//     after the poll that delivered the callback), call LuaRequest::resume(), which returns a
 //     RunResult with the same meaning as run()'s and may yield again.
 //     If everything completed synchronously before the coroutine even yielded, run() resumes
 //     at once by itself and scheduleResume() is not called.

@@ -1,5 +1,6 @@
 #include "lua/request.h"
 
+#include "core/strings.h"
 #include "lua/vm_internal.h"
 
 namespace sluice::lua {
@@ -7,38 +8,43 @@ namespace sluice::lua {
 namespace {
 constexpr size_t kThreadPoolMax = 64;
 
-void pushResult(lua_State* L, const SubrequestResult& r, size_t max_body) {
+// The tables are fresh (no metatable), so rawset with the VM's interned keys is what setfield
+// did, without hashing "status", "headers" and "body" again for every part.
+void pushResult(lua_State* L, const VmCore* c, const SubrequestResult& r, size_t max_body) {
   lua_createtable(L, 0, 3);
+  pushKey(L, c, ApiKey::kStatus);
   lua_pushinteger(L, r.status);
-  lua_setfield(L, -2, "status");
+  lua_rawset(L, -3);
+  pushKey(L, c, ApiKey::kHeaders);
   lua_createtable(L, 0, static_cast<int>(r.headers.size()));
   // Each name is lowered on the stack and interned once (it was copied into a std::string and
   // interned twice, by getfield and setfield, per header of every part of an http.multi).
+  // First value wins (sub-request headers are informational). A repeated name is found by
+  // comparing with the earlier names in C++ (a handful of headers) rather than with a
+  // pushvalue/rawget/type/pop round trip through the table for every header.
   char lower[128];
   std::string long_name;
-  for (const auto& h : r.headers) {
+  const size_t count = r.headers.size();
+  for (size_t hi = 0; hi < count; hi++) {
+    const Header& h = r.headers[hi];
+    bool repeated = false;
+    for (size_t j = 0; j < hi && !repeated; j++) repeated = equalsIgnoreCase(r.headers[j].name, h.name);
+    if (repeated) continue;
     const size_t n = h.name.size();
     char* key = lower;
     if (n > sizeof lower) {
       long_name.resize(n);
       key = long_name.data();
     }
-    for (size_t i = 0; i < n; i++) key[i] = static_cast<char>(tolower(static_cast<unsigned char>(h.name[i])));
+    for (size_t i = 0; i < n; i++) key[i] = asciiLower(h.name[i]);
     lua_pushlstring(L, key, n);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    const bool had = !lua_isnil(L, -1);
-    lua_pop(L, 1);
-    if (had) {  // first value wins; sub-request headers are informational
-      lua_pop(L, 1);
-      continue;
-    }
     lua_pushlstring(L, h.value.data(), h.value.size());
     lua_rawset(L, -3);
   }
-  lua_setfield(L, -2, "headers");
+  lua_rawset(L, -3);
+  pushKey(L, c, ApiKey::kBody);
   lua_pushlstring(L, r.body.data(), std::min(r.body.size(), max_body));
-  lua_setfield(L, -2, "body");
+  lua_rawset(L, -3);
 }
 }  // namespace
 
@@ -86,8 +92,8 @@ void LuaRequest::cancel() {
   if (pending_) {
     PendingOp& op = *pending_;
     op.owner = nullptr;
-    for (size_t i = 0; i < op.ids.size(); i++)
-      if (op.started[i] && !op.done[i]) host_.cancelSubrequest(op.ids[i]);
+    for (const PendingOp::Slot& slot : op.slots)
+      if (slot.started && !slot.done) host_.cancelSubrequest(slot.id);
     if (op.has_timer && !op.ready && core_->worker) core_->worker->cancelTimer(op.timer);
     pending_.reset();
   }
@@ -109,25 +115,26 @@ int LuaRequest::pushResults() {
     case PendingOp::Kind::kSleep:
       return 0;
     case PendingOp::Kind::kRequest: {
-      const SubrequestResult& r = op->results[0];
+      const SubrequestResult& r = op->slots[0].result;
       if (!r.ok || tooLarge(r)) {
         lua_pushnil(L);
         lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
         return 2;
       }
-      pushResult(L, r, max_body);
+      pushResult(L, core_, r, max_body);
       return 1;
     }
     case PendingOp::Kind::kMulti: {
-      lua_createtable(L, static_cast<int>(op->results.size()), 0);
-      for (size_t i = 0; i < op->results.size(); i++) {
-        const SubrequestResult& r = op->results[i];
+      lua_createtable(L, static_cast<int>(op->slots.size()), 0);
+      for (size_t i = 0; i < op->slots.size(); i++) {
+        const SubrequestResult& r = op->slots[i].result;
         if (!r.ok || tooLarge(r)) {
           lua_createtable(L, 0, 1);
+          pushKey(L, core_, ApiKey::kErr);
           lua_pushstring(L, !r.ok ? (r.error.empty() ? "failed" : r.error.c_str()) : "too large");
-          lua_setfield(L, -2, "err");
+          lua_rawset(L, -3);
         } else {
-          pushResult(L, r, max_body);
+          pushResult(L, core_, r, max_body);
         }
         lua_rawseti(L, -2, static_cast<int>(i + 1));
       }

@@ -43,10 +43,14 @@ struct PendingOp {
   enum class Kind : uint8_t { kRequest, kMulti, kSleep };
   Kind kind = Kind::kRequest;
   LuaRequest* owner = nullptr;
-  std::vector<OperationId> ids;
-  std::vector<bool> started;
-  std::vector<bool> done;
-  std::vector<SubrequestResult> results;
+  // One slot per sub-request, in call order (one allocation; four parallel vectors were four).
+  struct Slot {
+    OperationId id = 0;
+    bool started = false;
+    bool done = false;
+    SubrequestResult result;
+  };
+  std::vector<Slot> slots;
   size_t outstanding = 0;
   bool ready = false;
   OperationId timer = 0;
@@ -62,6 +66,11 @@ struct LuaTimer {
   bool armed = false;
   PolicyInfo* unused = nullptr;
 };
+
+// Field names the sub-request bindings read and write on every call, interned once per VM and
+// kept in the registry: lua_getfield/lua_setfield hash and look up their C string each time
+// (~27 times per http.multi of three).
+enum class ApiKey : uint8_t { kPool, kMethod, kPath, kHeaders, kBody, kTimeout, kStatus, kErr, kCount };
 
 struct VmCore {
   lua_State* L = nullptr;
@@ -88,11 +97,16 @@ struct VmCore {
   bool budget_hit = false;
 
   int traceback_ref = LUA_NOREF;
+  std::array<int, static_cast<size_t>(ApiKey::kCount)> key_refs{};
   int boot_ref = LUA_NOREF;  // the bootstrap's export table (require, schema, ...)
 
   std::vector<Policy> policies;
   std::unordered_map<std::string, RouteChain> routes;
   std::vector<int> free_threads;  // registry refs of clean coroutines for reuse
+
+  // sluice.json.encode's output buffer, kept between calls (a page document grew through five
+  // reallocations per call). Encoding runs no Lua code, so it is never used re-entrantly.
+  std::string json_out;
 
   std::map<uint64_t, LuaTimer> timers;
   uint64_t next_timer = 1;
@@ -107,7 +121,10 @@ inline VmCore* coreOf(lua_State* L) {
 }
 
 // api.cc
-void registerApi(lua_State* L);  // pushes the raw `sluice` table
+void registerApi(lua_State* L);  // pushes the raw `sluice` table (and interns the ApiKeys)
+inline void pushKey(lua_State* L, const VmCore* c, ApiKey k) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->key_refs[static_cast<size_t>(k)]);
+}
 // vm.cc
 std::string formatError(lua_State* L, int idx);
 // Starts/stops the budget clock around a call into Lua.

@@ -113,6 +113,13 @@ class LuaWorkerRuntime final : public lua::WorkerHost {
   void track(LuaExchangeState* s);
   void untrack(LuaExchangeState* s);
   void publish(const lua::WorkerVmPtr& current, uint64_t generation);
+  // Step 3 of the coroutine protocol (lua/host.h): resumes `st` from this loop's check phase,
+  // right after the poll that completed its last sub-request, on a fresh stack. Worker::post
+  // did it with a mutex, a heap-allocated std::function and an eventfd write and read (two
+  // syscalls per suspended request). An idle handle keeps the next poll from blocking while
+  // resumes are queued, for the ones scheduled outside the poll phase (timers: a sub-request
+  // timeout, sluice.sleep); it is stopped again in the same turn when scheduled from I/O.
+  void scheduleResume(std::weak_ptr<LuaExchangeState> st);
   LuaWorkerStats stats() const;
   void close();  // worker shutdown: timers closed
 
@@ -123,12 +130,19 @@ class LuaWorkerRuntime final : public lua::WorkerHost {
     Nanos deadline;
   };
   static void onSweep(uv_timer_t* t);
+  static void onResumeCheck(uv_check_t* h);
   void sweep();
   void cancelRequestsOn(const lua::WorkerVm* vm);
 
   Worker* worker_;
   uv_loop_t* loop_;
   uv_timer_t* sweep_timer_ = nullptr;
+  uv_check_t* resume_check_ = nullptr;
+  uv_idle_t* resume_idle_ = nullptr;
+  bool resume_armed_ = false;
+  // Queued resumes and the batch being run (swapped, so both keep their capacity).
+  std::vector<std::weak_ptr<LuaExchangeState>> resumes_;
+  std::vector<std::weak_ptr<LuaExchangeState>> resuming_;
   lua::OperationId next_id_ = 1;
   std::map<lua::OperationId, Timer*> timers_;
   std::vector<Retired> retired_;

@@ -49,6 +49,43 @@ return {
 }
 """
 
+NAP = """
+return {
+  name = "nap",
+  phases = {
+    aggregate = function(conf, ctx)
+      sluice.sleep(0.02)
+      sluice.sleep(0.02)
+      return sluice.resp.exit(200, "rested\\n")
+    end,
+  },
+}
+"""
+
+# Two parts answer at once, two hang: a client abort or a reload finds the list of sub-requests
+# in flight half done (parts removed from its middle, the rest cancelled together).
+MIXED = """
+return {
+  name = "mixed",
+  phases = {
+    aggregate = function(conf, ctx)
+      local rs = sluice.http.multi({
+        { pool = "fast", path = "/api/items/1" },
+        { pool = "hang", path = "/b", timeout = %d },
+        { pool = "fast", path = "/api/items/2" },
+        { pool = "hang", path = "/d", timeout = %d },
+      }, { total_timeout = 9000 })
+      local out = { "%s" }
+      for i, r in ipairs(rs) do out[#out + 1] = r.err or tostring(r.status) end
+      return sluice.resp.exit(200, table.concat(out, " "))
+    end,
+  },
+}
+"""
+
+MIXED_ROUTES = ("  - name: mixed\n    match: { path: { prefix: /mixed } }\n    aggregate: mixed\n"
+                "  - name: plain\n    match: { path: { prefix: / } }\n    upstream: fast\n")
+
 FANOUT = """
 return {
   name = "fanout",
@@ -211,6 +248,65 @@ class LuaTest(ProxyTestCase):
         self.assertTrue(s.alive())
         status, _, lua = admin_call(s, "GET", "/lua")
         self.assertEqual(status, 200)
+
+    def test_resume_from_a_timer_is_not_left_waiting_for_io(self):
+        # Resumes run from the loop's check phase; one scheduled from the timer phase
+        # (sluice.sleep here, a part's deadline in item_page) must not wait in poll for the next
+        # I/O or the 1 s sweep timer. Sequential requests on an otherwise idle worker.
+        self.policy("nap.lua", NAP)
+        s = self.start("  none:\n    servers: [{ address: 127.0.0.1:%d }]\n" % free_port(),
+                       "  - name: nap\n    match: { path: { prefix: /nap } }\n    aggregate: nap\n")
+        for _ in range(5):
+            t0 = time.time()
+            status, _, body = http_get(s.port, "/nap")
+            elapsed = time.time() - t0
+            self.assertEqual((status, body), (200, b"rested\n"))
+            self.assertLess(elapsed, 0.5)
+
+    def mixed_upstreams(self, hang, demo):
+        return ("  fast:\n    servers: [{ address: %s }]\n"
+                "  hang:\n    servers: [{ address: 127.0.0.1:%d }]\n" % (demo.address, hang.port))
+
+    def test_client_abort_with_some_parts_done_cancels_the_rest(self):
+        demo = self.start_demo()
+        hang = HangServer()
+        self.addCleanup(hang.stop)
+        self.policy("mixed.lua", MIXED % (8000, 8000, "v1"))
+        s = self.start(self.mixed_upstreams(hang, demo), MIXED_ROUTES)
+        for _ in range(3):
+            before = hang.closed
+            c = RawClient(s.port)
+            c.send("GET /mixed HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda: hang.accepted >= before + 2, timeout=5, message="hanging parts started")
+            time.sleep(0.2)  # the two fast parts are back by now
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            wait_until(lambda: hang.closed >= before + 2, timeout=2, message="hanging parts cancelled")
+        self.assertTrue(s.alive())
+        status, _, _ = http_get(s.port, "/api/items/3")
+        self.assertEqual(status, 200)
+
+    def test_reload_mid_multi_finishes_on_the_old_generation(self):
+        demo = self.start_demo()
+        hang = HangServer()
+        self.addCleanup(hang.stop)
+        self.policy("mixed.lua", MIXED % (600, 600, "v1"))
+        s = self.start(self.mixed_upstreams(hang, demo), MIXED_ROUTES)
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=http_get(s.port, "/mixed", timeout=10)))
+        t.start()
+        wait_until(lambda: hang.accepted >= 2, timeout=5, message="hanging parts started")
+        self.policy("mixed.lua", MIXED % (600, 600, "v2"))
+        status, reply = admin_reload(s)
+        self.assertEqual(status, 200, reply)
+        self.assertTrue(reply["ok"], reply)
+        t.join(10)
+        status, _, body = result["r"]
+        # Started on v1, finished on v1: the fast parts' answers and the hanging parts' deadlines.
+        self.assertEqual((status, body), (200, b"v1 200 timeout 200 timeout"))
+        status, _, body = http_get(s.port, "/mixed", timeout=10)
+        self.assertEqual((status, body), (200, b"v2 200 timeout 200 timeout"))
+        self.assertTrue(s.alive())
 
     # ---- access policies
 

@@ -251,6 +251,25 @@ TEST_CASE("json encode/decode round trip, null, arrays and errors", "[lua]") {
     for _, x in ipairs({1/3, -2.5e-7, 123456.789, 5e-324, 1.7976931348623157e308}) do
       assert(json.decode(json.encode(x)) == x, "round trip of " .. tostring(x))
     end
+    -- Numbers read in place, with strtod's results at the edges: underflow is 0, overflow an error.
+    assert(json.decode("1e-400") == 0 and json.decode("-0.5E+1") == -5 and json.decode("0") == 0)
+    assert(json.decode("123456789012345678901234567890") == 1.2345678901234568e29)
+    local big, berr = json.decode("1e400")
+    assert(big == nil and berr:find("number out of range", 1, true), berr)
+    -- Strings with and without escapes (the unescaped ones are pushed straight from the text).
+    local o = json.decode('{"plain":"abc","esc":"a\\"b","nl":"x\\ny","":""}')
+    assert(o.plain == "abc" and o.esc == 'a"b' and o.nl == "x\ny" and o[""] == "", json.encode(o))
+    local bad, serr = json.decode('"ab\001"')
+    assert(bad == nil and serr:find("control character", 1, true), serr)
+    bad, serr = json.decode('"abc')
+    assert(bad == nil and serr:find("unterminated string", 1, true), serr)
+    -- An object key among array keys is found whichever key comes first.
+    local mixed, merr = json.encode({1, 2, 3, x = 1})
+    assert(mixed == nil and merr:find("mixing", 1, true), merr)
+    assert(json.encode({x = 1}) == '{"x":1}')
+    -- The reused output buffer: a short document after a long one is not a prefix of it.
+    assert(#json.encode({string.rep("y", 100000)}) == 100004)
+    assert(json.encode({1}) == "[1]")
   )");
   RunResult res = r.go(Phase::kAccess);
   INFO(res.error);

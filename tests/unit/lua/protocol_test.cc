@@ -40,6 +40,29 @@ TEST_CASE("http.multi completing synchronously resumes inside run()", "[lua]") {
   CHECK(host.started[1].timeout == 100 * kMillis);
 }
 
+TEST_CASE("sub-request response headers: lower-cased names, the first of a repeated name wins", "[lua]") {
+  Fixture f;
+  f.build({{"p.lua", policy("access", R"(
+    local r = sluice.http.request("a", { path = "/one" })
+    local names = {}
+    for k in pairs(r.headers) do names[#names + 1] = k end
+    table.sort(names)
+    local out = {}
+    for _, k in ipairs(names) do out[#out + 1] = k .. "=" .. r.headers[k] end
+    sluice.resp.exit(200, table.concat(out, ","))
+  )")}}, {{"p", ""}});
+  TestRequestHost host;
+  SubrequestResult res = TestRequestHost::ok(200, "1");
+  res.headers = {{"Set-Cookie", "a=1"}, {"X-Served-By", "one"}, {"set-cookie", "b=2"},
+                 {"SET-COOKIE", "c=3"}, {std::string(200, 'L'), "long"}, {"x-served-BY", "two"}};
+  host.canned["a/one"] = res;
+  auto req = f.vm->newRequest(host, "r1");
+  RunResult r = req->run(Phase::kAccess);
+  INFO(r.error);
+  REQUIRE(r.status == RunStatus::kResponded);
+  CHECK(host.resp_body == std::string(200, 'l') + "=long,set-cookie=a=1,x-served-by=one");
+}
+
 TEST_CASE("deferred completions: yield, scheduleResume, resume, results in order", "[lua]") {
   Fixture f;
   f.build({{"p.lua", policy("access", kMultiPolicy)}}, {{"p", ""}});
