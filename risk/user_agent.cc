@@ -458,6 +458,7 @@ UserAgentAnalysis UserAgentCache::lookup(const UserAgentInput& in, bool* ios) {
     pos += 2;
   }
   for (std::string_view part : {in.userAgent, in.chUa, in.chMobile, in.chPlatform}) {
+    if (part.empty()) continue;  // an absent hint's view may be null: memcpy must not see it
     std::memcpy(key + pos, part.data(), part.size());
     pos += part.size();
   }
