@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "core/swar.h"
+
 namespace sluice {
 
 inline uint64_t mix64(uint64_t z) {
@@ -25,19 +27,9 @@ inline uint64_t hash64(std::string_view s, uint64_t seed = 0) {
     p += 8;
     n -= 8;
   }
-  // The last 1-7 bytes, little-endian, zero-extended: the value a memcpy into a zeroed word
-  // gives, from two overlapping loads instead of a variable-length memcpy call (which cost a
-  // third of the hash on short keys).
-  uint64_t tail = 0;
-  if (n >= 4) {
-    uint32_t lo, hi;
-    memcpy(&lo, p, 4);
-    memcpy(&hi, p + n - 4, 4);
-    tail = lo | (static_cast<uint64_t>(hi) << (8 * (n - 4)));
-  } else if (n) {  // p may be null for an empty view
-    const auto* b = reinterpret_cast<const unsigned char*>(p);
-    tail = b[0] | (static_cast<uint64_t>(b[n / 2]) << (8 * (n / 2))) | (static_cast<uint64_t>(b[n - 1]) << (8 * (n - 1)));
-  }
+  // The last 1-7 bytes, zero-extended: the value a memcpy into a zeroed word gives, without a
+  // variable-length memcpy call (a third of the hash on short keys).
+  const uint64_t tail = n ? swar::loadPartial(p, n) : 0;  // p may be null for an empty view
   h = (h ^ tail ^ (static_cast<uint64_t>(s.size()) << 56)) * 0x100000001b3ULL;
   return mix64(h);
 }

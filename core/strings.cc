@@ -4,28 +4,15 @@
 #include <cstdio>
 #include <cstring>
 
+#include "core/swar.h"
+
 namespace sluice {
 
 namespace {
 
-constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
-
-// ASCII capitals of a word lowered, other bytes (non-ASCII too) unchanged: SWAR range masks.
-inline uint64_t foldWord(uint64_t x) {
-  const uint64_t low7 = x & ~kHigh;
-  const uint64_t upper = (low7 + (0x80 - 'A') * kOnes) & ~(low7 + (0x80 - 'Z' - 1) * kOnes) & ~x & kHigh;
-  return x | (upper >> 2);
-}
-
 inline bool wordsEqualIgnoreCase(uint64_t x, uint64_t y) {
   // Equal bytes, or bytes that differ only in 0x20: only then is folding worth it.
-  return x == y || (((x ^ y) & ~(0x20 * kOnes)) == 0 && foldWord(x) == foldWord(y));
-}
-
-inline uint64_t load64(const char* p) {
-  uint64_t w;
-  memcpy(&w, p, 8);
-  return w;
+  return x == y || (((x ^ y) & ~(0x20 * swar::kOnes)) == 0 && swar::lowerAscii(x) == swar::lowerAscii(y));
 }
 
 }  // namespace
@@ -35,8 +22,8 @@ bool equalsIgnoreCaseN(const char* p, const char* q, size_t n) {
   // overlaps the one before it), not a byte at a time.
   if (n >= 8) {
     for (size_t i = 0; i + 8 < n; i += 8)
-      if (!wordsEqualIgnoreCase(load64(p + i), load64(q + i))) return false;
-    return wordsEqualIgnoreCase(load64(p + n - 8), load64(q + n - 8));
+      if (!wordsEqualIgnoreCase(swar::load8(p + i), swar::load8(q + i))) return false;
+    return wordsEqualIgnoreCase(swar::load8(p + n - 8), swar::load8(q + n - 8));
   }
   for (size_t i = 0; i < n; i++)
     if (asciiLower(p[i]) != asciiLower(q[i])) return false;

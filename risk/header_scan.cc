@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "core/swar.h"
+
 namespace sluice::risk {
 namespace {
 
@@ -15,37 +17,9 @@ constexpr std::string_view kNames[kHeaderIdCount] = {
 // memcmp. The per-byte definitions (ASCII 'A'..'Z' only are upper case) are kept exactly.
 constexpr size_t kMaxKnown = 18;
 constexpr int kWords = 3;  // ceil(kMaxKnown / 8)
-constexpr uint64_t kOnes = 0x0101010101010101ULL;
-constexpr uint64_t kHigh = 0x8080808080808080ULL;
-
-// 0x80 in every byte of `w` that is an ASCII upper-case letter, 0 elsewhere.
-inline uint64_t upperMask(uint64_t w) {
-  const uint64_t low7 = w & ~kHigh;
-  const uint64_t geA = low7 + kOnes * (0x80 - 'A');      // high bit: byte >= 'A'
-  const uint64_t gtZ = low7 + kOnes * (0x80 - 'Z' - 1);  // high bit: byte > 'Z'
-  return geA & ~gtZ & ~w & kHigh;                        // ~w: bytes >= 0x80 are not letters
-}
-
-inline uint64_t load8(const char* p) {
-  uint64_t w;
-  std::memcpy(&w, p, 8);
-  return w;
-}
-
-// n (1..8) bytes at p, zero-padded, never reading outside [p, p + n): two overlapping loads for
-// 4..8 bytes, three single bytes for 1..3 (overlapping bytes are equal, so OR-ing is exact). A
-// variable-length memcpy would be a library call per name.
-inline uint64_t loadPartial(const char* p, size_t n) {
-  if (n == 8) return load8(p);
-  if (n >= 4) {
-    uint32_t lo, hi;
-    std::memcpy(&lo, p, 4);
-    std::memcpy(&hi, p + n - 4, 4);
-    return uint64_t{lo} | uint64_t{hi} << (8 * (n - 4));
-  }
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return uint64_t{u[0]} | uint64_t{u[n / 2]} << (8 * (n / 2)) | uint64_t{u[n - 1]} << (8 * (n - 1));
-}
+using swar::load8;
+using swar::loadPartial;
+using swar::upperMask;
 
 // A name's first kWords words, zero-padded (only for names of at most kMaxKnown bytes).
 struct NameWords {

@@ -9,6 +9,7 @@
 
 #include "core/hash.h"
 #include "core/strings.h"
+#include "core/swar.h"
 #include "proxy/config/redis_settings.h"
 #include "proxy/http/header_map.h"
 #include "proxy/server/controls.h"
@@ -88,7 +89,7 @@ const UaTables kUaTables;
 
 namespace {
 
-constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+using swar::kOnes;
 
 // Squeezes out of `x` the bytes whose high bit is set in `cont` (the digits that continue a
 // run): the bytes above each one shift down. Portable: a few instructions per squeezed byte.
@@ -123,16 +124,10 @@ __attribute__((always_inline)) inline size_t normaliseWords(std::string_view ua,
                                                             size_t w = 0, uint64_t prev_digit = 0) {
   const auto* p = reinterpret_cast<const unsigned char*>(ua.data());
   const size_t n = ua.size();
-  // For 7-bit bytes b, b + (0x80 - lo) sets the byte's high bit iff b >= lo, with no carry out.
-  auto atLeast = [](uint64_t low7, unsigned lo) { return low7 + (0x80 - lo) * kOnes; };
   while (i + 8 <= n) {
-    uint64_t x;
-    memcpy(&x, p + i, 8);
-    const uint64_t low7 = x & ~kHigh;
-    const uint64_t ascii = ~x & kHigh;  // bytes >= 0x80 are neither digits nor capitals
-    const uint64_t digits = atLeast(low7, '0') & ~atLeast(low7, '9' + 1) & ascii;
-    const uint64_t upper = atLeast(low7, 'A') & ~atLeast(low7, 'Z' + 1) & ascii;
-    x |= upper >> 2;  // 0x80 >> 2 = 0x20: 'A' -> 'a'
+    uint64_t x = swar::load8(reinterpret_cast<const char*>(p) + i);
+    const uint64_t digits = swar::inRange(x, '0', '9');  // bytes >= 0x80 are in no range
+    x = swar::lowerAscii(x);
     const uint64_t digit_bytes = (digits >> 7) * 0xff;
     x = (x & ~digit_bytes) | (('#' * kOnes) & digit_bytes);
     const uint64_t cont = digits & ((digits << 8) | prev_digit);  // digits right after a digit
