@@ -76,7 +76,10 @@ class HealthProbe {
   }
 
   void probe() {
-    if (tcp_open_) return;  // previous socket still closing
+    if (tcp_open_) {  // previous socket still closing: try again rather than stop probing
+      schedule(1);
+      return;
+    }
     phase_ = Phase::kProbing;
     status_ = 0;
     field_.clear();

@@ -578,6 +578,13 @@ def fd_targets(pid):
     return out
 
 
+def process_sockets(pid):
+    """The process's TCP sockets as `ss` shows them (state, local, peer): what an fd count means."""
+    out = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True).stdout
+    tag = "pid=%d," % pid
+    return [" ".join(line.split()[:1] + line.split()[3:5]) for line in out.splitlines() if tag in line]
+
+
 # ---------------------------------------------------------------------------------------------
 # Generic helpers added for the connection-limit suites (additions only).
 
