@@ -29,6 +29,8 @@
 #include <thread>
 #include <type_traits>
 
+#include "core/prefetch.h"
+
 namespace sluice::limiter {
 
 // What the caller's classifier says about an entry, consulted only when choosing a victim.
@@ -216,8 +218,8 @@ class KeyTable {
   // before checking the first, so a request's N rule checks overlap their cache misses.
   void prefetch(uint64_t key) const {
     const char* line = reinterpret_cast<const char*>(&setFor(key));
-    __builtin_prefetch(line, 1, 3);
-    if constexpr (sizeof(Set) > 64) __builtin_prefetch(line + 64, 1, 3);
+    prefetchLine(line);
+    if constexpr (sizeof(Set) > 64) prefetchLine(line + 64);
   }
 
   // Runs fn(const State&) on the key's state without changing it or its recency.
