@@ -43,4 +43,17 @@ inline uint64_t upperMask(uint64_t w) { return inRange(w, 'A', 'Z'); }
 // ASCII capitals lowered, every other byte (non-ASCII too) unchanged: 0x80 >> 2 = 0x20.
 inline uint64_t lowerAscii(uint64_t w) { return w | (upperMask(w) >> 2); }
 
+// Bits set in x. The build targets baseline x86-64 (no POPCNT), where __builtin_popcountll is a
+// libgcc call; this is a dozen inline instructions.
+inline int popcount64(uint64_t x) {
+#ifdef __POPCNT__
+  return __builtin_popcountll(x);
+#else
+  x = x - ((x >> 1) & 0x5555555555555555ULL);
+  x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+  return static_cast<int>((x * kOnes) >> 56);
+#endif
+}
+
 }  // namespace sluice::swar

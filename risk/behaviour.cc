@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/swar.h"
+
 namespace sluice::risk {
 namespace {
 
@@ -27,12 +29,24 @@ float BehaviourTracker::decay(float score, uint32_t scoreAt, uint32_t nowTick, N
   return static_cast<float>(score * std::exp2(-elapsed / static_cast<double>(halfLife)));
 }
 
+namespace {
+// The estimate depends only on how many of the 64 bits are set: computed once per count
+// (six estimates per request made a log and an lround each).
+struct SketchEstimates {
+  uint16_t bySetBits[65];
+  SketchEstimates() {
+    for (int set = 0; set <= 64; ++set) {
+      if (set <= 1) bySetBits[set] = static_cast<uint16_t>(set);
+      else if (set >= 64) bySetBits[set] = 300;  // saturated: "a lot"
+      else bySetBits[set] = static_cast<uint16_t>(std::lround(-64.0 * std::log((64.0 - set) / 64.0)));
+    }
+  }
+};
+const SketchEstimates kSketchEstimates;
+}  // namespace
+
 uint32_t BehaviourTracker::sketchEstimate(uint64_t sketch) {
-  const int set = __builtin_popcountll(sketch);
-  if (set <= 1) return static_cast<uint32_t>(set);
-  if (set >= 64) return 300;  // saturated: "a lot"
-  const double zeros = 64.0 - set;
-  return static_cast<uint32_t>(std::lround(-64.0 * std::log(zeros / 64.0)));
+  return kSketchEstimates.bySetBits[swar::popcount64(sketch)];
 }
 
 namespace {

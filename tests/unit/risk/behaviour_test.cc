@@ -2,6 +2,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <random>
+
 #include "core/hash.h"
 
 namespace sluice::risk {
@@ -115,6 +118,18 @@ TEST_CASE("behaviour: sketch estimates", "[risk][behaviour]") {
   const auto est = BehaviourTracker::sketchEstimate(s);
   CHECK(est >= 25);
   CHECK(est <= 60);
+  // The per-bit-count table gives linear counting's formula for every count, whichever bits.
+  std::mt19937_64 rng(7);
+  for (int bits = 0; bits <= 64; ++bits) {
+    uint64_t sketch = 0;
+    while (__builtin_popcountll(sketch) < bits) sketch |= uint64_t{1} << (rng() % 64);
+    const uint32_t want =
+        bits <= 1 ? static_cast<uint32_t>(bits)
+        : bits >= 64 ? 300u
+                     : static_cast<uint32_t>(std::lround(-64.0 * std::log((64.0 - bits) / 64.0)));
+    INFO(bits);
+    CHECK(BehaviourTracker::sketchEstimate(sketch) == want);
+  }
 }
 
 TEST_CASE("behaviour: scores decay with the half-life", "[risk][behaviour]") {
