@@ -29,20 +29,6 @@ inline std::string_view trimSpace(std::string_view s) {
   return s.substr(b, e - b);
 }
 
-// Case-insensitive "cookie" (6 bytes) / "referer" (7 bytes): one word compare with the 0x20 bit
-// forced, which every case of the name passes and almost no other name does; a pass is then
-// confirmed byte by byte, so the answer is exactly equalsIgnoreCase's.
-inline bool isCookieName(std::string_view name) {
-  uint64_t w = 0;
-  std::memcpy(&w, name.data(), 6);
-  return (w | 0x0000202020202020ULL) == 0x000065696b6f6f63ULL && equalsIgnoreCase(name, "cookie");
-}
-inline bool isRefererName(std::string_view name) {
-  uint64_t w = 0;
-  std::memcpy(&w, name.data(), 7);
-  return (w | 0x0020202020202020ULL) == 0x0072657265666572ULL && equalsIgnoreCase(name, "referer");
-}
-
 }  // namespace
 
 HeaderOrderFingerprint HeaderOrderFingerprint::compute(const RiskRequest& r) {
@@ -60,49 +46,28 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compute(std::string_view method, 
                                                        const std::vector<HeaderField>& headers,
                                                        std::string_view wantCookie,
                                                        std::string_view* cookieValue) {
+  CookieJar jar;
+  jar.split(headers);
+  if (cookieValue) *cookieValue = wantCookie.empty() ? std::string_view{} : jar.find(wantCookie);
+  return compose(method, major, minor, HeaderScan::of(headers), jar);
+}
+
+HeaderOrderFingerprint HeaderOrderFingerprint::compose(std::string_view method, uint8_t major,
+                                                       uint8_t minor, const HeaderScan& scan,
+                                                       const CookieJar& jar) {
   HeaderOrderFingerprint fp;
-  bool cookie = false;
-  bool referer = false;
-  bool found = false;
-  unsigned count = 0;
-  uint64_t names = 0;
+  const bool cookie = scan.has(HeaderId::kCookie);
+  const bool referer = scan.has(HeaderId::kReferer);
+  const uint64_t names = scan.namesHash;
+  const unsigned count = scan.otherCount;
+  // The K hash: the first kMaxFingerprintCookies non-empty names (trimmed), sorted.
   std::array<std::string_view, kMaxFingerprintCookies> cookies;
   size_t ncookies = 0;
-  if (cookieValue) *cookieValue = {};
-  for (const auto& [name, value] : headers) {
-    if (name.size() == 6 && isCookieName(name)) {
-      cookie = true;
-      // One pass over the pairs: the names for the K hash (the first kMaxFingerprintCookies),
-      // and the wanted cookie's value as RiskEngine::findCookie finds it (the first trimmed pair
-      // that starts with "name=", over every Cookie header in order).
-      const bool wantMore = cookieValue && !wantCookie.empty();
-      size_t pos = 0;
-      while (pos <= value.size()) {
-        if (ncookies == cookies.size() && (!wantMore || found)) break;
-        size_t end = value.find(';', pos);
-        if (end == std::string_view::npos) end = value.size();
-        const std::string_view pair = trimSpace(value.substr(pos, end - pos));
-        pos = end + 1;
-        const size_t eq = pair.find('=');
-        if (ncookies < cookies.size()) {
-          const std::string_view n = eq == std::string_view::npos ? pair : trimSpace(pair.substr(0, eq));
-          if (!n.empty()) cookies[ncookies++] = n;
-        }
-        const size_t wn = wantCookie.size();
-        if (wantMore && !found && pair.size() > wn && pair.compare(0, wn, wantCookie) == 0 &&
-            pair[wn] == '=') {
-          *cookieValue = trimSpace(pair.substr(wn + 1));
-          found = true;
-        }
-      }
-      continue;
-    }
-    if (name.size() == 7 && isRefererName(name)) {
-      referer = true;
-      continue;
-    }
-    ++count;
-    names = chain(names, name);
+  for (const CookiePair& p : jar.pairs()) {
+    const std::string_view n = trimSpace(p.name);
+    if (n.empty()) continue;
+    cookies[ncookies++] = n;
+    if (ncookies == cookies.size()) break;
   }
   std::sort(cookies.begin(), cookies.begin() + static_cast<long>(ncookies));
   uint64_t cookieHash = 0;

@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 
+#include "risk/header_scan.h"
 #include "risk/risk_request.h"
 
 namespace sluice::risk {
@@ -66,6 +67,11 @@ struct HeaderOrderFingerprint {
                                         const std::vector<HeaderField>& headers,
                                         std::string_view wantCookie,
                                         std::string_view* cookieValue);
+  // From parts already computed for the request: the header scan (names hash and count, Cookie
+  // and Referer presence) and the split cookies. What evaluate() uses: no header is read twice.
+  static HeaderOrderFingerprint compose(std::string_view method, uint8_t httpMajor,
+                                        uint8_t httpMinor, const HeaderScan& scan,
+                                        const CookieJar& cookies);
 };
 
 // At most this many cookie names enter the K hash; the rest are ignored (bounded work).

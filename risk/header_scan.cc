@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/hash.h"
 #include "core/swar.h"
 
 namespace sluice::risk {
@@ -87,6 +88,20 @@ const KnownWords& known() {
   return k;
 }
 
+// hash64(name, seed) (core/hash.h) from the name's zero-padded words: the full words, then the
+// 1-7 byte tail, which is the next word as loaded (a zero word when the length is a multiple of 8).
+inline uint64_t hashWords(const NameWords& nw, size_t n, uint64_t seed) {
+  uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+  const size_t full = n / 8;
+  for (size_t i = 0; i < full; ++i) {
+    h = (h ^ nw.w[i]) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  }
+  const uint64_t tail = full < kWords ? nw.w[full] : 0;
+  h = (h ^ tail ^ (static_cast<uint64_t>(n) << 56)) * 0x100000001b3ULL;
+  return mix64(h);
+}
+
 inline bool equalWords(const uint64_t* a, const uint64_t* b) {
   return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2])) == 0;
 }
@@ -129,16 +144,24 @@ HeaderScan HeaderScan::of(const std::vector<HeaderField>& headers) {
   for (auto& f : s.first) f = -1;
   const KnownWords& kw = known();
   bool anyUpper = false;
+  uint64_t names = 0;
+  uint32_t others = 0;
   for (size_t i = 0; i < headers.size(); ++i) {
     const std::string_view name = headers[i].first;
     if (name.size() > kMaxKnown) {
       anyUpper = anyUpper || hasUpper(name);
+      names = hash64(name, names + 1);
+      ++others;
       continue;
     }
     NameWords nw;
     loadName(name, &nw);
     anyUpper |= nw.anyUpper;
     const HeaderId id = classifyWords(name.size(), nw, kw);
+    if (id != HeaderId::kCookie && id != HeaderId::kReferer) {
+      names = hashWords(nw, name.size(), names + 1);
+      ++others;
+    }
     if (id == HeaderId::kOther) continue;
     const int k = static_cast<int>(id);
     if (s.first[k] < 0) s.first[k] = static_cast<int32_t>(i);
@@ -147,6 +170,8 @@ HeaderScan HeaderScan::of(const std::vector<HeaderField>& headers) {
     if (!equalWords(nw.w, kw.title[k])) s.notTitle |= bit(id);
   }
   s.anyUpper = anyUpper;
+  s.namesHash = names;
+  s.otherCount = others;
   return s;
 }
 

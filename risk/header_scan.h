@@ -42,6 +42,11 @@ struct HeaderScan {
   uint32_t notLower = 0;  // bit per id: some occurrence has an upper-case letter
   uint32_t notTitle = 0;  // bit per id: some occurrence is not exactly Title-Case ("User-Agent")
   bool anyUpper = false;  // some header name, known or not, has an upper-case letter
+  // The header-order fingerprint's name part (risk/header_order_fingerprint.h), from the same
+  // pass: the chained hash64 of the names other than Cookie and Referer, in wire order and
+  // original case, and how many there are.
+  uint64_t namesHash = 0;
+  uint32_t otherCount = 0;
 
   static HeaderScan of(const std::vector<HeaderField>& headers);
 

@@ -47,6 +47,7 @@ std::pair<EntityKind, uint64_t> RiskEngine::subjectOf(const RiskRequest& r) {
 }
 
 std::string_view RiskEngine::findCookie(const RiskRequest& r, std::string_view name) {
+  if (r.cookies.isSplit()) return r.cookies.find(name);
   for (const auto& [h, value] : r.headers) {
     if (h.size() != 6 || !equalsIgnoreCase(h, "cookie")) continue;
     size_t pos = 0;
@@ -79,20 +80,22 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   ev.addressKey = r.addressHash.empty() ? 0 : nonZero(hash64(r.addressHash, kAddressSeed));
   behaviour_.prefetch(ev);
 
-  // Header order and User-Agent.
-  // The fingerprint's pass over the Cookie headers also finds the pass-token cookie.
-  HeaderOrderFingerprint computed;
-  std::string_view tokenCookie;
-  const bool wantToken = policy.tokens != nullptr;
-  if (!precomputed) {
-    computed = HeaderOrderFingerprint::compute(r.method, r.httpMajor, r.httpMinor, r.headers,
-                                               cfg.tokens.cookie, &tokenCookie);
-  } else if (wantToken) {
-    tokenCookie = findCookie(r, cfg.tokens.cookie);
+  // Header order and User-Agent: one scan of the header names serves the UA analysis and the
+  // fingerprint, and the split cookies serve the fingerprint and the pass token.
+  CookieJar localJar;
+  const CookieJar* jar = &r.cookies;
+  if (!jar->isSplit()) {
+    localJar.split(r.headers);
+    jar = &localJar;
   }
+  const HeaderScan scan = HeaderScan::of(r.headers);
+  HeaderOrderFingerprint computed;
+  if (!precomputed)
+    computed = HeaderOrderFingerprint::compose(r.method, r.httpMajor, r.httpMinor, scan, *jar);
+  const std::string_view tokenCookie =
+      policy.tokens != nullptr ? jar->find(cfg.tokens.cookie) : std::string_view{};
   const HeaderOrderFingerprint& fp = precomputed ? *precomputed : computed;
   d.fingerprint = fp.text;
-  const HeaderScan scan = HeaderScan::of(r.headers);
   const UserAgentAnalysis ua = UserAgentAnalysis::analyze(r, scan, &UserAgentCache::forThisThread());
   if (ua.missing) signals.fire(Signal::kUaMissing);
   if (ua.automation) signals.fire(Signal::kUaAutomation);

@@ -1,5 +1,7 @@
 #include "risk/risk_request.h"
 
+#include <cstring>
+
 #include "core/strings.h"
 
 namespace sluice::risk {
@@ -13,6 +15,48 @@ const char* routeClassName(RouteClass c) {
     case RouteClass::kCheckout: return "checkout";
   }
   return "other";
+}
+
+namespace {
+
+inline bool isSpaceOrTab(char c) { return c == ' ' || c == '\t'; }
+
+inline std::string_view trimSpaceTab(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e && isSpaceOrTab(s[b])) ++b;
+  while (e > b && isSpaceOrTab(s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+}  // namespace
+
+void CookieJar::split(const std::vector<std::pair<std::string_view, std::string_view>>& headers) {
+  pairs_.clear();
+  split_ = true;
+  for (const auto& [name, value] : headers) {
+    if (name.size() != 6 || !equalsIgnoreCase(name, "cookie")) continue;
+    const char* p = value.data();
+    const char* const end = p + value.size();
+    while (p < end) {
+      const char* semi = static_cast<const char*>(std::memchr(p, ';', static_cast<size_t>(end - p)));
+      if (!semi) semi = end;
+      const std::string_view text = trimSpaceTab({p, static_cast<size_t>(semi - p)});
+      p = semi + 1;
+      if (text.empty()) continue;
+      const void* eq = std::memchr(text.data(), '=', text.size());
+      pairs_.push_back({text, eq ? text.substr(0, static_cast<size_t>(static_cast<const char*>(eq) -
+                                                                      text.data()))
+                                 : text});
+    }
+  }
+}
+
+std::string_view CookieJar::find(std::string_view name) const {
+  const size_t n = name.size();
+  for (const CookiePair& p : pairs_)
+    if (p.text.size() > n && p.text[n] == '=' && std::memcmp(p.text.data(), name.data(), n) == 0)
+      return trimSpaceTab(p.text.substr(n + 1));
+  return {};
 }
 
 std::string_view RiskRequest::header(std::string_view name) const {

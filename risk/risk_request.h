@@ -25,6 +25,33 @@ enum class RouteClass : uint8_t {
 };
 const char* routeClassName(RouteClass c);
 
+// The ';'-separated pairs of every Cookie header, in wire order, split once per request: the
+// member and device ids, the pass token and the fingerprint's cookie names all read them here
+// instead of each re-splitting the headers.
+struct CookiePair {
+  std::string_view text;  // the pair, trimmed of spaces and tabs ("a=1")
+  std::string_view name;  // text before its first '=', the whole text when it has none
+};
+
+class CookieJar {
+ public:
+  // Splits every Cookie header (name "cookie", any case) of `headers`; clears what was there.
+  void split(const std::vector<std::pair<std::string_view, std::string_view>>& headers);
+  void clear() {
+    pairs_.clear();
+    split_ = false;
+  }
+  bool isSplit() const { return split_; }
+  // The value (trimmed) of the first pair whose text starts with `name=`; empty when none. The
+  // name matches exactly: case-sensitive, no spaces before '=' (RiskEngine::findCookie's rule).
+  std::string_view find(std::string_view name) const;
+  const std::vector<CookiePair>& pairs() const { return pairs_; }
+
+ private:
+  std::vector<CookiePair> pairs_;  // capacity kept across requests (no allocation per request)
+  bool split_ = false;
+};
+
 // A signal a caller (the Lua issue) adds with its own points.
 struct ExtraSignal {
   std::string_view name;
@@ -51,6 +78,8 @@ struct RiskRequest {
   // seconds; every window and decay uses the monotonic `Nanos now` passed to evaluate().
   int64_t wallSeconds = 0;
   std::vector<ExtraSignal> extraSignals;
+  // The Cookie headers split; evaluate() splits them itself when the caller has not.
+  CookieJar cookies;
 
   // First header with this name (case-insensitive), or empty.
   std::string_view header(std::string_view name) const;

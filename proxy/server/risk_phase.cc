@@ -194,6 +194,12 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
     r.tlsFingerprint = {};
     r.deviceId = r.memberId = r.addressHash = {};
     const std::string& tls = s.tls_fingerprint_header;
+    // The device and address headers are picked up in the same pass (first occurrence, among
+    // the headers risk/ sees), not by rescanning every name afterwards.
+    const std::string& device_header = s.device_header;
+    const std::string& address_header = s.address_header;
+    std::string_view device_from_header;
+    bool device_seen = false, address_seen = false;
     for (size_t i = 0; i < h.headers.size(); i++) {
       if (h.headers.removed(i)) continue;
       std::string_view name = h.headers.name(i);
@@ -207,13 +213,26 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
         continue;
       }
       if (trusted_peer && hopHeader(name)) continue;
-      r.headers.emplace_back(name, h.headers.value(i));
+      const std::string_view value = h.headers.value(i);
+      r.headers.emplace_back(name, value);
+      if (!device_seen && name.size() == device_header.size() && !device_header.empty() &&
+          ieq(name, device_header)) {
+        device_seen = true;
+        device_from_header = value;
+      }
+      if (!address_seen && name.size() == address_header.size() && !address_header.empty() &&
+          ieq(name, address_header)) {
+        address_seen = true;
+        r.addressHash = value;
+      }
     }
     r.clientIp = c.ex_->client_ip;
-    if (!s.member_cookie.empty()) r.memberId = risk::RiskEngine::findCookie(r, s.member_cookie);
-    if (!s.device_cookie.empty()) r.deviceId = risk::RiskEngine::findCookie(r, s.device_cookie);
-    if (r.deviceId.empty() && !s.device_header.empty()) r.deviceId = r.header(s.device_header);
-    if (!s.address_header.empty()) r.addressHash = r.header(s.address_header);
+    // Cookies are split once: the member and device ids here, the pass token and the
+    // fingerprint's cookie names in evaluate().
+    r.cookies.split(r.headers);
+    if (!s.member_cookie.empty()) r.memberId = r.cookies.find(s.member_cookie);
+    if (!s.device_cookie.empty()) r.deviceId = r.cookies.find(s.device_cookie);
+    if (r.deviceId.empty()) r.deviceId = device_from_header;
     // Ids are opaque tokens; a hostile 8 KB one is cut rather than hashed and stored whole.
     if (r.memberId.size() > 256) r.memberId = r.memberId.substr(0, 256);
     if (r.deviceId.size() > 256) r.deviceId = r.deviceId.substr(0, 256);

@@ -1,6 +1,7 @@
 #include "risk/header_order_fingerprint.h"
 
 #include <catch2/catch.hpp>
+#include <random>
 #include <regex>
 
 #include "core/hash.h"
@@ -147,6 +148,68 @@ TEST_CASE("fingerprint cookie pass: K hash and the wanted cookie match the slow 
   HeaderOrderFingerprint::compute("GET", 1, 1, r.headers, "a=b", &value);
   CHECK(value == RiskEngineCookie(r, "a=b"));
   CHECK(value == "1");
+}
+
+}  // namespace
+}  // namespace sluice::risk
+
+namespace sluice::risk {
+namespace {
+
+// The cookie jar (one split per request) against RiskEngine::findCookie's rescanning definition,
+// kept here as written before the jar existed.
+std::string_view rescanFindCookie(const std::vector<HeaderField>& headers, std::string_view name) {
+  for (const auto& [h, value] : headers) {
+    if (h.size() != 6 || !equalsIgnoreCase(h, "cookie")) continue;
+    size_t pos = 0;
+    while (pos < value.size()) {
+      size_t end = value.find(';', pos);
+      if (end == std::string_view::npos) end = value.size();
+      std::string_view pair = trim(value.substr(pos, end - pos));
+      pos = end + 1;
+      if (pair.size() > name.size() && pair.substr(0, name.size()) == name &&
+          pair[name.size()] == '=')
+        return trim(pair.substr(name.size() + 1));
+    }
+  }
+  return {};
+}
+
+TEST_CASE("cookie jar finds what the rescanning findCookie finds, on random headers",
+          "[risk][fingerprint][cookies]") {
+  std::mt19937_64 rng(5);
+  const std::vector<std::string> names = {"member", "device", "sluice_pass", "a", "member_x",
+                                          "a=b", "", "Member"};
+  const std::string pieces[] = {"member", "device", "sluice_pass", "a", "b", "=", "=", ";", ";",
+                                " ", "\t", "x", "m1", "member_x", "Member", "=v", "  "};
+  for (int round = 0; round < 3000; ++round) {
+    std::vector<std::string> values;
+    std::vector<std::string> headerNames;
+    const int n = static_cast<int>(rng() % 4);
+    for (int i = 0; i < n; ++i) {
+      std::string v;
+      const int k = static_cast<int>(rng() % 14);
+      for (int j = 0; j < k; ++j) v += pieces[rng() % std::size(pieces)];
+      values.push_back(v);
+      headerNames.push_back(rng() % 5 == 0 ? "X-Other" : (rng() % 2 ? "Cookie" : "cookie"));
+    }
+    std::vector<HeaderField> h;
+    for (int i = 0; i < n; ++i) h.push_back({headerNames[i], values[i]});
+    RiskRequest r;
+    r.headers = h;
+    r.cookies.split(r.headers);
+    for (const auto& name : names) {
+      INFO(round << " name=" << name);
+      REQUIRE(r.cookies.find(name) == rescanFindCookie(h, name));
+      REQUIRE(RiskEngine::findCookie(r, name) == rescanFindCookie(h, name));
+    }
+    // The fingerprint from the jar and scan equals the one computed from the headers alone.
+    const auto composed =
+        HeaderOrderFingerprint::compose("GET", 1, 1, HeaderScan::of(r.headers), r.cookies);
+    REQUIRE(composed.text == HeaderOrderFingerprint::compute("GET", 1, 1, h).text);
+    size_t count = 0;
+    REQUIRE(composed.cookieHash == referenceCookieHash(h, &count));
+  }
 }
 
 }  // namespace

@@ -2,8 +2,10 @@
 #include "risk/header_scan.h"
 
 #include <catch2/catch.hpp>
+#include <random>
 #include <string>
 
+#include "core/hash.h"
 #include "core/strings.h"
 #include "risk/user_agent.h"
 #include "tests/unit/risk/risk_test_util.h"
@@ -89,6 +91,46 @@ TEST_CASE("HeaderScan records first positions and case per known header", "[risk
   const HeaderScan lower = HeaderScan::of({{"user-agent", "x"}, {"x-a", "1"}});
   CHECK_FALSE(lower.anyUpper);
   CHECK(HeaderScan::of({}).index(HeaderId::kHost) == -1);
+}
+
+TEST_CASE("HeaderScan's fingerprint part equals the formula's chained hash64 of the names",
+          "[risk][scan][fingerprint]") {
+  // The documented formula (risk/header_order_fingerprint.h), byte by byte.
+  auto reference = [](const std::vector<HeaderField>& h, uint32_t* count) {
+    uint64_t names = 0;
+    *count = 0;
+    for (const auto& [name, value] : h) {
+      if (equalsIgnoreCase(name, "cookie") || equalsIgnoreCase(name, "referer")) continue;
+      names = hash64(name, names + 1);
+      ++*count;
+    }
+    return names;
+  };
+  std::mt19937_64 rng(11);
+  const std::string alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_0123456789";
+  const std::vector<std::string> known = {"Cookie", "cookie", "COOKIE", "Referer", "referer",
+                                          "User-Agent", "sec-ch-ua-platform", "Accept", "Host"};
+  for (int round = 0; round < 2000; ++round) {
+    std::vector<std::string> names;
+    const int n = static_cast<int>(rng() % 20);
+    for (int i = 0; i < n; ++i) {
+      if (rng() % 3 == 0) {
+        names.push_back(known[rng() % known.size()]);
+      } else {
+        std::string name(rng() % 41, 'x');  // 0..40 bytes: word tails, the 18-byte limit, beyond
+        for (char& c : name) c = alphabet[rng() % alphabet.size()];
+        names.push_back(name);
+      }
+    }
+    std::vector<HeaderField> h;
+    for (const auto& name : names) h.push_back({name, "v"});
+    uint32_t count = 0;
+    const uint64_t want = reference(h, &count);
+    const HeaderScan s = HeaderScan::of(h);
+    INFO(round);
+    REQUIRE(s.namesHash == want);
+    REQUIRE(s.otherCount == count);
+  }
 }
 
 // The original one-find-per-token definition, to compare the single-pass matcher against.
