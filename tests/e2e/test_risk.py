@@ -326,8 +326,13 @@ class TestRiskPhase(RiskCase):
         self.assertTrue(j["known"])
         self.assertIn("last", j)
         self.assertTrue(any(t["signal"] == "ua.automation" for t in j["last"]["top"]))
+        self.assertIn(j["last"]["action"], ("allow", "challenge", "block", "monitor"))
+        self.assertGreaterEqual(j["last"]["score"], 20)
         j = admin_json(s, "/risk/explain?ip=127.0.0.1")
         self.assertTrue(j["known"])
+        self.assertEqual(j["last"]["top"], admin_json(s, "/risk/explain?member=bob")["last"]["top"])
+        # An entity never scored has no last decision (an empty cache slot never reads as one).
+        self.assertIsNone(admin_json(s, "/risk/explain?member=nobody")["last"])
         st, _, _ = http_get(s.admin_port, "/risk/explain")
         self.assertEqual(st, 400)
         j = admin_json(s, "/risk")
