@@ -112,9 +112,10 @@ struct Exchange {
   std::string_view item_value;  // the hot-item source's value (a view into the request head)
   bool delayed = false;
   std::string decisions;  // JSON members for the access log ("limit":{...})
-  // Feature units' per-request state (risk_phase.cc, lua_phase.cc); shared_ptr so this header
-  // needs only their declarations.
-  std::shared_ptr<RiskExchangeState> risk;
+  // Feature units' per-request state (risk_phase.cc, lua_phase.cc); pointers so this header
+  // needs only their declarations. The risk states are immortal constants (no reference count:
+  // a shared_ptr copy was a locked increment and decrement on a line every worker shares).
+  const RiskExchangeState* risk = nullptr;
   std::shared_ptr<LuaExchangeState> lua;
   std::shared_ptr<struct ClusterExchangeState> cluster;  // proxy/cluster/cluster_limits.cc
 

@@ -122,7 +122,20 @@ struct Runtime {
 
   std::atomic<const MetricsRegistry*> registry{nullptr};
   Histogram score;
-  std::atomic<uint64_t> decisions[kDecCount][kLevelSlots] = {};
+  // Decisions are counted per thread and summed when scraped: one shared atomic counted by
+  // every worker on every request is a locked instruction on a line the workers pass around.
+  struct DecisionCounts {
+    MetricCell cells[kDecCount][kLevelSlots] = {};
+  };
+  std::mutex decision_counts_mu;
+  std::vector<const DecisionCounts*> decision_counts;  // one per thread that scored; never freed
+  uint64_t decisions(int action, int level) {
+    std::lock_guard<std::mutex> lk(decision_counts_mu);
+    uint64_t total = 0;
+    for (const DecisionCounts* c : decision_counts)
+      total += c->cells[action][level].load(std::memory_order_relaxed);
+    return total;
+  }
   std::atomic<uint64_t> challenges[kLevelSlots][kResultCount] = {};
   std::mutex names_mu;
   std::vector<std::string> level_names;
@@ -156,30 +169,33 @@ risk::RiskEngine& engineFor(const RiskSettings& s) {
 
 void count(std::atomic<uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
 
-using StatePtr = std::shared_ptr<RiskExchangeState>;
-StatePtr makeState(RiskExchangeState::Endpoint e, bool evaluated, bool answered, uint8_t rc) {
-  auto st = std::make_shared<RiskExchangeState>();
-  st->endpoint = e;
-  st->evaluated = evaluated;
-  st->answered = answered;
-  st->route_class = rc;
-  return st;
+// This thread's decision counters (only it writes them).
+void countDecision(int action, int level) {
+  thread_local Runtime::DecisionCounts* mine = [] {
+    auto* c = new Runtime::DecisionCounts;
+    Runtime& rt = runtime();
+    std::lock_guard<std::mutex> lk(rt.decision_counts_mu);
+    rt.decision_counts.push_back(c);
+    return c;
+  }();
+  metricCellAdd(&mine->cells[action][level], 1);
 }
-// The shared states: [answered][route class], and the two endpoints.
-const StatePtr& scoredState(bool answered, uint8_t route_class) {
-  static const auto* table = [] {
-    auto* t = new std::array<std::array<StatePtr, 8>, 2>;
+
+// The only states there are, immortal: [answered][route class] and the two endpoints.
+const RiskExchangeState* scoredState(bool answered, uint8_t route_class) {
+  static const auto table = [] {
+    std::array<std::array<RiskExchangeState, 8>, 2> t{};
     for (int a = 0; a < 2; a++)
       for (uint8_t c = 0; c < 8; c++)
-        (*t)[a][c] = makeState(RiskExchangeState::Endpoint::kNone, true, a == 1, c);
+        t[a][c] = {RiskExchangeState::Endpoint::kNone, true, a == 1, c};
     return t;
   }();
-  return (*table)[answered ? 1 : 0][route_class & 7];
+  return &table[answered ? 1 : 0][route_class & 7];
 }
-const StatePtr& endpointState(RiskExchangeState::Endpoint e) {
-  static const StatePtr pow = makeState(RiskExchangeState::Endpoint::kPow, false, false, 0);
-  static const StatePtr verify = makeState(RiskExchangeState::Endpoint::kVerify, false, false, 0);
-  return e == RiskExchangeState::Endpoint::kPow ? pow : verify;
+const RiskExchangeState* endpointState(RiskExchangeState::Endpoint e) {
+  static const RiskExchangeState pow{RiskExchangeState::Endpoint::kPow, false, false, 0};
+  static const RiskExchangeState verify{RiskExchangeState::Endpoint::kVerify, false, false, 0};
+  return e == RiskExchangeState::Endpoint::kPow ? &pow : &verify;
 }
 
 bool ieq(std::string_view a, std::string_view b) { return equalsIgnoreCase(a, b); }
@@ -527,9 +543,9 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   int dec = d.action == RiskAction::kChallenge ? kDecChallenge
             : d.action == RiskAction::kBlock   ? kDecBlock
                                                : kDecAllow;
-  count(rt.decisions[dec][lvl]);
+  countDecision(dec, lvl);
   if (d.monitor && d.wouldAction != RiskAction::kAllow)
-    count(rt.decisions[d.wouldAction == RiskAction::kBlock ? kDecWouldBlock : kDecWouldChallenge][wlvl]);
+    countDecision(d.wouldAction == RiskAction::kBlock ? kDecWouldBlock : kDecWouldChallenge, wlvl);
 
   // Access log: score, action/level, what monitor mode would have done, top signals.
   if (AccessLog* al = c.worker_->accessLog(); al && al->enabled()) {
@@ -634,7 +650,7 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
 }
 
 void RiskPhase::log(ClientConnection& c) {
-  auto* st = c.ex_->risk.get();
+  const RiskExchangeState* st = c.ex_->risk;
   if (!st || !st->evaluated || st->answered) return;
   // Only a refused checkout/API call (401/403 from the storefront) changes state.
   if (c.ex_->status != 401 && c.ex_->status != 403) return;
@@ -768,7 +784,7 @@ void RiskPhase::registerMetrics(MetricsRegistry& registry) {
       MetricType::kCounter, {"action", "level"}, [&rt, levelName](MetricSampleSink& sink) {
         for (int a = 0; a < kDecCount; a++)
           for (int l = 0; l < kLevelSlots; l++) {
-            uint64_t v = rt.decisions[a][l].load(std::memory_order_relaxed);
+            uint64_t v = rt.decisions(a, l);
             if (v || (l == 0 && a == kDecAllow)) sink.add({kDecisionNames[a], levelName(l)}, static_cast<double>(v));
           }
       });

@@ -318,6 +318,27 @@ class TestRiskPhase(RiskCase):
                                   chrome_headers() + [("X-TLS-Fingerprint", "t13d1516h2_forged")])
         self.assertEqual(st, 200)
 
+    def test_decision_counts_add_up_across_workers(self):
+        # Each worker thread counts its own decisions; the metric is their sum.
+        self.write_secrets()
+        self.demo = self.start_demo()
+        port, admin = free_port(), free_port()
+        text = default_config(port, admin, upstream_yaml("storefront", [self.demo.address]), ROUTES,
+                              extra=risk_section(True, "", None))
+        s = self.start_sluice_text(text.replace("workers: 1\n", "workers: 2\n", 1), port, admin)
+        n = 40
+        for i in range(n):  # a new connection each: both workers' listeners take some
+            st, _, _ = http_get(s.port, "/api/items/%d" % i, headers={
+                "User-Agent": "python-requests/2.31", "Accept": "application/json"})
+            self.assertEqual(st, 200)  # monitor mode: scored, never challenged
+        m = http_get(s.admin_port, "/metrics")[2].decode()
+        total = 0
+        for line in m.splitlines():
+            if line.startswith("sluice_risk_decisions_total{action=\"") and \
+                    not line.startswith("sluice_risk_decisions_total{action=\"monitor_"):
+                total += int(float(line.rsplit(" ", 1)[1]))
+        self.assertEqual(total, n, m)
+
     def test_explain_and_status(self):
         s = self.start()
         http_get(s.port, "/api/items/1", headers={"User-Agent": "curl/8", "Accept": "application/json",
