@@ -1,5 +1,7 @@
 #include "risk/risk_config.h"
 
+#include <atomic>
+
 #include <algorithm>
 #include <cctype>
 #include <set>
@@ -50,6 +52,9 @@ RiskPolicyPtr buildRiskPolicy(const RiskConfig& cfg, const RiskSecrets& secrets,
   const size_t errorsBefore = errors->size();
   auto err = [&](std::string m) { errors->push_back(std::move(m)); };
   auto p = std::make_shared<RiskPolicy>();
+  static std::atomic<uint32_t> nextInstance{1};
+  p->instanceId = nextInstance.fetch_add(1, std::memory_order_relaxed);
+  if (p->instanceId == 0) p->instanceId = nextInstance.fetch_add(1, std::memory_order_relaxed);
   p->config = cfg;
 
   // Levels.

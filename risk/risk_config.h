@@ -153,6 +153,9 @@ struct RiskConfig {
 
 // The validated, immutable result. Shared by every worker; a reload builds a new one.
 struct RiskPolicy {
+  // Unique per built policy (never 0): per-thread memos key their entries by it, so a reload
+  // (new databases, lists or risky countries) never reads an answer the old policy gave.
+  uint32_t instanceId = 0;
   RiskConfig config;
   RiskScorer scorer;
   std::vector<std::string> levelNames;  // index 0 = level 1

@@ -46,6 +46,41 @@ std::pair<EntityKind, uint64_t> RiskEngine::subjectOf(const RiskRequest& r) {
   return {EntityKind::kIp, ipKey(r.clientIp)};
 }
 
+namespace {
+
+// The signals a client address earns from the GeoIP databases, as bits over kGeoSignals.
+constexpr Signal kGeoSignals[] = {Signal::kGeoRiskyCountry, Signal::kGeoRiskyAsn, Signal::kIpHosting,
+                                  Signal::kIpVpn,          Signal::kIpPublicProxy, Signal::kIpResidentialProxy,
+                                  Signal::kIpTor};
+constexpr int kGeoSignalCount = static_cast<int>(std::size(kGeoSignals));
+
+uint8_t geoSignals(const RiskPolicy& policy, const IpAddress& ip) {
+  GeoIpRecord geo;
+  for (const auto& db : policy.geoip) {
+    GeoIpRecord one;
+    if (db->lookup(ip, &one)) geo.merge(one);
+  }
+  const bool flags[kGeoSignalCount] = {
+      geo.country[0] && !policy.riskyCountries.empty() &&
+          std::find(policy.riskyCountries.begin(), policy.riskyCountries.end(),
+                    static_cast<uint16_t>(geo.country[0] << 8 | geo.country[1])) !=
+              policy.riskyCountries.end(),
+      geo.asn && std::binary_search(policy.riskyAsns.begin(), policy.riskyAsns.end(), geo.asn),
+      geo.isHosting, geo.isVpn, geo.isPublicProxy, geo.isResidentialProxy, geo.isTor};
+  uint8_t bits = 0;
+  for (int i = 0; i < kGeoSignalCount; ++i) bits |= static_cast<uint8_t>(flags[i] ? 1u << i : 0u);
+  return bits;
+}
+
+}  // namespace
+
+GeoSignalMemo& GeoSignalMemo::forThisThread() {
+  // Allocated on first use, so threads that never score pay nothing.
+  thread_local std::unique_ptr<GeoSignalMemo> memo;
+  if (!memo) memo = std::make_unique<GeoSignalMemo>();
+  return *memo;
+}
+
 std::string_view RiskEngine::findCookie(const RiskRequest& r, std::string_view name) {
   if (r.cookies.isSplit()) return r.cookies.find(name);
   for (const auto& [h, value] : r.headers) {
@@ -107,24 +142,14 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
 
   // GeoIP.
   if (!policy.geoip.empty()) {
-    GeoIpRecord geo;
-    for (const auto& db : policy.geoip) {
-      GeoIpRecord one;
-      if (db->lookup(r.clientIp, &one)) geo.merge(one);
+    GeoSignalMemo& memo = GeoSignalMemo::forThisThread();
+    uint8_t fired = 0;
+    if (!memo.find(policy.instanceId, r.clientIp, &fired)) {
+      fired = geoSignals(policy, r.clientIp);
+      memo.store(policy.instanceId, r.clientIp, fired);
     }
-    if (geo.country[0] && !policy.riskyCountries.empty()) {
-      const uint16_t cc = static_cast<uint16_t>(geo.country[0] << 8 | geo.country[1]);
-      if (std::find(policy.riskyCountries.begin(), policy.riskyCountries.end(), cc) !=
-          policy.riskyCountries.end())
-        signals.fire(Signal::kGeoRiskyCountry);
-    }
-    if (geo.asn && std::binary_search(policy.riskyAsns.begin(), policy.riskyAsns.end(), geo.asn))
-      signals.fire(Signal::kGeoRiskyAsn);
-    if (geo.isHosting) signals.fire(Signal::kIpHosting);
-    if (geo.isVpn) signals.fire(Signal::kIpVpn);
-    if (geo.isPublicProxy) signals.fire(Signal::kIpPublicProxy);
-    if (geo.isResidentialProxy) signals.fire(Signal::kIpResidentialProxy);
-    if (geo.isTor) signals.fire(Signal::kIpTor);
+    for (int i = 0; i < kGeoSignalCount; ++i)
+      if (fired & (1u << i)) signals.fire(kGeoSignals[i]);
   }
 
   // Lists.

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstring>
 #include <mutex>
 #include <vector>
 #include <memory>
@@ -88,6 +89,43 @@ struct SharedEntityUpdate {
   // and the entity's related-id sketches (members per device, ...), OR-ed by the peers.
   uint16_t count = 0;
   uint64_t sketchA = 0, sketchB = 0;
+};
+
+// Per-thread memo of the GeoIP signals of a client address: the database walks (with full-size
+// databases, a dozen cache misses each) are paid once per address per policy, and a client's
+// requests repeat its address. Direct-mapped, 4096 entries of 24 bytes per thread; the whole
+// address and the policy's instanceId are compared, so a reload's new databases or risky lists
+// never see an old answer and a collision only costs a fresh lookup.
+class GeoSignalMemo {
+ public:
+  static constexpr size_t kEntries = 4096;
+  static GeoSignalMemo& forThisThread();
+  bool find(uint32_t policy, const IpAddress& ip, uint8_t* bits) const {
+    const Entry& e = entries_[indexOf(ip)];
+    if (e.policy != policy || e.address != ip.bytes) return false;
+    *bits = e.bits;
+    return true;
+  }
+  void store(uint32_t policy, const IpAddress& ip, uint8_t bits) {
+    Entry& e = entries_[indexOf(ip)];
+    e.address = ip.bytes;
+    e.policy = policy;
+    e.bits = bits;
+  }
+
+ private:
+  struct Entry {
+    std::array<uint8_t, 16> address{};
+    uint32_t policy = 0;  // 0: empty (policies are numbered from 1)
+    uint8_t bits = 0;
+  };
+  static size_t indexOf(const IpAddress& ip) {
+    uint64_t lo, hi;
+    std::memcpy(&lo, ip.bytes.data(), 8);
+    std::memcpy(&hi, ip.bytes.data() + 8, 8);
+    return static_cast<size_t>(((hi ^ (lo * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL) >> 52);
+  }
+  Entry entries_[kEntries];
 };
 
 class RiskEngine;

@@ -157,6 +157,52 @@ TEST_CASE("engine: each signal fires on its own input", "[risk][engine]") {
   CHECK(eval(r).fired(Signal::kBehApiWithoutPage));
 }
 
+TEST_CASE("engine: the GeoIP memo answers as the databases do, per address and per policy",
+          "[risk][engine][geoip]") {
+  RiskConfig cfg = withGeo();
+  cfg.riskyCountries = {"GB"};
+  auto gbRisky = build(cfg);
+  cfg.riskyCountries = {"SE"};
+  auto seRisky = build(cfg);  // a reload with other risky countries, same databases
+  REQUIRE(gbRisky->instanceId != seRisky->instanceId);
+  RiskEngine engine({1 << 20, 1 << 16});
+  auto geoFired = [&](const RiskPolicyPtr& p, const char* ip) {
+    RiskRequest r = human();
+    IpAddress::parse(ip, &r.clientIp);
+    const RiskDecision d = engine.evaluate(*p, r, 100 * kSeconds);
+    return std::vector<bool>{d.fired(Signal::kGeoRiskyCountry), d.fired(Signal::kIpPublicProxy),
+                             d.fired(Signal::kIpVpn), d.fired(Signal::kGeoRiskyAsn)};
+  };
+  // Twice each (a miss, then a memo hit), alternating policies and addresses: every answer
+  // equals the first one, which the databases gave.
+  const auto gb1 = geoFired(gbRisky, "81.2.69.160");
+  CHECK(gb1[0]);
+  CHECK(gb1[1]);
+  const auto se1 = geoFired(seRisky, "81.2.69.160");
+  CHECK_FALSE(se1[0]);  // the new policy's risky list, not the memoised answer of the old one
+  CHECK(se1[1]);
+  const auto other1 = geoFired(gbRisky, "1.128.0.1");
+  for (int i = 0; i < 3; ++i) {
+    CHECK(geoFired(gbRisky, "81.2.69.160") == gb1);
+    CHECK(geoFired(seRisky, "81.2.69.160") == se1);
+    CHECK(geoFired(gbRisky, "1.128.0.1") == other1);
+  }
+  // Addresses that share a memo slot (4096 slots; 20000 addresses collide) each get their own
+  // answer: the whole address is compared.
+  GeoSignalMemo memo;
+  IpAddress a, b;
+  IpAddress::parse("10.0.0.1", &a);
+  memo.store(1, a, 0x5);
+  uint8_t bits = 0;
+  CHECK(memo.find(1, a, &bits));
+  CHECK(bits == 0x5);
+  CHECK_FALSE(memo.find(2, a, &bits));
+  for (int i = 0; i < 20000; ++i) {
+    IpAddress::parse(("10.1." + std::to_string(i / 256) + "." + std::to_string(i % 256)).c_str(), &b);
+    if (memo.find(1, b, &bits)) FAIL("address " << i << " read another address's entry");
+  }
+}
+
 TEST_CASE("engine: perfectly regular timing and rate", "[risk][engine]") {
   RiskConfig cfg = RiskConfig::defaults();
   cfg.behaviour.rateMax = 20;
