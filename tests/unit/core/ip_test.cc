@@ -173,3 +173,31 @@ TEST_CASE("CidrSet contains any member", "[core][ip]") {
 
 }  // namespace
 }  // namespace sluice
+
+namespace sluice {
+namespace {
+
+TEST_CASE("IPv4 text equals inet_ntop's for every octet value and random addresses", "[core][ip]") {
+  auto viaLibc = [](const IpAddress& a) {
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &a.bytes[12], buf, sizeof(buf));
+    return std::string(buf);
+  };
+  IpAddress a;
+  REQUIRE(IpAddress::parse("0.0.0.0", &a));
+  for (int v = 0; v < 256; ++v) {
+    for (int i = 12; i < 16; ++i) a.bytes[i] = static_cast<uint8_t>(v);
+    REQUIRE(a.toString() == viaLibc(a));
+  }
+  uint64_t x = 0x9E3779B97F4A7C15ULL;
+  for (int n = 0; n < 100000; ++n) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    std::memcpy(&a.bytes[12], &x, 4);
+    REQUIRE(a.toString() == viaLibc(a));
+  }
+  REQUIRE(IpAddress::parse("255.255.255.255", &a));
+  CHECK(a.toString() == "255.255.255.255");
+}
+
+}  // namespace
+}  // namespace sluice
