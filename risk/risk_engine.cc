@@ -83,20 +83,9 @@ GeoSignalMemo& GeoSignalMemo::forThisThread() {
 
 std::string_view RiskEngine::findCookie(const RiskRequest& r, std::string_view name) {
   if (r.cookies.isSplit()) return r.cookies.find(name);
-  for (const auto& [h, value] : r.headers) {
-    if (h.size() != 6 || !equalsIgnoreCase(h, "cookie")) continue;
-    size_t pos = 0;
-    while (pos < value.size()) {
-      size_t end = value.find(';', pos);
-      if (end == std::string_view::npos) end = value.size();
-      std::string_view pair = trim(value.substr(pos, end - pos));
-      pos = end + 1;
-      if (pair.size() > name.size() && pair.substr(0, name.size()) == name &&
-          pair[name.size()] == '=')
-        return trim(pair.substr(name.size() + 1));
-    }
-  }
-  return {};
+  CookieJar jar;  // a caller that did not split them (tests, tools): one split, then the same find
+  jar.split(r.headers);
+  return jar.find(name);
 }
 
 RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r, Nanos now,
