@@ -83,8 +83,8 @@ std::string lower(std::string_view s) {
 }
 
 // RFC 9110 tchar as a table: isalnum + strchr per byte cost ~20 instructions a byte on every
-// sub-request and resp.exit header. NUL stays accepted, as it was with strchr (which matched the
-// set's terminator); the proxy refuses it nowhere else either, so that is left for its own change.
+// sub-request and resp.exit header. NUL is not a tchar: a name holding one would reach an
+// upstream's request head as is (strchr once let it through by matching the set's terminator).
 struct TokenTable {
   bool ok[256] = {};
   constexpr TokenTable() {
@@ -92,7 +92,6 @@ struct TokenTable {
     for (int c = 'a'; c <= 'z'; c++) ok[c] = true;
     for (int c = 'A'; c <= 'Z'; c++) ok[c] = true;
     for (const char* p = "!#$%&'*+-.^_`|~"; *p; p++) ok[static_cast<unsigned char>(*p)] = true;
-    ok[0] = true;
   }
 };
 constexpr TokenTable kTokenChars;
@@ -457,15 +456,19 @@ SubrequestSpec readSpec(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos ca
   } else {
     getKey(L, c, idx, ApiKey::kPool);
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "each request needs a 'pool' (string)");
-    s.pool = lua_tostring(L, -1);
+    size_t n;
+    const char* pool = lua_tolstring(L, -1, &n);
+    s.pool.assign(pool, n);
     lua_pop(L, 1);
   }
   if (s.pool.empty() || s.pool.size() > 128) luaL_error(L, "invalid pool name");
   getKey(L, c, idx, ApiKey::kMethod);
   if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING || !isToken(lua_tostring(L, -1)))
-      luaL_error(L, "invalid method");
-    s.method = lua_tostring(L, -1);
+    // The whole string, not up to a NUL: "GET\0x" is not a method.
+    size_t mn;
+    const char* m = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &mn) : nullptr;
+    if (!m || !isToken({m, mn})) luaL_error(L, "invalid method");
+    s.method.assign(m, mn);
   }
   lua_pop(L, 1);
   getKey(L, c, idx, ApiKey::kPath);

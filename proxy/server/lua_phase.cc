@@ -515,7 +515,7 @@ lua::OperationId LuaExchangeState::startSubrequest(const lua::SubrequestSpec& sp
   if (spec.path.empty() || spec.path[0] != '/' || hasAnyOf(spec.path, '\r', '\n', ' '))
     return fail("bad path");
   for (const auto& h : spec.headers)
-    if (hasAnyOf(h.name, '\r', '\n', ':') || hasAnyOf(h.value, '\r', '\n', '\n'))
+    if (hasAnyOf(h.name, '\r', '\n', ':') || hasAnyOf(h.value, '\r', '\n', '\0'))
       return fail("bad header");
   auto* sub = new LuaSubrequest(this, id, e.gen->pools[static_cast<size_t>(ui)], std::move(done),
                                 spec.max_body ? spec.max_body : (1u << 20), worker->loop());

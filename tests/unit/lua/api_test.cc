@@ -74,6 +74,10 @@ TEST_CASE("req.set_header and resp.set_header reach the host, bad headers are er
     sluice.resp.set_header("X-Policy", "yes")
     local ok, err = pcall(sluice.req.set_header, "Bad Name", "v")
     assert(not ok and err:find("invalid header name"))
+    ok, err = pcall(sluice.req.set_header, "X-A\0B", "v")
+    assert(not ok and err:find("invalid header name"), "NUL in a name")
+    ok, err = pcall(sluice.resp.set_header, "\0", "v")
+    assert(not ok and err:find("invalid header name"), "NUL as a name")
     ok, err = pcall(sluice.resp.set_header, "X", "a\r\nInjected: 1")
     assert(not ok and err:find("CR, LF"))
   )");

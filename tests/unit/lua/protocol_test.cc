@@ -225,6 +225,27 @@ TEST_CASE("fan-out, sub-request and argument caps", "[lua]") {
   CHECK(host.started.size() == 3);  // nothing started by the rejected calls
 }
 
+TEST_CASE("a NUL in a sub-request's header name or method is an error, nothing starts", "[lua]") {
+  Fixture f;
+  f.build({{"p.lua", policy("access", R"(
+    local ok, err = pcall(sluice.http.request, "a", { path = "/x", headers = { ["X-A\0B"] = "1" } })
+    assert(not ok and err:find("invalid header name"), err)
+    ok, err = pcall(sluice.http.multi, { { pool = "a", path = "/x" },
+                                         { pool = "a", path = "/y", headers = { ["\0"] = "1" } } })
+    assert(not ok and err:find("invalid header name"), err)
+    ok, err = pcall(sluice.http.request, "a", { path = "/x", method = "GET\0X" })
+    assert(not ok and err:find("invalid method"), err)
+    ok, err = pcall(sluice.http.request, "a", { path = "/x", headers = { ["X-A"] = "1\0" } })
+    assert(not ok and err:find("CR, LF or NUL"), err)
+  )")}},
+          {{"p", ""}});
+  TestRequestHost host;
+  RunResult r = f.vm->newRequest(host, "r1")->run(Phase::kAccess);
+  INFO(r.error);
+  CHECK(r.status == RunStatus::kContinue);
+  CHECK(host.started.empty());
+}
+
 TEST_CASE("sleep yields on a worker timer and is cancelled with the request", "[lua]") {
   Fixture f;
   f.build({{"p.lua", policy("access", "sluice.sleep(0.5)\nsluice.resp.exit(204)")}}, {{"p", ""}});
