@@ -37,26 +37,6 @@ struct RouteChain {
   std::array<std::vector<ChainEntry>, static_cast<size_t>(Phase::kCount)> phases;
 };
 
-// What a yielding binding waits for. Shared with the host's completion callbacks, so a late
-// callback after cancel() or after the request is gone finds owner == nullptr and does nothing.
-struct PendingOp {
-  enum class Kind : uint8_t { kRequest, kMulti, kSleep };
-  Kind kind = Kind::kRequest;
-  LuaRequest* owner = nullptr;
-  // One slot per sub-request, in call order (one allocation; four parallel vectors were four).
-  struct Slot {
-    OperationId id = 0;
-    bool started = false;
-    bool done = false;
-    SubrequestResult result;
-  };
-  std::vector<Slot> slots;
-  size_t outstanding = 0;
-  bool ready = false;
-  OperationId timer = 0;
-  bool has_timer = false;
-};
-
 struct LuaTimer {
   int fn_ref = LUA_NOREF;
   int args_ref = LUA_NOREF;  // table of extra arguments
@@ -107,6 +87,13 @@ struct VmCore {
   // sluice.json.encode's output buffer, kept between calls (a page document grew through five
   // reallocations per call). Encoding runs no Lua code, so it is never used re-entrantly.
   std::string json_out;
+
+  // The parts of the http.request/http.multi being started (lua/api.cc): kept so a call
+  // allocates nothing for them. Never in use twice at once: those bindings refuse to run where
+  // they could not yield, which is where a metamethod they trigger would call them.
+  std::vector<SubrequestSpec> spec_scratch;
+  std::vector<HeaderView> spec_headers;
+  std::vector<uint32_t> spec_header_at;  // per part: its header table's stack index, then count
 
   std::map<uint64_t, LuaTimer> timers;
   uint64_t next_timer = 1;

@@ -48,7 +48,9 @@ class NullRequest : public RequestHost {
   bool setLimitKey(std::string_view, std::string_view) override { return true; }
   void riskAdd(std::string_view, int) override {}
   int riskScore() override { return 0; }
-  OperationId startSubrequest(const SubrequestSpec&, SubrequestCallback) override { return 1; }
+  OperationId startSubrequest(const SubrequestSpec&, SubrequestCompletion&, uint64_t) override {
+    return 1;
+  }
   void cancelSubrequest(OperationId) override {}
   void scheduleResume() override {}
 };
