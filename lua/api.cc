@@ -137,22 +137,31 @@ void addHeader(lua_State* L, std::string_view name, std::string_view value) {
   }
 }
 
-// Reads a table of name -> string at idx into a header list.
-void readHeaders(lua_State* L, int idx, HeaderList* out) {
-  if (lua_isnoneornil(L, idx)) return;
-  luaL_checktype(L, idx, LUA_TTABLE);
+// Appends views of the name -> value table at idx to *out. Only raw reads and number-to-string
+// conversions happen here, so the table cannot change under the views; a converted number is
+// a new string, left on the stack below the iteration key to keep it alive.
+void readHeaderViews(lua_State* L, int idx, std::vector<HeaderView>* out) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
-    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+    const int vt = lua_type(L, -1);
+    if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
       luaL_error(L, "header '%s' must be a string", lua_tostring(L, -2));
     size_t nn, vn;
     const char* n = lua_tolstring(L, -2, &nn);
-    lua_pushvalue(L, -1);  // tolstring on a number converts in place; keep the key intact
-    const char* v = lua_tolstring(L, -1, &vn);
+    const char* v;
+    if (vt == LUA_TSTRING) {
+      v = lua_tolstring(L, -1, &vn);
+      lua_pop(L, 1);
+    } else {
+      // Converted in its stack slot (lua_next's copy, not the table's value), then kept there
+      // below the key: one slot more for each such value.
+      luaL_checkstack(L, 2, "too many numeric header values");
+      v = lua_tolstring(L, -1, &vn);
+      lua_insert(L, -2);
+    }
     checkHeader(L, {n, nn}, {v, vn});
-    out->push_back(Header{std::string(n, nn), std::string(v, vn)});
-    lua_pop(L, 2);
+    out->push_back(HeaderView{{n, nn}, {v, vn}});
   }
 }
 
@@ -286,8 +295,13 @@ int respExit(lua_State* L) {
   int status = checkStatus(L, 1);
   std::string_view body;
   if (!lua_isnoneornil(L, 2)) body = checkSv(L, 2);
-  HeaderList headers;
-  readHeaders(L, 3, &headers);
+  // Views, like a sub-request's: the host copies them during respond().
+  std::vector<HeaderView>& headers = c->exit_headers;
+  headers.clear();
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    readHeaderViews(L, 3, &headers);
+  }
   r.host().respond(status, headers, body);
   r.markResponded();
   // Ends this handler: the driver sees the yield with the request marked responded and never
@@ -451,7 +465,7 @@ inline void getKey(lua_State* L, const VmCore* c, int idx, ApiKey k) {
 // `pool_idx` if nonzero) into views in `s`. Every field read is left on the stack until the
 // binding yields: a metamethod run by a later read cannot unreference a string a view points
 // into. The header table's stack index goes to *headers_at (0: none); its entries are read by
-// readSpecHeaders once every field is read, when no more Lua code runs.
+// readHeaderViews once every field is read, when no more Lua code runs.
 void readSpecFields(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos cap, SubrequestSpec* s,
                     int* headers_at) {
   luaL_checktype(L, idx, LUA_TTABLE);
@@ -509,34 +523,6 @@ void readSpecFields(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos cap, S
   s->max_body = c->options.max_subrequest_body;
 }
 
-// Appends views of the name -> value table at idx to *out. Only raw reads and number-to-string
-// conversions happen here, so the table cannot change under the views; a converted number is
-// a new string, left on the stack below the iteration key to keep it alive.
-void readSpecHeaders(lua_State* L, int idx, std::vector<HeaderView>* out) {
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
-    const int vt = lua_type(L, -1);
-    if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
-      luaL_error(L, "header '%s' must be a string", lua_tostring(L, -2));
-    size_t nn, vn;
-    const char* n = lua_tolstring(L, -2, &nn);
-    const char* v;
-    if (vt == LUA_TSTRING) {
-      v = lua_tolstring(L, -1, &vn);
-      lua_pop(L, 1);
-    } else {
-      // Converted in its stack slot (lua_next's copy, not the table's value), then kept there
-      // below the key: one slot more for each such value.
-      luaL_checkstack(L, 2, "too many numeric header values");
-      v = lua_tolstring(L, -1, &vn);
-      lua_insert(L, -2);
-    }
-    checkHeader(L, {n, nn}, {v, vn});
-    out->push_back(HeaderView{{n, nn}, {v, vn}});
-  }
-}
-
 // http.request and http.multi after their own arguments: `count` parts, read from the table at
 // `list` (http.multi) or from argument 2 with the pool in argument 1 (http.request). Every part
 // is checked before any is started, so a bad argument starts nothing.
@@ -573,7 +559,7 @@ int readStartAndYield(lua_State* L, VmCore* c, LuaRequest& r, bool multi, size_t
   // was still growing).
   for (size_t i = 0; i < count; i++) {
     const size_t begin = headers.size();
-    if (at[i]) readSpecHeaders(L, static_cast<int>(at[i]), &headers);
+    if (at[i]) readHeaderViews(L, static_cast<int>(at[i]), &headers);
     at[i] = static_cast<uint32_t>(headers.size() - begin);
   }
   for (size_t i = 0, begin = 0; i < count; begin += at[i], i++)

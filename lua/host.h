@@ -161,8 +161,9 @@ class RequestHost {
 
   // Rewrite/access: changes the request forwarded upstream.
   virtual void setRequestHeader(std::string_view name, std::string_view value, bool remove) = 0;
-  // Ends the request with a local response (called at most once per request).
-  virtual void respond(int status, const HeaderList& headers, std::string_view body) = 0;
+  // Ends the request with a local response (called at most once per request). The views are
+  // the policy's strings, valid during the call only.
+  virtual void respond(int status, std::span<const HeaderView> headers, std::string_view body) = 0;
   // Before header_filter: queued for the response; in header_filter: the response itself.
   // Framing fields (Content-Length, Transfer-Encoding, Connection, ...) are the host's own: a
   // host ignores changes to them.

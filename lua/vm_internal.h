@@ -149,6 +149,7 @@ struct VmCore {
   std::vector<SubrequestSpec> spec_scratch;
   std::vector<HeaderView> spec_headers;
   std::vector<uint32_t> spec_header_at;  // per part: its header table's stack index, then count
+  std::vector<HeaderView> exit_headers;   // sluice.resp.exit's, the same way
 
   std::map<uint64_t, LuaTimer> timers;
   uint64_t next_timer = 1;

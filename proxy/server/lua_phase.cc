@@ -182,10 +182,13 @@ struct LuaExchangeState final : lua::RequestHost {
     return true;
   }
   static constexpr size_t kMaxLimitKeys = 16;
-  void respond(int status, const lua::HeaderList& headers, std::string_view b) override {
+  void respond(int status, std::span<const lua::HeaderView> headers, std::string_view b) override {
     responded = true;
     resp_status = status;
-    resp_headers = headers;
+    resp_headers.clear();
+    resp_headers.reserve(headers.size());
+    for (const lua::HeaderView& h : headers)
+      resp_headers.push_back(lua::Header{std::string(h.name), std::string(h.value)});
     resp_body.assign(b);
   }
   // Fields that carry the framing are the proxy's to write: a policy cannot break the stream.

@@ -39,7 +39,7 @@ class FuzzRequest : public RequestHost {
     return v == RequestVar::kMemberId ? std::string_view(payload_) : std::string_view("v");
   }
   void setRequestHeader(std::string_view, std::string_view, bool) override {}
-  void respond(int, const HeaderList&, std::string_view) override {}
+  void respond(int, std::span<const HeaderView>, std::string_view) override {}
   void setResponseHeader(std::string_view, std::string_view, bool) override {}
   int responseStatus() const override { return 200; }
   void setResponseStatus(int) override {}

@@ -88,6 +88,22 @@ TEST_CASE("req.set_header and resp.set_header reach the host, bad headers are er
   CHECK(r.host.response_header_ops == std::vector<std::string>{"X-Policy=yes"});
 }
 
+TEST_CASE("resp.exit headers: numbers become strings, bad names and values are errors", "[lua]") {
+  Run r("access", R"(
+    local ok, err = pcall(sluice.resp.exit, 200, "x", { ["X-\0"] = "v" })
+    assert(not ok and err:find("invalid header name"), err)
+    ok, err = pcall(sluice.resp.exit, 200, "x", { ["X-V"] = "a\nb" })
+    assert(not ok and err:find("CR, LF"), err)
+    sluice.resp.exit(200, "x", { ["X-N"] = 2.5, ["X-I"] = 7 })
+  )");
+  RunResult res = r.go(Phase::kAccess);
+  INFO(res.error);
+  REQUIRE(res.status == RunStatus::kResponded);
+  CHECK(r.host.responses == 1);
+  REQUIRE(r.host.resp_headers.size() == 2);
+  for (const auto& h : r.host.resp_headers) CHECK(h.value == (h.name == "X-N" ? "2.5" : "7"));
+}
+
 TEST_CASE("resp.exit ends the request and skips the rest of the handler", "[lua]") {
   Run r("access", R"(
     ctx.before = true

@@ -81,10 +81,11 @@ class TestRequestHost : public RequestHost {
   void setRequestHeader(std::string_view name, std::string_view value, bool remove) override {
     request_header_ops.push_back(std::string(name) + (remove ? "" : "=" + std::string(value)));
   }
-  void respond(int status, const HeaderList& hs, std::string_view b) override {
+  void respond(int status, std::span<const HeaderView> hs, std::string_view b) override {
     responses++;
     resp_status = status;
-    resp_headers = hs;
+    resp_headers.clear();
+    for (const HeaderView& h : hs) resp_headers.push_back(Header{std::string(h.name), std::string(h.value)});
     resp_body = std::string(b);
   }
   void setResponseHeader(std::string_view name, std::string_view value, bool remove) override {
