@@ -83,8 +83,8 @@ std::string lower(std::string_view s) {
 }
 
 // RFC 9110 tchar as a table: isalnum + strchr per byte cost ~20 instructions a byte on every
-// sub-request and resp.exit header. NUL stays accepted, as it was with strchr (which matched the
-// set's terminator); the proxy refuses it nowhere else either, so that is left for its own change.
+// sub-request and resp.exit header. NUL is not a tchar: a name holding one would reach an
+// upstream's request head as is (strchr once let it through by matching the set's terminator).
 struct TokenTable {
   bool ok[256] = {};
   constexpr TokenTable() {
@@ -92,7 +92,6 @@ struct TokenTable {
     for (int c = 'a'; c <= 'z'; c++) ok[c] = true;
     for (int c = 'A'; c <= 'Z'; c++) ok[c] = true;
     for (const char* p = "!#$%&'*+-.^_`|~"; *p; p++) ok[static_cast<unsigned char>(*p)] = true;
-    ok[0] = true;
   }
 };
 constexpr TokenTable kTokenChars;
@@ -138,22 +137,31 @@ void addHeader(lua_State* L, std::string_view name, std::string_view value) {
   }
 }
 
-// Reads a table of name -> string at idx into a header list.
-void readHeaders(lua_State* L, int idx, HeaderList* out) {
-  if (lua_isnoneornil(L, idx)) return;
-  luaL_checktype(L, idx, LUA_TTABLE);
+// Appends views of the name -> value table at idx to *out. Only raw reads and number-to-string
+// conversions happen here, so the table cannot change under the views; a converted number is
+// a new string, left on the stack below the iteration key to keep it alive.
+void readHeaderViews(lua_State* L, int idx, std::vector<HeaderView>* out) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
-    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+    const int vt = lua_type(L, -1);
+    if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
       luaL_error(L, "header '%s' must be a string", lua_tostring(L, -2));
     size_t nn, vn;
     const char* n = lua_tolstring(L, -2, &nn);
-    lua_pushvalue(L, -1);  // tolstring on a number converts in place; keep the key intact
-    const char* v = lua_tolstring(L, -1, &vn);
+    const char* v;
+    if (vt == LUA_TSTRING) {
+      v = lua_tolstring(L, -1, &vn);
+      lua_pop(L, 1);
+    } else {
+      // Converted in its stack slot (lua_next's copy, not the table's value), then kept there
+      // below the key: one slot more for each such value.
+      luaL_checkstack(L, 2, "too many numeric header values");
+      v = lua_tolstring(L, -1, &vn);
+      lua_insert(L, -2);
+    }
     checkHeader(L, {n, nn}, {v, vn});
-    out->push_back(Header{std::string(n, nn), std::string(v, vn)});
-    lua_pop(L, 2);
+    out->push_back(HeaderView{{n, nn}, {v, vn}});
   }
 }
 
@@ -287,8 +295,13 @@ int respExit(lua_State* L) {
   int status = checkStatus(L, 1);
   std::string_view body;
   if (!lua_isnoneornil(L, 2)) body = checkSv(L, 2);
-  HeaderList headers;
-  readHeaders(L, 3, &headers);
+  // Views, like a sub-request's: the host copies them during respond().
+  std::vector<HeaderView>& headers = c->exit_headers;
+  headers.clear();
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    readHeaderViews(L, 3, &headers);
+  }
   r.host().respond(status, headers, body);
   r.markResponded();
   // Ends this handler: the driver sees the yield with the request marked responded and never
@@ -448,89 +461,110 @@ inline void getKey(lua_State* L, const VmCore* c, int idx, ApiKey k) {
   lua_gettable(L, idx);
 }
 
-// Reads {method, path, headers, body, timeout} at idx (pool from `pool_idx` or the table).
-SubrequestSpec readSpec(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos cap) {
-  SubrequestSpec s;
+// Reads {pool, method, path, headers, body, timeout} of the table at idx (the pool from
+// `pool_idx` if nonzero) into views in `s`. Every field read is left on the stack until the
+// binding yields: a metamethod run by a later read cannot unreference a string a view points
+// into. The header table's stack index goes to *headers_at (0: none); its entries are read by
+// readHeaderViews once every field is read, when no more Lua code runs.
+void readSpecFields(lua_State* L, VmCore* c, int idx, int pool_idx, Nanos cap, SubrequestSpec* s,
+                    int* headers_at) {
   luaL_checktype(L, idx, LUA_TTABLE);
+  luaL_checkstack(L, 8, "too many sub-requests");
+  size_t n;
+  const char* p;
   if (pool_idx) {
-    s.pool = std::string(checkSv(L, pool_idx));
+    p = luaL_checklstring(L, pool_idx, &n);  // converts a number in place: anchored there
   } else {
     getKey(L, c, idx, ApiKey::kPool);
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "each request needs a 'pool' (string)");
-    s.pool = lua_tostring(L, -1);
-    lua_pop(L, 1);
+    p = lua_tolstring(L, -1, &n);
   }
-  if (s.pool.empty() || s.pool.size() > 128) luaL_error(L, "invalid pool name");
+  s->pool = {p, n};
+  if (s->pool.empty() || s->pool.size() > 128) luaL_error(L, "invalid pool name");
   getKey(L, c, idx, ApiKey::kMethod);
+  s->method = "GET";
   if (!lua_isnil(L, -1)) {
-    if (lua_type(L, -1) != LUA_TSTRING || !isToken(lua_tostring(L, -1)))
-      luaL_error(L, "invalid method");
-    s.method = lua_tostring(L, -1);
+    // The whole string, not up to a NUL: "GET\0x" is not a method.
+    p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : nullptr;
+    if (!p || !isToken({p, n})) luaL_error(L, "invalid method");
+    s->method = {p, n};
   }
-  lua_pop(L, 1);
   getKey(L, c, idx, ApiKey::kPath);
   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "each request needs a 'path' (string)");
-  size_t pn;
-  const char* p = lua_tolstring(L, -1, &pn);
-  s.path.assign(p, pn);
-  lua_pop(L, 1);
-  if (s.path.empty() || s.path[0] != '/' || s.path.size() > 8192)
+  p = lua_tolstring(L, -1, &n);
+  s->path = {p, n};
+  if (s->path.empty() || s->path[0] != '/' || s->path.size() > 8192)
     luaL_error(L, "path must start with '/' and be at most 8192 bytes");
-  for (char ch : s.path)
+  for (char ch : s->path)
     if (static_cast<unsigned char>(ch) <= 0x20 || ch == 0x7f)
       luaL_error(L, "path contains a space or control character");
   getKey(L, c, idx, ApiKey::kHeaders);
-  if (!lua_isnil(L, -1)) readHeaders(L, lua_gettop(L), &s.headers);
-  lua_pop(L, 1);
+  *headers_at = 0;
+  if (!lua_isnil(L, -1)) {
+    *headers_at = lua_gettop(L);
+    luaL_checktype(L, *headers_at, LUA_TTABLE);
+  }
   getKey(L, c, idx, ApiKey::kBody);
+  s->body = {};
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "body must be a string");
-    size_t bn;
-    const char* b = lua_tolstring(L, -1, &bn);
-    if (bn > c->options.max_subrequest_body) luaL_error(L, "request body too large");
-    s.body.assign(b, bn);
+    p = lua_tolstring(L, -1, &n);
+    if (n > c->options.max_subrequest_body) luaL_error(L, "request body too large");
+    s->body = {p, n};
   }
-  lua_pop(L, 1);
   getKey(L, c, idx, ApiKey::kTimeout);
-  s.timeout = c->options.default_subrequest_timeout;
+  s->timeout = c->options.default_subrequest_timeout;
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "timeout must be a number of milliseconds");
-    s.timeout = checkTimeoutMs(L, lua_tonumber(L, -1));
+    s->timeout = checkTimeoutMs(L, lua_tonumber(L, -1));
   }
   lua_pop(L, 1);
-  if (cap > 0 && s.timeout > cap) s.timeout = cap;
-  s.max_body = c->options.max_subrequest_body;
-  return s;
+  if (cap > 0 && s->timeout > cap) s->timeout = cap;
+  s->max_body = c->options.max_subrequest_body;
 }
 
-int startAndYield(lua_State* L, VmCore* c, LuaRequest& r, PendingOp::Kind kind,
-                  std::vector<SubrequestSpec>& specs) {
-  if (r.subrequestsStarted() + specs.size() > c->options.max_subrequests)
+// http.request and http.multi after their own arguments: `count` parts, read from the table at
+// `list` (http.multi) or from argument 2 with the pool in argument 1 (http.request). Every part
+// is checked before any is started, so a bad argument starts nothing.
+int readStartAndYield(lua_State* L, VmCore* c, LuaRequest& r, bool multi, size_t count, Nanos cap) {
+  // From a metamethod or an iterator a C function runs, the yield below would fail after the
+  // parts had started; it also keeps this binding from re-entering itself while the VM's
+  // scratch vectors below are in use.
+  if (!lua_isyieldable(L))
+    luaL_error(L, "sluice.http.%s cannot be called where the handler cannot yield (a metamethod "
+                  "run by a C function)", multi ? "multi" : "request");
+  if (r.subrequestsStarted() + count > c->options.max_subrequests)
     luaL_error(L, "too many sub-requests for one request (max %d)",
                static_cast<int>(c->options.max_subrequests));
-  auto op = std::make_shared<PendingOp>();
-  op->kind = kind;
-  op->owner = &r;
-  size_t n = specs.size();
-  op->slots.resize(n);
-  op->outstanding = n;
-  r.wait(op);
-  r.countSubrequests(n);
-  for (size_t i = 0; i < n; i++) {
-    op->slots[i].started = true;
-    OperationId id = r.host().startSubrequest(specs[i], [op, i](SubrequestResult&& res) {
-      PendingOp::Slot& slot = op->slots[i];
-      if (!op->owner || slot.done) return;
-      slot.done = true;
-      slot.result = std::move(res);
-      if (--op->outstanding == 0) {
-        op->ready = true;
-        op->owner->opReady();
-      }
-    });
-    op->slots[i].id = id;
-    if (!op->owner) break;  // cancelled from inside a synchronous callback
+  std::vector<SubrequestSpec>& specs = c->spec_scratch;
+  std::vector<HeaderView>& headers = c->spec_headers;
+  std::vector<uint32_t>& at = c->spec_header_at;
+  specs.resize(count);
+  at.resize(count);
+  headers.clear();
+  for (size_t i = 0; i < count; i++) {
+    int headers_at;
+    if (multi) {
+      lua_rawgeti(L, 1, static_cast<int>(i + 1));
+      if (!lua_istable(L, -1))
+        luaL_error(L, "sluice.http.multi: request %d is not a table", static_cast<int>(i + 1));
+      // All parts start together, so the total deadline is a cap on each part's own timeout.
+      readSpecFields(L, c, lua_gettop(L), 0, cap, &specs[i], &headers_at);
+    } else {
+      readSpecFields(L, c, 2, 1, cap, &specs[i], &headers_at);
+    }
+    at[i] = static_cast<uint32_t>(headers_at);
   }
+  // The header views, now that no Lua code runs until the yield; then the spans (the vector
+  // was still growing).
+  for (size_t i = 0; i < count; i++) {
+    const size_t begin = headers.size();
+    if (at[i]) readHeaderViews(L, static_cast<int>(at[i]), &headers);
+    at[i] = static_cast<uint32_t>(headers.size() - begin);
+  }
+  for (size_t i = 0, begin = 0; i < count; begin += at[i], i++)
+    specs[i].headers = std::span<const HeaderView>(headers.data() + begin, at[i]);
+  r.startSubrequests(multi, std::span<const SubrequestSpec>(specs.data(), count));
   return lua_yield(L, 0);
 }
 
@@ -538,9 +572,7 @@ int httpRequest(lua_State* L) {
   VmCore* c = enter(L);
   LuaRequest& r = request(L, c);
   requireRequestCoroutine(L, r, "sluice.http.request");
-  std::vector<SubrequestSpec> specs;
-  specs.push_back(readSpec(L, c, 2, 1, 0));
-  return startAndYield(L, c, r, PendingOp::Kind::kRequest, specs);
+  return readStartAndYield(L, c, r, false, 1, 0);
 }
 
 int httpMulti(lua_State* L) {
@@ -566,17 +598,7 @@ int httpMulti(lua_State* L) {
     lua_newtable(L);
     return 1;
   }
-  // Every spec is checked before any is started, so a bad argument starts nothing.
-  std::vector<SubrequestSpec> specs;
-  specs.reserve(n);
-  for (size_t i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, static_cast<int>(i));
-    if (!lua_istable(L, -1)) luaL_error(L, "sluice.http.multi: request %d is not a table", (int)i);
-    // All parts start together, so the total deadline is a cap on each part's own timeout.
-    specs.push_back(readSpec(L, c, lua_gettop(L), 0, total));
-    lua_pop(L, 1);
-  }
-  return startAndYield(L, c, r, PendingOp::Kind::kMulti, specs);
+  return readStartAndYield(L, c, r, true, n, total);
 }
 
 int sleepFn(lua_State* L) {
@@ -586,18 +608,10 @@ int sleepFn(lua_State* L) {
   lua_Number s = luaL_checknumber(L, 1);
   if (!(s >= 0) || s > 600) luaL_error(L, "sleep must be in [0, 600] seconds");
   if (!c->worker) luaL_error(L, "sluice.sleep: no worker");
-  auto op = std::make_shared<PendingOp>();
-  op->kind = PendingOp::Kind::kSleep;
-  op->owner = &r;
-  op->outstanding = 1;
-  r.wait(op);
-  op->has_timer = true;
-  op->timer = c->worker->startTimer(static_cast<Nanos>(s * kSeconds), [op] {
-    if (!op->owner || op->ready) return;
-    op->outstanding = 0;
-    op->ready = true;
-    op->owner->opReady();
-  });
+  if (!lua_isyieldable(L))
+    luaL_error(L, "sluice.sleep cannot be called where the handler cannot yield (a metamethod "
+                  "run by a C function)");
+  r.startSleep(static_cast<Nanos>(s * kSeconds));
   return lua_yield(L, 0);
 }
 

@@ -19,9 +19,11 @@
 //                    500 with the request id; RunResult::error has file:line and a traceback
 //                    for the error log.
 //  2. While kYielded, the binding has started host operations (startSubrequest, startTimer)
-//     and handed each a completion callback. The host invokes each callback exactly once,
-//     from its event loop, unless the operation was cancelled first (then never). Calling it
-//     synchronously from inside startSubrequest is allowed (e.g. "no such pool").
+//     and handed each a completion (a SubrequestCompletion and a cookie, or a timer callback).
+//     The host completes each exactly once, from its event loop, unless the operation was
+//     cancelled first (then never: after cancelSubrequest() returns the host holds no pointer
+//     to the completion). Completing synchronously from inside startSubrequest is allowed
+//     (e.g. "no such pool").
 //  3. When the last callback of the waiting operation arrives, the library calls
 //     RequestHost::scheduleResume(). The host must then, from its event loop on a fresh stack
 //     (never from inside the callback's own stack; the proxy uses the loop's check phase right
@@ -37,6 +39,7 @@
 // generation it started with even after a reload committed a new one.
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,12 +101,21 @@ struct LimitTakeResult {
   double reset_seconds = 0;  // until a rejected take could succeed / the window resets
 };
 
+struct HeaderView {
+  std::string_view name;  // original case
+  std::string_view value;
+};
+
+// One sub-request as a policy asked for it. The views point into the policy's Lua strings and
+// are valid only during the startSubrequest() call: a host copies what it keeps (the proxy
+// writes the request head at once). Copying them into std::strings first cost ~10 allocations
+// per http.multi of three.
 struct SubrequestSpec {
-  std::string pool;  // a named upstream pool; never an address
-  std::string method = "GET";
-  std::string path;  // origin-form, starting with '/'
-  HeaderList headers;
-  std::string body;
+  std::string_view pool;  // a named upstream pool; never an address
+  std::string_view method = "GET";
+  std::string_view path;  // origin-form, starting with '/'
+  std::span<const HeaderView> headers;
+  std::string_view body;
   Nanos timeout = 0;       // per call, already capped by the total deadline
   size_t max_body = 0;     // the host fails the call with "too large" past this
 };
@@ -117,8 +129,18 @@ struct SubrequestResult {
 };
 
 using OperationId = uint64_t;
-using SubrequestCallback = std::function<void(SubrequestResult&&)>;
 using TimerCallback = std::function<void()>;
+
+// Where a sub-request's result goes: the host calls onSubrequestDone(cookie, result) with the
+// cookie startSubrequest() was given. An interface and a cookie rather than a std::function per
+// sub-request, whose captured state cost a heap allocation each.
+class SubrequestCompletion {
+ public:
+  virtual void onSubrequestDone(uint64_t cookie, SubrequestResult&& result) = 0;
+
+ protected:
+  ~SubrequestCompletion() = default;
+};
 
 // One request as the Lua API sees it. Views returned stay valid until the next call that
 // mutates the same thing or the end of the request.
@@ -139,8 +161,9 @@ class RequestHost {
 
   // Rewrite/access: changes the request forwarded upstream.
   virtual void setRequestHeader(std::string_view name, std::string_view value, bool remove) = 0;
-  // Ends the request with a local response (called at most once per request).
-  virtual void respond(int status, const HeaderList& headers, std::string_view body) = 0;
+  // Ends the request with a local response (called at most once per request). The views are
+  // the policy's strings, valid during the call only.
+  virtual void respond(int status, std::span<const HeaderView> headers, std::string_view body) = 0;
   // Before header_filter: queued for the response; in header_filter: the response itself.
   // Framing fields (Content-Length, Transfer-Encoding, Connection, ...) are the host's own: a
   // host ignores changes to them.
@@ -161,7 +184,9 @@ class RequestHost {
   virtual void riskAdd(std::string_view signal, int points) = 0;
   virtual int riskScore() = 0;
 
-  virtual OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCallback done) = 0;
+  // `done` outlives the operation unless cancelSubrequest() is called first (step 4 above).
+  virtual OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCompletion& done,
+                                      uint64_t cookie) = 0;
   virtual void cancelSubrequest(OperationId id) = 0;
   // Step 3 of the protocol above: call LuaRequest::resume() soon, from the event loop.
   virtual void scheduleResume() = 0;

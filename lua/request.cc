@@ -70,6 +70,75 @@ int LuaRequest::ctxRef() {
   return ctx_ref_;
 }
 
+void LuaRequest::beginWait(PendingOp::Kind kind, size_t slots) {
+  PendingOp& op = op_;
+  op.kind = kind;
+  op.active = true;
+  op.ready = false;
+  op.has_timer = false;
+  op.seq++;
+  op.outstanding = slots;
+  op.slots.clear();  // capacity kept for the next wait of this request
+  op.slots.resize(slots);
+}
+
+void LuaRequest::startSubrequests(bool multi, std::span<const SubrequestSpec> specs) {
+  // Cancels what a wait that never reached its yield left running (the bindings check that
+  // they can yield before starting anything, so this is a safety net).
+  if (op_.active) cancelOp();
+  beginWait(multi ? PendingOp::Kind::kMulti : PendingOp::Kind::kRequest, specs.size());
+  subrequests_ += specs.size();
+  const uint32_t seq = op_.seq;
+  for (size_t i = 0; i < specs.size(); i++) {
+    op_.slots[i].started = true;
+    OperationId id = host_.startSubrequest(specs[i], *this, (uint64_t{seq} << 32) | i);
+    // Cancelled from inside a synchronous completion: the rest never starts.
+    if (!op_.active || op_.seq != seq) break;
+    op_.slots[i].id = id;
+  }
+}
+
+void LuaRequest::onSubrequestDone(uint64_t cookie, SubrequestResult&& result) {
+  PendingOp& op = op_;
+  const size_t i = static_cast<uint32_t>(cookie);
+  // After cancel(), or for an earlier wait: ignored.
+  if (!op.active || (cookie >> 32) != op.seq || i >= op.slots.size()) return;
+  PendingOp::Slot& slot = op.slots[i];
+  if (slot.done) return;
+  slot.done = true;
+  slot.result = std::move(result);
+  if (--op.outstanding == 0) {
+    op.ready = true;
+    opReady();
+  }
+}
+
+void LuaRequest::startSleep(Nanos delay) {
+  if (op_.active) cancelOp();
+  beginWait(PendingOp::Kind::kSleep, 0);
+  op_.outstanding = 1;
+  op_.has_timer = true;
+  const uint32_t seq = op_.seq;
+  // cancel() cancels the timer while it is pending, so `this` outlives the callback.
+  op_.timer = core_->worker->startTimer(delay, [this, seq] {
+    if (!op_.active || op_.seq != seq || op_.ready) return;
+    op_.outstanding = 0;
+    op_.ready = true;
+    opReady();
+  });
+}
+
+void LuaRequest::cancelOp() {
+  PendingOp& op = op_;
+  if (!op.active) return;
+  op.active = false;  // completions arriving from here on are no-ops
+  for (const PendingOp::Slot& slot : op.slots)
+    if (slot.started && !slot.done) host_.cancelSubrequest(slot.id);
+  if (op.has_timer && !op.ready && core_->worker) core_->worker->cancelTimer(op.timer);
+  op.has_timer = false;
+  op.slots.clear();
+}
+
 void LuaRequest::opReady() {
   // Inside run()/resume() the driver notices `ready` after the yield; otherwise the host must
   // come back from a fresh event-loop turn.
@@ -89,14 +158,7 @@ void LuaRequest::dropCoroutine(bool reusable) {
 }
 
 void LuaRequest::cancel() {
-  if (pending_) {
-    PendingOp& op = *pending_;
-    op.owner = nullptr;
-    for (const PendingOp::Slot& slot : op.slots)
-      if (slot.started && !slot.done) host_.cancelSubrequest(slot.id);
-    if (op.has_timer && !op.ready && core_->worker) core_->worker->cancelTimer(op.timer);
-    pending_.reset();
-  }
+  cancelOp();
   if (waiting_ || started_) {
     // A suspended coroutine cannot be reused: drop it.
     dropCoroutine(false);
@@ -107,7 +169,12 @@ void LuaRequest::cancel() {
 }
 
 int LuaRequest::pushResults() {
-  std::shared_ptr<PendingOp> op = std::move(pending_);
+  PendingOp* op = &op_;
+  op->active = false;
+  struct Release {  // the results' strings go once they are in Lua
+    PendingOp* op;
+    ~Release() { op->slots.clear(); }
+  } release{op};
   lua_State* L = co_;
   size_t max_body = core_->options.max_subrequest_body;
   auto tooLarge = [&](const SubrequestResult& r) { return r.ok && r.body.size() > max_body; };
@@ -181,7 +248,7 @@ RunResult LuaRequest::run(Phase phase) {
 
 RunResult LuaRequest::resume() {
   RunResult r;
-  if (!waiting_ || !pending_ || !pending_->ready) {
+  if (!waiting_ || !op_.active || !op_.ready) {
     if (!waiting_) return r;
     r.status = RunStatus::kYielded;  // spurious wake-up: still waiting
     return r;
@@ -254,12 +321,12 @@ RunResult LuaRequest::drive(int nargs) {
         result.status = RunStatus::kResponded;
         break;
       }
-      if (!pending_) {
+      if (!op_.active) {
         cancel();
         result = fail(e.policy, "coroutine.yield() outside a sluice call in a handler");
         break;
       }
-      if (pending_->ready) {
+      if (op_.ready) {
         nargs = pushResults();
         continue;
       }

@@ -2,7 +2,9 @@
 // LuaRequest: the Lua side of one request on one WorkerVm (the coroutine protocol is described
 // in lua/host.h). Not thread-safe: used on its worker's thread only. Holds the WorkerVm alive.
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "lua/host.h"
 #include "lua/vm.h"
@@ -20,10 +22,10 @@ struct RunResult {
   std::string error;
 };
 
-struct PendingOp;
 struct RouteChain;
 
-class LuaRequest {
+// The completion side is private: only the host, handed `*this` by startSubrequests(), calls it.
+class LuaRequest final : private SubrequestCompletion {
  public:
   LuaRequest(WorkerVmPtr vm, RequestHost& host, const RouteChain* chain);
   ~LuaRequest();
@@ -50,13 +52,41 @@ class LuaRequest {
   lua_State* coroutine() const { return co_; }
   int ctxRef();
   void markResponded() { responded_ = true; exited_ = true; }
-  // Starts waiting on `op` (the binding then yields).
-  void wait(std::shared_ptr<PendingOp> op) { pending_ = std::move(op); }
-  void opReady();
+  // Start what the binding then yields for: http.request (one spec; `multi` false: res or
+  // nil, err), http.multi (a table of results), sleep.
+  void startSubrequests(bool multi, std::span<const SubrequestSpec> specs);
+  void startSleep(Nanos delay);
+  // A wait started and not yet handed back to the coroutine.
+  bool pending() const { return op_.active; }
   size_t subrequestsStarted() const { return subrequests_; }
-  void countSubrequests(size_t n) { subrequests_ += n; }
 
  private:
+  // What a yielding binding waits for. One per request, reused by each wait (it was a
+  // shared_ptr per call, plus a std::function per sub-request holding it): completions find
+  // it through the cookie, whose sequence number makes one for an earlier or cancelled wait
+  // a no-op.
+  struct PendingOp {
+    enum class Kind : uint8_t { kRequest, kMulti, kSleep };
+    struct Slot {
+      OperationId id = 0;
+      bool started = false;
+      bool done = false;
+      SubrequestResult result;
+    };
+    Kind kind = Kind::kRequest;
+    bool active = false;
+    bool ready = false;
+    bool has_timer = false;
+    uint32_t seq = 0;
+    size_t outstanding = 0;
+    OperationId timer = 0;
+    std::vector<Slot> slots;  // one per sub-request, in call order
+  };
+
+  void onSubrequestDone(uint64_t cookie, SubrequestResult&& result) override;
+  void beginWait(PendingOp::Kind kind, size_t slots);
+  void cancelOp();  // cancels what the wait still has running, ignores its late completions
+  void opReady();
   RunResult drive(int nargs);
   RunResult runPlain(Phase phase, int extra_args, std::string* chunk, bool eof, std::string* peer);
   RunResult fail(size_t policy, std::string message);
@@ -79,7 +109,7 @@ class LuaRequest {
   bool exited_ = false;
   bool cancelled_ = false;
   size_t subrequests_ = 0;
-  std::shared_ptr<PendingOp> pending_;
+  PendingOp op_;
 };
 
 }  // namespace sluice::lua

@@ -37,16 +37,40 @@ namespace {
 
 // Counts every byte the VM holds and refuses growth past the limit; LuaJIT turns the refusal
 // into a "not enough memory" error in the running code, never a crash.
+// LuaJIT passes a block's exact size back as osize, so a block of osize <= SmallBlocks::kMax is
+// one SmallBlocks::take() made (its class's full size) and a larger one came from malloc.
 void* limitedAlloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   auto* core = static_cast<VmCore*>(ud);
+  SmallBlocks& sb = core->small_blocks;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    free(ptr);
+    if (ptr) {
+      if (SmallBlocks::small(old)) sb.give(ptr, old);
+      else std::free(ptr);
+    }
     core->mem_used -= old;
     return nullptr;
   }
   if (nsize > old && core->mem_strict && core->mem_used + (nsize - old) > core->mem_limit) return nullptr;
-  void* p = realloc(ptr, nsize);
+  void* p;
+  const bool shrink = ptr && nsize <= old;
+  if (!ptr) {
+    p = SmallBlocks::small(nsize) ? sb.take(nsize) : std::malloc(nsize);
+  } else if (!SmallBlocks::small(old) && !SmallBlocks::small(nsize)) {
+    p = std::realloc(ptr, nsize);
+  } else if (SmallBlocks::small(old) && SmallBlocks::small(nsize) &&
+             SmallBlocks::classOf(old) == SmallBlocks::classOf(nsize)) {
+    p = ptr;  // still fits its block
+  } else {
+    p = SmallBlocks::small(nsize) ? sb.take(nsize) : std::malloc(nsize);
+    if (p) {
+      std::memcpy(p, ptr, std::min(old, nsize));
+      if (SmallBlocks::small(old)) sb.give(ptr, old);
+      else std::free(ptr);
+    } else if (shrink) {
+      p = ptr;  // Lua takes a shrink to never fail; the old block holds it (any class fits)
+    }
+  }
   if (p) core->mem_used = core->mem_used - old + nsize;
   return p;
 }
@@ -255,6 +279,7 @@ WorkerVmPtr WorkerVm::prepare(PolicyBundlePtr bundle, const VmOptions& options,
   core->bundle = vm->bundle_.get();
   core->self = vm;
   core->mem_limit = options.memory_limit;
+  core->small_blocks.keep = options.small_block_cache;
   if (!vm->build(errors)) return nullptr;
   return vm;
 }

@@ -39,6 +39,10 @@ struct VmOptions {
   size_t max_subrequest_body = 1 << 20;    // response body bytes per sub-request
   Nanos default_subrequest_timeout = 1000 * kMillis;
   size_t max_timers = 1024;                // pending timers per VM
+  // Freed small blocks (<= 256 bytes) the VM keeps for reuse instead of handing them back to
+  // malloc, in bytes, outside memory_limit (lua/vm_internal.h, SmallBlocks). 128 KB held a
+  // GC cycle's worth of item_page garbage; 0 turns the lists off.
+  size_t small_block_cache = 256 << 10;
   JsonLimits json;
 };
 

@@ -1,6 +1,7 @@
 #pragma once
 // State shared by vm.cc, request.cc and api.cc. Not part of the public API.
 #include <array>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -37,26 +38,6 @@ struct RouteChain {
   std::array<std::vector<ChainEntry>, static_cast<size_t>(Phase::kCount)> phases;
 };
 
-// What a yielding binding waits for. Shared with the host's completion callbacks, so a late
-// callback after cancel() or after the request is gone finds owner == nullptr and does nothing.
-struct PendingOp {
-  enum class Kind : uint8_t { kRequest, kMulti, kSleep };
-  Kind kind = Kind::kRequest;
-  LuaRequest* owner = nullptr;
-  // One slot per sub-request, in call order (one allocation; four parallel vectors were four).
-  struct Slot {
-    OperationId id = 0;
-    bool started = false;
-    bool done = false;
-    SubrequestResult result;
-  };
-  std::vector<Slot> slots;
-  size_t outstanding = 0;
-  bool ready = false;
-  OperationId timer = 0;
-  bool has_timer = false;
-};
-
 struct LuaTimer {
   int fn_ref = LUA_NOREF;
   int args_ref = LUA_NOREF;  // table of extra arguments
@@ -72,6 +53,59 @@ struct LuaTimer {
 // (~27 times per http.multi of three).
 enum class ApiKey : uint8_t { kPool, kMethod, kPath, kHeaders, kBody, kTimeout, kStatus, kErr, kCount };
 
+// Free lists of the VM's small blocks, by 16-byte size class, in front of malloc. Most of what a
+// request allocates in Lua (strings, tables, their array and hash parts) is small and dies
+// young: ~100 blocks per item_page, whose malloc/realloc/free in glibc cost ~13k instructions
+// (its per-thread cache keeps 7 blocks a size, and the GC frees in bursts of a whole cycle's
+// garbage). Bounded by VmOptions::small_block_cache bytes, past which blocks go back to malloc.
+struct SmallBlocks {
+  static constexpr size_t kGranule = 16;
+  static constexpr size_t kMax = 256;  // larger blocks go to malloc directly
+  static constexpr size_t kClasses = kMax / kGranule;
+  struct Free {
+    Free* next;
+  };
+  size_t keep = 0;   // most bytes held on the lists
+  size_t bytes = 0;  // held on the lists now
+  Free* head[kClasses] = {};
+
+  SmallBlocks() = default;
+  SmallBlocks(const SmallBlocks&) = delete;
+  SmallBlocks& operator=(const SmallBlocks&) = delete;
+  ~SmallBlocks() {
+    for (Free* f : head)
+      while (f) {
+        Free* next = f->next;
+        std::free(f);
+        f = next;
+      }
+  }
+  static bool small(size_t n) { return n <= kMax; }
+  static size_t classOf(size_t n) { return (n - 1) / kGranule; }  // n in [1, kMax]
+  // A block of at least n bytes (n <= kMax): a block of its class's full size, so any later
+  // block of the same class fits in it.
+  void* take(size_t n) {
+    const size_t k = classOf(n);
+    if (Free* f = head[k]) {
+      head[k] = f->next;
+      bytes -= (k + 1) * kGranule;
+      return f;
+    }
+    return std::malloc((k + 1) * kGranule);
+  }
+  void give(void* p, size_t n) {
+    const size_t k = classOf(n);
+    if (bytes + (k + 1) * kGranule > keep) {
+      std::free(p);
+      return;
+    }
+    Free* f = static_cast<Free*>(p);
+    f->next = head[k];
+    head[k] = f;
+    bytes += (k + 1) * kGranule;
+  }
+};
+
 struct VmCore {
   lua_State* L = nullptr;
   VmOptions options;
@@ -86,6 +120,7 @@ struct VmCore {
   // Allocator accounting (lua_Alloc ud is this struct, so bindings find it via lua_getallocf).
   size_t mem_used = 0;
   size_t mem_limit = 0;
+  SmallBlocks small_blocks;  // after lua_close in ~VmCore, which hands every block back
   // The limit applies only while policy code runs: a refusal outside a protected call (the
   // host pushing results) would be an unprotected error, which LuaJIT turns into abort().
   bool mem_strict = false;
@@ -107,6 +142,14 @@ struct VmCore {
   // sluice.json.encode's output buffer, kept between calls (a page document grew through five
   // reallocations per call). Encoding runs no Lua code, so it is never used re-entrantly.
   std::string json_out;
+
+  // The parts of the http.request/http.multi being started (lua/api.cc): kept so a call
+  // allocates nothing for them. Never in use twice at once: those bindings refuse to run where
+  // they could not yield, which is where a metamethod they trigger would call them.
+  std::vector<SubrequestSpec> spec_scratch;
+  std::vector<HeaderView> spec_headers;
+  std::vector<uint32_t> spec_header_at;  // per part: its header table's stack index, then count
+  std::vector<HeaderView> exit_headers;   // sluice.resp.exit's, the same way
 
   std::map<uint64_t, LuaTimer> timers;
   uint64_t next_timer = 1;

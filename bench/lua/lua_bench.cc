@@ -37,7 +37,7 @@ class NullRequest : public RequestHost {
   bool body(std::string_view*) const override { return false; }
   std::string_view var(RequestVar) const override { return "x"; }
   void setRequestHeader(std::string_view, std::string_view, bool) override {}
-  void respond(int, const HeaderList&, std::string_view) override {}
+  void respond(int, std::span<const HeaderView>, std::string_view) override {}
   void setResponseHeader(std::string_view, std::string_view, bool) override {}
   int responseStatus() const override { return 200; }
   void setResponseStatus(int) override {}
@@ -48,7 +48,9 @@ class NullRequest : public RequestHost {
   bool setLimitKey(std::string_view, std::string_view) override { return true; }
   void riskAdd(std::string_view, int) override {}
   int riskScore() override { return 0; }
-  OperationId startSubrequest(const SubrequestSpec&, SubrequestCallback) override { return 1; }
+  OperationId startSubrequest(const SubrequestSpec&, SubrequestCompletion&, uint64_t) override {
+    return 1;
+  }
   void cancelSubrequest(OperationId) override {}
   void scheduleResume() override {}
 };

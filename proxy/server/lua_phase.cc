@@ -182,10 +182,13 @@ struct LuaExchangeState final : lua::RequestHost {
     return true;
   }
   static constexpr size_t kMaxLimitKeys = 16;
-  void respond(int status, const lua::HeaderList& headers, std::string_view b) override {
+  void respond(int status, std::span<const lua::HeaderView> headers, std::string_view b) override {
     responded = true;
     resp_status = status;
-    resp_headers = headers;
+    resp_headers.clear();
+    resp_headers.reserve(headers.size());
+    for (const lua::HeaderView& h : headers)
+      resp_headers.push_back(lua::Header{std::string(h.name), std::string(h.value)});
     resp_body.assign(b);
   }
   // Fields that carry the framing are the proxy's to write: a policy cannot break the stream.
@@ -248,7 +251,7 @@ struct LuaExchangeState final : lua::RequestHost {
   void riskAdd(std::string_view, int) override {}
   int riskScore() override { return 0; }
   lua::OperationId startSubrequest(const lua::SubrequestSpec& spec,
-                                   lua::SubrequestCallback done) override;
+                                   lua::SubrequestCompletion& done, uint64_t cookie) override;
   void cancelSubrequest(lua::OperationId id) override;
   void scheduleResume() override {
     if (rt) {
@@ -268,8 +271,9 @@ class LuaSubrequest final : public UpstreamHandler {
 
  public:
   LuaSubrequest(LuaExchangeState* st, lua::OperationId id, std::shared_ptr<UpstreamPool> pool,
-                lua::SubrequestCallback done, size_t max_body, uv_loop_t* loop)
-      : st_(st), id_(id), pool_(std::move(pool)), done_(std::move(done)), max_body_(max_body) {
+                lua::SubrequestCompletion* done, uint64_t cookie, size_t max_body, uv_loop_t* loop)
+      : st_(st), id_(id), pool_(std::move(pool)), done_(done), cookie_(cookie),
+        max_body_(max_body) {
     uv_timer_init(loop, &timer_);
     timer_.data = this;
   }
@@ -375,9 +379,9 @@ class LuaSubrequest final : public UpstreamHandler {
     LuaExchangeState* st = st_;
     st_ = nullptr;
     if (st) st->unlinkSub(this);
-    auto done = std::move(done_);
+    lua::SubrequestCompletion* done = done_;
     done_ = nullptr;
-    if (done) done(std::move(result_));
+    if (done) done->onSubrequestDone(cookie_, std::move(result_));
     destroy();
   }
 
@@ -452,7 +456,8 @@ class LuaSubrequest final : public UpstreamHandler {
   LuaExchangeState* st_;
   lua::OperationId id_;
   std::shared_ptr<UpstreamPool> pool_;
-  lua::SubrequestCallback done_;
+  lua::SubrequestCompletion* done_;  // nullptr once cancelled or completed
+  uint64_t cookie_;
   size_t max_body_;
   uv_timer_t timer_;
   UpstreamConnection* conn_ = nullptr;
@@ -498,7 +503,8 @@ void LuaExchangeState::cancelSubs() {
 }
 
 lua::OperationId LuaExchangeState::startSubrequest(const lua::SubrequestSpec& spec,
-                                                   lua::SubrequestCallback done) {
+                                                   lua::SubrequestCompletion& done,
+                                                   uint64_t cookie) {
   lua::OperationId id = next_sub++;
   const Exchange& e = ex();
   const auto& cfg = *e.gen->gen->config;
@@ -508,16 +514,16 @@ lua::OperationId LuaExchangeState::startSubrequest(const lua::SubrequestSpec& sp
   auto fail = [&](const char* why) {
     lua::SubrequestResult r;
     r.error = why;
-    done(std::move(r));  // synchronous completion is allowed by the protocol
+    done.onSubrequestDone(cookie, std::move(r));  // synchronous completion is allowed
     return id;
   };
   if (ui < 0) return fail("no such pool");
   if (spec.path.empty() || spec.path[0] != '/' || hasAnyOf(spec.path, '\r', '\n', ' '))
     return fail("bad path");
   for (const auto& h : spec.headers)
-    if (hasAnyOf(h.name, '\r', '\n', ':') || hasAnyOf(h.value, '\r', '\n', '\n'))
+    if (hasAnyOf(h.name, '\r', '\n', ':') || hasAnyOf(h.value, '\r', '\n', '\0'))
       return fail("bad header");
-  auto* sub = new LuaSubrequest(this, id, e.gen->pools[static_cast<size_t>(ui)], std::move(done),
+  auto* sub = new LuaSubrequest(this, id, e.gen->pools[static_cast<size_t>(ui)], &done, cookie,
                                 spec.max_body ? spec.max_body : (1u << 20), worker->loop());
   linkSub(sub);
   sub->start(spec, e.request_id, cfg.request_id_header);

@@ -39,7 +39,7 @@ class FuzzRequest : public RequestHost {
     return v == RequestVar::kMemberId ? std::string_view(payload_) : std::string_view("v");
   }
   void setRequestHeader(std::string_view, std::string_view, bool) override {}
-  void respond(int, const HeaderList&, std::string_view) override {}
+  void respond(int, std::span<const HeaderView>, std::string_view) override {}
   void setResponseHeader(std::string_view, std::string_view, bool) override {}
   int responseStatus() const override { return 200; }
   void setResponseStatus(int) override {}
@@ -50,13 +50,14 @@ class FuzzRequest : public RequestHost {
   bool setLimitKey(std::string_view, std::string_view) override { return true; }
   void riskAdd(std::string_view, int) override {}
   int riskScore() override { return 0; }
-  OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCallback done) override {
+  OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCompletion& done,
+                              uint64_t cookie) override {
     FUZZ_CHECK(!spec.pool.empty() && spec.path[0] == '/');
     SubrequestResult r;
     r.ok = true;
     r.status = 200;
     r.body = payload_;
-    done(std::move(r));
+    done.onSubrequestDone(cookie, std::move(r));
     return 1;
   }
   void cancelSubrequest(OperationId) override {}

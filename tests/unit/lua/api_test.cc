@@ -74,6 +74,10 @@ TEST_CASE("req.set_header and resp.set_header reach the host, bad headers are er
     sluice.resp.set_header("X-Policy", "yes")
     local ok, err = pcall(sluice.req.set_header, "Bad Name", "v")
     assert(not ok and err:find("invalid header name"))
+    ok, err = pcall(sluice.req.set_header, "X-A\0B", "v")
+    assert(not ok and err:find("invalid header name"), "NUL in a name")
+    ok, err = pcall(sluice.resp.set_header, "\0", "v")
+    assert(not ok and err:find("invalid header name"), "NUL as a name")
     ok, err = pcall(sluice.resp.set_header, "X", "a\r\nInjected: 1")
     assert(not ok and err:find("CR, LF"))
   )");
@@ -82,6 +86,22 @@ TEST_CASE("req.set_header and resp.set_header reach the host, bad headers are er
   REQUIRE(res.status == RunStatus::kContinue);
   CHECK(r.host.request_header_ops == std::vector<std::string>{"X-Member=m1", "X-Drop"});
   CHECK(r.host.response_header_ops == std::vector<std::string>{"X-Policy=yes"});
+}
+
+TEST_CASE("resp.exit headers: numbers become strings, bad names and values are errors", "[lua]") {
+  Run r("access", R"(
+    local ok, err = pcall(sluice.resp.exit, 200, "x", { ["X-\0"] = "v" })
+    assert(not ok and err:find("invalid header name"), err)
+    ok, err = pcall(sluice.resp.exit, 200, "x", { ["X-V"] = "a\nb" })
+    assert(not ok and err:find("CR, LF"), err)
+    sluice.resp.exit(200, "x", { ["X-N"] = 2.5, ["X-I"] = 7 })
+  )");
+  RunResult res = r.go(Phase::kAccess);
+  INFO(res.error);
+  REQUIRE(res.status == RunStatus::kResponded);
+  CHECK(r.host.responses == 1);
+  REQUIRE(r.host.resp_headers.size() == 2);
+  for (const auto& h : r.host.resp_headers) CHECK(h.value == (h.name == "X-N" ? "2.5" : "7"));
 }
 
 TEST_CASE("resp.exit ends the request and skips the rest of the handler", "[lua]") {

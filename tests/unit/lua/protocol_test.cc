@@ -143,7 +143,7 @@ TEST_CASE("client abort mid-fan-out cancels outstanding sub-requests; late callb
   req->cancel();
   CHECK(host.cancelled == std::vector<OperationId>{2});
   CHECK_FALSE(req->waiting());
-  late.first(std::move(late.second));  // a host bug: callback after cancel -> ignored
+  late.fire();  // a host bug: a completion after cancel -> ignored
   CHECK(host.resumes_scheduled == 0);
   CHECK(req->resume().status == RunStatus::kContinue);
   CHECK(host.responses == 0);
@@ -223,6 +223,99 @@ TEST_CASE("fan-out, sub-request and argument caps", "[lua]") {
   INFO(r.error);
   CHECK(r.status == RunStatus::kContinue);
   CHECK(host.started.size() == 3);  // nothing started by the rejected calls
+}
+
+TEST_CASE("a NUL in a sub-request's header name or method is an error, nothing starts", "[lua]") {
+  Fixture f;
+  f.build({{"p.lua", policy("access", R"(
+    local ok, err = pcall(sluice.http.request, "a", { path = "/x", headers = { ["X-A\0B"] = "1" } })
+    assert(not ok and err:find("invalid header name"), err)
+    ok, err = pcall(sluice.http.multi, { { pool = "a", path = "/x" },
+                                         { pool = "a", path = "/y", headers = { ["\0"] = "1" } } })
+    assert(not ok and err:find("invalid header name"), err)
+    ok, err = pcall(sluice.http.request, "a", { path = "/x", method = "GET\0X" })
+    assert(not ok and err:find("invalid method"), err)
+    ok, err = pcall(sluice.http.request, "a", { path = "/x", headers = { ["X-A"] = "1\0" } })
+    assert(not ok and err:find("CR, LF or NUL"), err)
+  )")}},
+          {{"p", ""}});
+  TestRequestHost host;
+  RunResult r = f.vm->newRequest(host, "r1")->run(Phase::kAccess);
+  INFO(r.error);
+  CHECK(r.status == RunStatus::kContinue);
+  CHECK(host.started.empty());
+}
+
+TEST_CASE("sub-request fields from metamethods survive the GC until the parts start", "[lua]") {
+  // The spec handed to the host holds views of the policy's strings: every field read must stay
+  // referenced until startSubrequest, even when a metamethod makes garbage and drops references.
+  Fixture f;
+  f.build({{"p.lua", policy("access", R"(
+    local calls = {}
+    local mt = { __index = function(t, k)
+      for i = 1, 3000 do local _ = { i, tostring(i) } end  -- enough garbage for GC steps
+      if k == "path" then return "/part" .. rawget(t, "n") end
+      if k == "body" then
+        calls[1].headers = nil  -- an earlier part's header table loses its only reference...
+        return ("b"):rep(3)
+      end
+    end }
+    for i = 1, 3 do
+      calls[i] = setmetatable({ n = i, pool = "a", method = "P" .. "UT",
+                                headers = { ["X-N"] = i, ["X-S"] = "s" .. i } }, mt)
+    end
+    local rs = sluice.http.multi(calls)
+    for i = 1, 3 do assert(rs[i].status == 200, rs[i].err) end
+    local ok, res = pcall(sluice.http.request, "a", { path = "/one" })  -- a yield inside pcall
+    assert(ok and res.body == "1")
+  )")}},
+          {{"p", ""}});
+  TestRequestHost host;
+  host.mode = TestRequestHost::Mode::kDeferred;
+  host.canned["a/one"] = TestRequestHost::ok(200, "1");
+  for (int i = 1; i <= 3; i++) host.canned["a/part" + std::to_string(i)] = TestRequestHost::ok(200, "");
+  auto req = f.vm->newRequest(host, "r1");
+  REQUIRE(req->run(Phase::kAccess).status == RunStatus::kYielded);
+  REQUIRE(host.started.size() == 3);
+  for (size_t i = 0; i < 3; i++) {
+    const auto& s = host.started[i];
+    CHECK(s.pool == "a");
+    CHECK(s.method == "PUT");
+    CHECK(s.path == "/part" + std::to_string(i + 1));
+    CHECK(s.body == "bbb");
+    REQUIRE(s.headers.size() == 2);
+    for (const auto& h : s.headers)
+      CHECK(h.value == (h.name == "X-N" ? "" : "s") + std::to_string(i + 1));
+  }
+  host.completeAll();
+  REQUIRE(req->resume().status == RunStatus::kYielded);
+  host.completeAll();
+  RunResult r = req->resume();
+  INFO(r.error);
+  CHECK(r.status == RunStatus::kContinue);
+}
+
+TEST_CASE("http.request from a metamethod a binding runs is an error and starts nothing", "[lua]") {
+  Fixture f;
+  f.build({{"p.lua", policy("access", R"(
+    local spec = setmetatable({ pool = "a" }, { __index = function(t, k)
+      if k == "path" then sluice.http.request("a", { path = "/inner" }) end
+    end })
+    local ok, err = pcall(sluice.http.multi, { spec })
+    assert(not ok and err:find("cannot yield"), err)
+    local res = sluice.http.request("a", { path = "/one" })
+    sluice.resp.exit(200, res.body)
+  )")}},
+          {{"p", ""}});
+  TestRequestHost host;
+  host.canned["a/one"] = TestRequestHost::ok(200, "1");
+  host.canned["a/inner"] = TestRequestHost::ok(200, "inner");
+  RunResult r = f.vm->newRequest(host, "r1")->run(Phase::kAccess);
+  INFO(r.error);
+  CHECK(r.status == RunStatus::kResponded);
+  CHECK(host.resp_body == "1");
+  REQUIRE(host.started.size() == 1);
+  CHECK(host.started[0].path == "/one");
 }
 
 TEST_CASE("sleep yields on a worker timer and is cancelled with the request", "[lua]") {

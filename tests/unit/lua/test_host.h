@@ -81,10 +81,11 @@ class TestRequestHost : public RequestHost {
   void setRequestHeader(std::string_view name, std::string_view value, bool remove) override {
     request_header_ops.push_back(std::string(name) + (remove ? "" : "=" + std::string(value)));
   }
-  void respond(int status, const HeaderList& hs, std::string_view b) override {
+  void respond(int status, std::span<const HeaderView> hs, std::string_view b) override {
     responses++;
     resp_status = status;
-    resp_headers = hs;
+    resp_headers.clear();
+    for (const HeaderView& h : hs) resp_headers.push_back(Header{std::string(h.name), std::string(h.value)});
     resp_body = std::string(b);
   }
   void setResponseHeader(std::string_view name, std::string_view value, bool remove) override {
@@ -113,21 +114,23 @@ class TestRequestHost : public RequestHost {
   }
   int riskScore() override { return score; }
 
-  OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCallback done) override {
+  OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCompletion& done,
+                              uint64_t cookie) override {
     OperationId id = next_++;
-    started.push_back(spec);
+    started.push_back(StartedSpec::of(spec));  // the spec's views last only for this call
     SubrequestResult r;
-    auto f = canned.find(spec.pool + spec.path);
+    const std::string key = std::string(spec.pool) + std::string(spec.path);
+    auto f = canned.find(key);
     if (f == canned.end()) {
       r.ok = false;
       r.error = "no such pool";
     } else {
       r = f->second;
     }
-    if (mode == Mode::kImmediate && f != canned.end() && !deferred_keys.count(spec.pool + spec.path)) {
-      done(std::move(r));
+    if (mode == Mode::kImmediate && f != canned.end() && !deferred_keys.count(key)) {
+      done.onSubrequestDone(cookie, std::move(r));
     } else {
-      waiting[id] = {std::move(done), std::move(r)};
+      waiting[id] = Waiting{&done, cookie, std::move(r)};
     }
     return id;
   }
@@ -141,14 +144,14 @@ class TestRequestHost : public RequestHost {
   void completeAll() {
     auto w = std::move(waiting);
     waiting.clear();
-    for (auto& [id, p] : w) p.first(std::move(p.second));
+    for (auto& [id, p] : w) p.fire();
   }
   void complete(OperationId id) {
     auto f = waiting.find(id);
     if (f == waiting.end()) return;
     auto p = std::move(f->second);
     waiting.erase(f);
-    p.first(std::move(p.second));
+    p.fire();
   }
 
   static SubrequestResult ok(int status, std::string body) {
@@ -188,9 +191,29 @@ class TestRequestHost : public RequestHost {
   Mode mode = Mode::kImmediate;
   std::map<std::string, SubrequestResult> canned;  // pool + path -> result
   std::set<std::string> deferred_keys;              // answered only by complete()
-  std::vector<SubrequestSpec> started;
+  // A started sub-request's spec, copied out of the views it came in.
+  struct StartedSpec {
+    std::string pool, method, path, body;
+    HeaderList headers;
+    Nanos timeout = 0;
+    size_t max_body = 0;
+    static StartedSpec of(const SubrequestSpec& s) {
+      StartedSpec c{std::string(s.pool), std::string(s.method), std::string(s.path),
+                    std::string(s.body), {}, s.timeout, s.max_body};
+      for (const HeaderView& h : s.headers)
+        c.headers.push_back(Header{std::string(h.name), std::string(h.value)});
+      return c;
+    }
+  };
+  struct Waiting {
+    SubrequestCompletion* done = nullptr;
+    uint64_t cookie = 0;
+    SubrequestResult result;
+    void fire() { done->onSubrequestDone(cookie, std::move(result)); }
+  };
+  std::vector<StartedSpec> started;
   std::vector<OperationId> cancelled;
-  std::map<OperationId, std::pair<SubrequestCallback, SubrequestResult>> waiting;
+  std::map<OperationId, Waiting> waiting;
   int resumes_scheduled = 0;
 
  private:

@@ -2,6 +2,7 @@
 // plus the C++ SharedDict store.
 #include <catch2/catch.hpp>
 
+#include "lua/vm_internal.h"
 #include "tests/unit/lua/test_host.h"
 
 namespace sluice::lua {
@@ -213,6 +214,64 @@ TEST_CASE("memory is measured and exported", "[lua]") {
   f.build({{"p.lua", policy("access", "")}}, {{"p", ""}});
   CHECK(f.vm->memoryBytes() > 10000);
   CHECK(f.vm->memoryBytes() < 4 << 20);
+}
+
+TEST_CASE("SmallBlocks: freed blocks are reused by size class within the byte bound", "[lua]") {
+  SmallBlocks sb;
+  sb.keep = 96;
+  void* a = sb.take(20);  // class 32
+  void* b = sb.take(32);
+  void* c = sb.take(17);
+  void* d = sb.take(200);  // class 208
+  sb.give(a, 20);
+  sb.give(b, 32);
+  sb.give(c, 17);  // 96 bytes held: the bound
+  CHECK(sb.bytes == 96);
+  sb.give(d, 200);  // past the bound: back to malloc
+  CHECK(sb.bytes == 96);
+  CHECK(sb.take(25) == c);  // last in, first out, any size of the class
+  CHECK(sb.take(32) == b);
+  CHECK(sb.bytes == 32);
+  void* e = sb.take(48);  // another class: a fresh block
+  CHECK(e != a);
+  sb.give(e, 48);
+  CHECK(sb.bytes == 80);
+  std::free(b);
+  std::free(c);
+}  // the rest is freed with the lists
+
+TEST_CASE("the Lua allocator: strings and tables grow and shrink across size classes", "[lua]") {
+  // Growth within a class keeps the block, across classes and past 256 bytes moves it: the
+  // bytes must survive every move, with and without the free lists.
+  for (size_t cache : {size_t{0}, size_t{4096}, size_t{256} << 10}) {
+    Fixture f;
+    VmOptions opts;
+    opts.small_block_cache = cache;
+    f.build({{"p.lua", policy("access", R"(
+      local parts, t = {}, {}
+      for i = 1, 600 do
+        parts[#parts + 1] = string.char(48 + i % 10)
+        local s = table.concat(parts)
+        assert(#s == i and s:sub(-1) == string.char(48 + i % 10))
+        t[i] = s
+        if i % 7 == 0 then t[i - 3] = nil end
+      end
+      for i = 600, 1, -1 do t[i] = nil end
+      local h = {}
+      for i = 1, 300 do h["k" .. i] = i end
+      for i = 1, 300 do assert(h["k" .. i] == i) end
+    )")}},
+            {{"p", ""}}, opts);
+    REQUIRE(f.errors.empty());
+    for (int round = 0; round < 3; round++) {
+      TestRequestHost host;
+      RunResult r = f.vm->newRequest(host, "r1")->run(Phase::kAccess);
+      INFO(r.error);
+      CHECK(r.status == RunStatus::kContinue);
+    }
+    CHECK(f.vm->memoryBytes() < 4 << 20);
+    CHECK(f.vm->core().small_blocks.bytes <= cache);
+  }
 }
 
 TEST_CASE("bundle hash changes with sources and attachments", "[lua]") {
