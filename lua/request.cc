@@ -7,6 +7,7 @@ namespace sluice::lua {
 
 namespace {
 constexpr size_t kThreadPoolMax = 64;
+constexpr size_t kCtxRefPoolMax = 1024;
 
 // The tables are fresh (no metatable), so rawset with the VM's interned keys is what setfield
 // did, without hashing "status", "headers" and "body" again for every part.
@@ -55,7 +56,17 @@ LuaRequest::LuaRequest(WorkerVmPtr vm, RequestHost& host, const RouteChain* chai
 LuaRequest::~LuaRequest() {
   cancel();
   if (co_) dropCoroutine(!started_);
-  if (ctx_ref_ != LUA_NOREF) luaL_unref(core_->L, LUA_REGISTRYINDEX, ctx_ref_);
+  if (ctx_ref_ != LUA_NOREF) {
+    // The table itself is garbage now (unless a timer of the policy kept it): only the
+    // registry slot is reused, refilled with a fresh table by the next request.
+    if (core_->free_ctx_refs.size() < kCtxRefPoolMax) {
+      lua_pushboolean(core_->L, 0);
+      lua_rawseti(core_->L, LUA_REGISTRYINDEX, ctx_ref_);
+      core_->free_ctx_refs.push_back(ctx_ref_);
+    } else {
+      luaL_unref(core_->L, LUA_REGISTRYINDEX, ctx_ref_);
+    }
+  }
 }
 
 bool LuaRequest::hasPhase(Phase phase) const {
@@ -64,8 +75,15 @@ bool LuaRequest::hasPhase(Phase phase) const {
 
 int LuaRequest::ctxRef() {
   if (ctx_ref_ == LUA_NOREF) {
-    lua_newtable(core_->L);
-    ctx_ref_ = luaL_ref(core_->L, LUA_REGISTRYINDEX);
+    lua_State* L = core_->L;
+    lua_newtable(L);
+    if (!core_->free_ctx_refs.empty()) {
+      ctx_ref_ = core_->free_ctx_refs.back();
+      core_->free_ctx_refs.pop_back();
+      lua_rawseti(L, LUA_REGISTRYINDEX, ctx_ref_);
+    } else {
+      ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
   }
   return ctx_ref_;
 }

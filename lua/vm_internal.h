@@ -138,6 +138,10 @@ struct VmCore {
   std::vector<Policy> policies;
   std::unordered_map<std::string, RouteChain> routes;
   std::vector<int> free_threads;  // registry refs of clean coroutines for reuse
+  // Registry refs for requests' ctx tables, reused: a finished request's slot holds `false`
+  // (never nil, so luaL_ref's array border never hands the number out again) until the next
+  // request stores its new table there. luaL_ref/luaL_unref per request cost ~300 instructions.
+  std::vector<int> free_ctx_refs;
 
   // sluice.json.encode's output buffer, kept between calls (a page document grew through five
   // reallocations per call). Encoding runs no Lua code, so it is never used re-entrantly.

@@ -627,8 +627,9 @@ LuaExchangeState* LuaPhase::ensureState(ClientConnection& conn, const RouteConfi
                   ri < e.gen->lua_route_chains.size() ? e.gen->lua_route_chains[ri]
                                                       : st->vm->routeChain(route.name));
   if (st->rt) st->rt->track(st.get());
-  e.lua = st;
-  return st.get();
+  LuaExchangeState* raw = st.get();
+  e.lua = std::move(st);  // moved, not copied: a copy is one more locked increment and decrement
+  return raw;
 }
 
 namespace {

@@ -172,6 +172,33 @@ TEST_CASE("ctx is one table per request, shared by policies and phases", "[lua]"
   CHECK(req2->run(Phase::kLog).status == RunStatus::kError);
 }
 
+TEST_CASE("a finished request's ctx slot is reused, never its table", "[lua]") {
+  // The registry slot of a finished request's ctx is handed to the next request with a new
+  // table: a policy that kept the old table (here in a global, as a timer closure could) writes
+  // into that one only.
+  Fixture f;
+  f.build({{"a.lua", R"(return { name = "a", phases = {
+              access = function(conf, ctx)
+                assert(next(ctx) == nil, "ctx not empty: " .. tostring(next(ctx)))
+                if kept then kept.leak = true end
+                ctx.mine = true
+                kept = ctx
+              end,
+              log = function(conf, ctx) assert(ctx.mine and not ctx.leak) end } })"}},
+          {{"a", ""}});
+  REQUIRE(f.errors.empty());
+  TestRequestHost host;
+  for (int i = 0; i < 5; ++i) {
+    auto req = f.vm->newRequest(host, "r1");
+    RunResult res = req->run(Phase::kAccess);
+    INFO(i << ": " << res.error);
+    REQUIRE(res.status == RunStatus::kContinue);
+    res = req->run(Phase::kLog);
+    INFO(i << ": " << res.error);
+    REQUIRE(res.status == RunStatus::kContinue);
+  }
+}
+
 TEST_CASE("var exposes identity and rejects unknown names", "[lua]") {
   Run r("access", R"(
     assert(sluice.var.client_ip == "192.0.2.7")
