@@ -14,7 +14,13 @@ inline bool equalsIgnoreCase(std::string_view a, std::string_view b) {
   return a.size() == b.size() && equalsIgnoreCaseN(a.data(), b.data(), a.size());
 }
 std::string toLower(std::string_view s);
-std::string_view trim(std::string_view s);
+// Without leading and trailing spaces and tabs. Inline: it runs on every cookie pair.
+inline std::string_view trim(std::string_view s) {
+  size_t b = 0, e = s.size();
+  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
+  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
+  return s.substr(b, e - b);
+}
 // True if the comma-separated header value contains `token` (case-insensitive), as in
 // "Connection: keep-alive, Upgrade".
 bool headerHasToken(std::string_view value, std::string_view token);

@@ -21,14 +21,6 @@ void putHex48(char* out, uint64_t v) {
   }
 }
 
-// trim() of core/strings, inlined: it runs on every cookie pair.
-inline std::string_view trimSpace(std::string_view s) {
-  size_t b = 0, e = s.size();
-  while (b < e && (s[b] == ' ' || s[b] == '\t')) ++b;
-  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) --e;
-  return s.substr(b, e - b);
-}
-
 }  // namespace
 
 HeaderOrderFingerprint HeaderOrderFingerprint::compute(const RiskRequest& r) {
@@ -64,7 +56,7 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compose(std::string_view method, 
   std::array<std::string_view, kMaxFingerprintCookies> cookies;
   size_t ncookies = 0;
   for (const CookiePair& p : jar.pairs()) {
-    const std::string_view n = trimSpace(p.name);
+    const std::string_view n = trim(p.name);
     if (n.empty()) continue;
     cookies[ncookies++] = n;
     if (ncookies == cookies.size()) break;

@@ -17,19 +17,6 @@ const char* routeClassName(RouteClass c) {
   return "other";
 }
 
-namespace {
-
-inline bool isSpaceOrTab(char c) { return c == ' ' || c == '\t'; }
-
-inline std::string_view trimSpaceTab(std::string_view s) {
-  size_t b = 0, e = s.size();
-  while (b < e && isSpaceOrTab(s[b])) ++b;
-  while (e > b && isSpaceOrTab(s[e - 1])) --e;
-  return s.substr(b, e - b);
-}
-
-}  // namespace
-
 void CookieJar::split(const std::vector<std::pair<std::string_view, std::string_view>>& headers) {
   pairs_.clear();
   split_ = true;
@@ -40,7 +27,7 @@ void CookieJar::split(const std::vector<std::pair<std::string_view, std::string_
     while (p < end) {
       const char* semi = static_cast<const char*>(std::memchr(p, ';', static_cast<size_t>(end - p)));
       if (!semi) semi = end;
-      const std::string_view text = trimSpaceTab({p, static_cast<size_t>(semi - p)});
+      const std::string_view text = trim({p, static_cast<size_t>(semi - p)});
       p = semi + 1;
       if (text.empty()) continue;
       const void* eq = std::memchr(text.data(), '=', text.size());
@@ -55,7 +42,7 @@ std::string_view CookieJar::find(std::string_view name) const {
   const size_t n = name.size();
   for (const CookiePair& p : pairs_)
     if (p.text.size() > n && p.text[n] == '=' && std::memcmp(p.text.data(), name.data(), n) == 0)
-      return trimSpaceTab(p.text.substr(n + 1));
+      return trim(p.text.substr(n + 1));
   return {};
 }
 
