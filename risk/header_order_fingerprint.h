@@ -59,9 +59,8 @@ struct HeaderOrderFingerprint {
   static HeaderOrderFingerprint compute(std::string_view method, uint8_t httpMajor,
                                         uint8_t httpMinor,
                                         const std::vector<HeaderField>& headers);
-  // The same, and from the same pass over the Cookie headers the value of the cookie named
-  // `wantCookie` exactly as RiskEngine::findCookie returns it (empty when absent), so evaluate()
-  // parses the cookies once for the K hash and the pass token.
+  // The same, and the value of the cookie named `wantCookie` exactly as RiskEngine::findCookie
+  // returns it (empty when absent), from one split of the Cookie headers.
   static HeaderOrderFingerprint compute(std::string_view method, uint8_t httpMajor,
                                         uint8_t httpMinor,
                                         const std::vector<HeaderField>& headers,

@@ -91,15 +91,10 @@ const KnownWords& known() {
 // hash64(name, seed) (core/hash.h) from the name's zero-padded words: the full words, then the
 // 1-7 byte tail, which is the next word as loaded (a zero word when the length is a multiple of 8).
 inline uint64_t hashWords(const NameWords& nw, size_t n, uint64_t seed) {
-  uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+  uint64_t h = hash64_steps::start(seed);
   const size_t full = n / 8;
-  for (size_t i = 0; i < full; ++i) {
-    h = (h ^ nw.w[i]) * 0x100000001b3ULL;
-    h ^= h >> 29;
-  }
-  const uint64_t tail = full < kWords ? nw.w[full] : 0;
-  h = (h ^ tail ^ (static_cast<uint64_t>(n) << 56)) * 0x100000001b3ULL;
-  return mix64(h);
+  for (size_t i = 0; i < full; ++i) h = hash64_steps::word(h, nw.w[i]);
+  return hash64_steps::finish(h, full < kWords ? nw.w[full] : 0, n);
 }
 
 inline bool equalWords(const uint64_t* a, const uint64_t* b) {

@@ -138,6 +138,8 @@ struct Runtime {
   Histogram score;
   // Decisions are counted per thread and summed when scraped: one shared atomic counted by
   // every worker on every request is a locked instruction on a line the workers pass around.
+  // (Not registry Counter series: the level label's names change with reloads, so the family
+  // is a scrape-time callback over level slots.)
   struct DecisionCounts {
     MetricCell cells[kDecCount][kLevelSlots] = {};
   };
