@@ -22,10 +22,21 @@ SLUICE_BIN = os.path.abspath(os.environ.get("SLUICE_BIN", os.path.join(ROOT, "bu
 DEMO_BIN = os.path.abspath(os.environ.get("SLUICE_DEMO_BIN", os.path.join(ROOT, "build", "demo", "sluice-demo-storefront")))
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before: the kernel
+    may give a just-closed port again, and a test that keeps one port dead (an upstream that must
+    refuse) while it starts servers on others must not find one of them there."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def wait_port(port, timeout=10.0, proc=None):
