@@ -121,9 +121,12 @@ int64_t Gcra::intervalsIn(Nanos x) const {
 }
 
 int64_t Gcra::nginxElapsedMs(uint64_t state, int64_t nowMs) const {
-  // Elapsed ms modulo 2^40 (34 years): the clock is monotonic, so a difference is never negative.
+  // Elapsed ms modulo 2^40 (34 years). Workers share one table but each stamps with its own
+  // reading of the clock (a request's head time), so `now` may be a little behind the stored
+  // `last`: that is no time at all, as nginx's `if (ms < 0) ms = 0`, not a 34-year drain.
   const uint64_t last = state >> kExcessBits;
-  return static_cast<int64_t>((static_cast<uint64_t>(nowMs) - last) & kMillisMask);
+  const uint64_t elapsed = (static_cast<uint64_t>(nowMs) - last) & kMillisMask;
+  return elapsed > kMillisMask - kBehindMs ? 0 : static_cast<int64_t>(elapsed);
 }
 
 int64_t Gcra::nginxDrain(int64_t elapsedMs) const {
@@ -179,13 +182,16 @@ RateDecision Gcra::chargeNginx(uint64_t& state, bool fresh, Nanos now, uint32_t 
   return d;
 }
 
-bool Gcra::idle(uint64_t state, Nanos now) const {
+bool Gcra::idle(uint64_t state, Nanos now) const { return debt(state, now) == 0; }
+
+uint64_t Gcra::debt(uint64_t state, Nanos now) const {
   if (params_.resolution == GcraResolution::kNginxMillis) {
     // Lossless only when even the +1000 of the next request drains to 0, as for a fresh node.
     const int64_t ms = nginxElapsedMs(state, floorDiv(now, kMillis));
-    return static_cast<int64_t>(state & kExcessMask) + 1000 <= nginxDrain(ms);
+    const int64_t left = static_cast<int64_t>(state & kExcessMask) + 1000 - nginxDrain(ms);
+    return left > 0 ? static_cast<uint64_t>(left) : 0;
   }
-  return static_cast<Nanos>(state) <= now;
+  return static_cast<Nanos>(state) > now ? static_cast<uint64_t>(static_cast<Nanos>(state) - now) : 0;
 }
 
 void Gcra::uncharge(uint64_t& state, uint32_t cost) const {

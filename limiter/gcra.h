@@ -72,6 +72,9 @@ class Gcra {
   RateDecision peek(uint64_t state, bool fresh, Nanos now, uint32_t cost) const;
   // True when the state is equivalent to a never-seen key at `now`, so dropping it is lossless.
   bool idle(uint64_t state, Nanos now) const;
+  // What the key still owes at `now`, 0 when idle: ns of TAT ahead of now, or nginx milli-excess
+  // (plus the next request's 1000) left after the drain. Ranks entries for eviction.
+  uint64_t debt(uint64_t state, Nanos now) const;
   // Takes `cost` requests back out of the state (the inexact half of refund()).
   void uncharge(uint64_t& state, uint32_t cost) const;
 
@@ -82,6 +85,8 @@ class Gcra {
   static constexpr int kExcessBits = 24;
   static constexpr uint64_t kExcessMask = (uint64_t{1} << kExcessBits) - 1;
   static constexpr uint64_t kMillisMask = (uint64_t{1} << 40) - 1;
+  // A stamp up to this far ahead of `now` (49 days) is another worker's clock reading, not a wrap.
+  static constexpr uint64_t kBehindMs = uint64_t{1} << 32;
 
  private:
   RateDecision chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
@@ -137,9 +142,8 @@ class GcraLimiter final : public RateLimiter {
   const GcraTablePtr& table() const { return table_; }
 
  private:
-  EntryStatus classify(uint64_t state, Nanos now) const {
-    return gcra_.idle(state, now) ? EntryStatus::kIdle : EntryStatus::kActive;
-  }
+  // Ranked by debt, so a full set gives up a nearly drained bucket before an abuser's.
+  EntryWorth classify(uint64_t state, Nanos now) const { return gcra_.debt(state, now); }
 
   const Gcra gcra_;
   const GcraTablePtr table_;

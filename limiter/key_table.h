@@ -14,12 +14,15 @@
 // Eviction happens only when a new key lands in a full set, in this order:
 //   1. the least-recently-used *idle* entry (idle = its state is back to "never seen", so dropping
 //      it changes no future decision; this is how idle entries expire, with no timers),
-//   2. if every entry is active, the least-recently-used active one, counted in `evictedActive`
-//      (the table is too small for the live key set: size it up),
+//   2. if every entry is active, the one the caller ranks least worth keeping (a rate rule ranks
+//      by debt), least recently used among equals, counted in `evictedActive` (the table is too
+//      small for the live key set: size it up),
 //   3. entries the caller classifies as pinned (in-flight concurrency counts) are never evicted;
 //      the insert is refused and counted instead.
-// So an abuser with a debt keeps it while idle entries exist in its set. LRU order is exact within
-// a set and approximate across sets, like a CPU cache.
+// So an abuser with a debt keeps it while idle entries exist in its set, and even when a key
+// flood's one-request entries look active (to a worker whose clock reading is a little behind
+// the other's, a 4 ms bucket is not yet drained) they go before an abuser's seconds of debt.
+// LRU order is exact within a set and approximate across sets, like a CPU cache.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +42,16 @@ enum class EntryStatus : uint8_t {
   kActive,  // holds state that matters: evict only when the whole set is active
   kPinned,  // must never be evicted (something outside the table refers to it)
 };
+
+// A classifier may rank instead: 0 is idle, kPinnedWorth pinned, and among the others the least
+// worth is evicted first. An EntryStatus classifier ranks every active entry the same (plain LRU).
+using EntryWorth = uint64_t;
+inline constexpr EntryWorth kPinnedWorth = ~EntryWorth{0};
+
+inline constexpr EntryWorth worthOf(EntryStatus status) {
+  return status == EntryStatus::kIdle ? 0 : status == EntryStatus::kActive ? 1 : kPinnedWorth;
+}
+inline constexpr EntryWorth worthOf(EntryWorth worth) { return worth; }
 
 enum class Lookup : uint8_t { kFindOnly, kFindOrInsert };
 
@@ -154,8 +167,9 @@ class KeyTable {
 
   // Finds `key` (inserting it when absent and `lookup` allows) and runs, under the set's lock,
   //   EntryAction fn(State& state, bool inserted)
-  // on its state; a fresh state is value-initialised. `classify(const State&) -> EntryStatus` is
-  // consulted only when a full set needs a victim. fn must be short and must not touch the table.
+  // on its state; a fresh state is value-initialised. `classify(const State&)` returns an
+  // EntryStatus or an EntryWorth and is consulted only when a full set needs a victim. fn must be
+  // short and must not touch the table.
   template <class Classify, class Fn>
   TableResult apply(uint64_t key, Lookup lookup, Classify&& classify, Fn&& fn) {
     Set& set = setFor(key);
@@ -187,13 +201,17 @@ class KeyTable {
     } else {
       int idle = -1;
       int active = -1;
-      for (int i = static_cast<int>(n) - 1; i >= 0; --i) {
-        const EntryStatus status = classify(static_cast<const State&>(entries[i].state));
-        if (status == EntryStatus::kIdle) {
+      EntryWorth least = kPinnedWorth;
+      for (int i = static_cast<int>(n) - 1; i >= 0; --i) {  // LRU end first
+        const EntryWorth worth = worthOf(classify(static_cast<const State&>(entries[i].state)));
+        if (worth == 0) {
           idle = i;
           break;
         }
-        if (status == EntryStatus::kActive && active < 0) active = i;
+        if (worth < least) {  // strict: the less recently used wins a tie
+          least = worth;
+          active = i;
+        }
       }
       int victim = idle;
       if (victim < 0) {
@@ -267,7 +285,7 @@ class KeyTable {
       detail::SpinGuard guard(set.lock);
       unsigned n = set.count.load(std::memory_order_relaxed);
       for (unsigned i = n; i-- > 0;) {
-        if (classify(static_cast<const State&>(set.entries[i].state)) == EntryStatus::kIdle) {
+        if (worthOf(classify(static_cast<const State&>(set.entries[i].state))) == 0) {
           eraseAt(set, i, n);
           --n;
           ++dropped;

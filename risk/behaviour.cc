@@ -13,7 +13,7 @@ uint16_t itemFingerprint(uint64_t itemKey) {
 }
 
 bool within(uint32_t then, uint32_t nowTick, Nanos window) {
-  return then != 0 && static_cast<Nanos>(nowTick - then) * kSeconds <= window;
+  return then != 0 && static_cast<Nanos>(since(then, nowTick)) * kSeconds <= window;
 }
 
 }  // namespace
@@ -53,7 +53,8 @@ namespace {
 // The peers' decaying count as of `tick`.
 float remoteNow(const EntityState& s, uint32_t tick, uint32_t windowSecs) {
   if (s.remoteCount <= 0) return 0;
-  const uint16_t age = static_cast<uint16_t>(static_cast<uint16_t>(tick) - s.remoteAt);
+  uint16_t age = static_cast<uint16_t>(static_cast<uint16_t>(tick) - s.remoteAt);
+  if (age >= 0x8000) age = 0;  // stamped by a worker whose clock read a little later (mod 2^16)
   return s.remoteCount * static_cast<float>(std::exp(-static_cast<double>(age) / windowSecs));
 }
 }  // namespace
@@ -67,7 +68,7 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
   const uint32_t windowSecs = static_cast<uint32_t>(std::max<Nanos>(p.rateWindow / kSeconds, 1));
   const uint64_t idleMs = static_cast<uint64_t>(p.idleAfter / kMillis);
   auto classify = [&](const EntityState& s) {
-    return nowMs - s.lastSeenMs > idleMs ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive;
+    return since(s.lastSeenMs, nowMs) > idleMs ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive;
   };
   for (int k = 0; k < kEntityKinds; ++k) {
     if (ev.keys[k] == 0) continue;
@@ -75,10 +76,10 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
     o.present = true;
     tables_[k]->apply(ev.keys[k], limiter::Lookup::kFindOrInsert, classify,
                       [&](EntityState& s, bool inserted) {
-      if (!inserted && s.lastSeenMs != 0 && nowMs - s.lastSeenMs > idleMs) s = EntityState{};
+      if (!inserted && s.lastSeenMs != 0 && since(s.lastSeenMs, nowMs) > idleMs) s = EntityState{};
       // Inter-arrival gaps: only requests that are behaviour events (not assets) count.
       if (s.lastSeenMs != 0 && ev.route != RouteClass::kOther) {
-        const uint64_t gap = nowMs >= s.lastSeenMs ? nowMs - s.lastSeenMs : 0;
+        const uint64_t gap = since(s.lastSeenMs, nowMs);
         s.gapsMs[s.gapHead] = static_cast<uint16_t>(std::min<uint64_t>(gap, 65535));
         s.gapHead = static_cast<uint8_t>((s.gapHead + 1) & 7);
         if (s.gapCount < 8) ++s.gapCount;
@@ -86,17 +87,17 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
       if (ev.route != RouteClass::kOther || s.lastSeenMs == 0) s.lastSeenMs = nowMs;
 
       // Rate: two tumbling buckets weighted into a sliding estimate.
-      if (s.windowStart == 0 || tick - s.windowStart >= 2 * windowSecs) {
+      if (s.windowStart == 0 || since(s.windowStart, tick) >= 2 * windowSecs) {
         s.prevWindowCount = 0;
         s.windowCount = 0;
         s.windowStart = tick;
-      } else if (tick - s.windowStart >= windowSecs) {
+      } else if (since(s.windowStart, tick) >= windowSecs) {
         s.prevWindowCount = s.windowCount;
         s.windowCount = 0;
         s.windowStart += windowSecs;
       }
       if (s.windowCount < 65535) ++s.windowCount;
-      const double into = static_cast<double>(tick - s.windowStart) / windowSecs;
+      const double into = static_cast<double>(since(s.windowStart, tick)) / windowSecs;
       o.rate = s.windowCount + static_cast<uint32_t>(s.prevWindowCount * (1.0 - into));
       // Peers' requests (cluster sharing): a count decaying with time constant W counts a fresh
       // request fully and holds rate * W at a steady rate, as the window count does.
@@ -158,7 +159,7 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
       }
 
       // Distinct related ids.
-      if (s.sketchEpoch == 0 || static_cast<Nanos>(tick - s.sketchEpoch) * kSeconds > p.distinctWindow) {
+      if (s.sketchEpoch == 0 || static_cast<Nanos>(since(s.sketchEpoch, tick)) * kSeconds > p.distinctWindow) {
         s.sketchA = s.sketchB = 0;
         s.sketchEpoch = tick;
       }
@@ -223,7 +224,7 @@ void BehaviourTracker::merge(EntityKind kind, uint64_t key, float score, uint32_
       [](const EntityState& s) { return s.lastSeenMs == 0 ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive; },
       [&](EntityState& s, bool inserted) {
         // An entity idle here is forgotten as observe() would, so the peer's score survives it.
-        if (inserted || (s.lastSeenMs != 0 && nowMs - s.lastSeenMs > idleMs)) s = EntityState{};
+        if (inserted || (s.lastSeenMs != 0 && since(s.lastSeenMs, nowMs) > idleMs)) s = EntityState{};
         const float local = decay(s.score, s.scoreAt, tick, halfLife);
         s.score = std::max(local, remote);
         s.scoreAt = tick;
@@ -243,10 +244,10 @@ void BehaviourTracker::mergeCounts(EntityKind kind, uint64_t key, uint32_t count
       key, limiter::Lookup::kFindOrInsert,
       [](const EntityState& s) { return s.lastSeenMs == 0 ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive; },
       [&](EntityState& s, bool inserted) {
-        if (inserted || (s.lastSeenMs != 0 && nowMs - s.lastSeenMs > idleMs)) s = EntityState{};
+        if (inserted || (s.lastSeenMs != 0 && since(s.lastSeenMs, nowMs) > idleMs)) s = EntityState{};
         s.remoteCount = remoteNow(s, tick, windowSecs) + static_cast<float>(count);
         s.remoteAt = static_cast<uint16_t>(tick);
-        if (s.sketchEpoch == 0 || static_cast<Nanos>(tick - s.sketchEpoch) * kSeconds > p.distinctWindow) {
+        if (s.sketchEpoch == 0 || static_cast<Nanos>(since(s.sketchEpoch, tick)) * kSeconds > p.distinctWindow) {
           s.sketchA = s.sketchB = 0;
           s.sketchEpoch = tick;
         }

@@ -45,7 +45,7 @@ LadderOutcome ChallengeLadder::decide(int score, uint8_t tokenLevel, LadderState
     const uint32_t tick = secondsTick(now);
     // A challenge issued long ago and still unanswered counts as ignored: raise the level once.
     if (state.pendingLevel != 0 &&
-        static_cast<Nanos>(tick - state.pendingSince) * kSeconds >= unansweredAfter_) {
+        static_cast<Nanos>(since(state.pendingSince, tick)) * kSeconds >= unansweredAfter_) {
       if (state.escalation < levelCount_) ++state.escalation;
       state.pendingLevel = 0;
       out.escalated = true;

@@ -74,4 +74,11 @@ inline uint32_t secondsTick(Nanos now) {
   return static_cast<uint32_t>((now < 0 ? 0 : now) / kSeconds) + 1;
 }
 
+// Time from stamp `then` to `now`, in the stamp's unit. Workers share the entity tables but each
+// reads the clock itself, so a stamp another worker wrote may be a little ahead of this `now`:
+// that is no time elapsed, never an unsigned wrap to "ages ago" (which forgot a scalper's
+// history, reset its rate window or escalated a challenge it had just been given).
+inline uint32_t since(uint32_t then, uint32_t now) { return now > then ? now - then : 0; }
+inline uint64_t since(uint64_t then, uint64_t now) { return now > then ? now - then : 0; }
+
 }  // namespace sluice::risk

@@ -132,7 +132,12 @@ std::string limitsJson(Server* server) {
            actionName(rc.action) + "\",\"mode_override\":\"" +
            ruleModeOverrideName(static_cast<RuleModeOverride>(rt.mode_override->load())) +
            "\",\"live_keys\":" + std::to_string(rt.liveKeys(now)) +
-           ",\"memory_bytes\":" + std::to_string(rc.memory) + ",\"decisions\":{";
+           ",\"memory_bytes\":" + std::to_string(rc.memory);
+    const limiter::KeyTableStats ts = rt.tableStats();
+    out += ",\"table\":{\"inserts\":" + std::to_string(ts.inserts) +
+           ",\"evicted_idle\":" + std::to_string(ts.evictedIdle) +
+           ",\"evicted_active\":" + std::to_string(ts.evictedActive) +
+           ",\"inserts_refused\":" + std::to_string(ts.insertsRefused) + "},\"decisions\":{";
     for (int a = 0; a < 6; a++) {
       uint64_t n = server->metrics() ? server->metrics()->limitDecisions(rc.id, kLimitActions[a]) : 0;
       out += std::string(a ? "," : "") + "\"" + kLimitActions[a] + "\":" + std::to_string(n);

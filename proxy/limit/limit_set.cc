@@ -374,6 +374,13 @@ size_t LimitRuleRuntime::liveKeys(Nanos now) const {
   return 0;
 }
 
+limiter::KeyTableStats LimitRuleRuntime::tableStats() const {
+  if (gcra_table) return gcra_table->entries.stats();
+  if (window_table) return window_table->entries.stats();
+  if (concurrency) return concurrency->table().stats();
+  return {};
+}
+
 bool LimitSet::sourceValue(const LimitKeyPart& part, const LimitRequestView& req, std::string_view* out) {
   const std::string& s = part.source;
   // Several rules usually read the same source (the item id, the member cookie): look each up

@@ -52,6 +52,10 @@ struct LimitRuleRuntime {
   // Keys holding state right now (non-idle buckets and windows, keys with requests in flight).
   // Scans the table: for scrapes and the admin API, not the data path.
   size_t liveKeys(Nanos now) const;
+  // The rule's key table counters: new keys, idle (lossless) and active evictions, refusals.
+  // An active eviction forgot a live bucket: the table is too small for the keys it sees. Zeros
+  // for rules without a table; they restart when a reload builds a new table.
+  limiter::KeyTableStats tableStats() const;
   // Decision counters are metrics series (ProxyMetrics, sluice_limit_decisions_total), bound per
   // worker and keyed by rule id, so they survive reloads and cost no shared cache line.
 };

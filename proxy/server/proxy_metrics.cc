@@ -238,6 +238,29 @@ void ProxyMetrics::addServerFamilies(Server* server) {
                        }
                      });
 
+  registry_.callback("sluice_limit_table_evictions_total",
+                     "Keys a rule's table dropped to make room, by rule and kind: idle (lossless) "
+                     "or active (live state forgotten: raise the rule's memory).",
+                     MetricType::kCounter, {"rule", "kind"}, [server](MetricSampleSink& s) {
+                       auto gen = server->generation();
+                       for (size_t i = 0; i < gen->limits->size(); i++) {
+                         const auto& rt = gen->limits->rule(i);
+                         const limiter::KeyTableStats ts = rt.tableStats();
+                         s.add({rt.config->id, "idle"}, static_cast<double>(ts.evictedIdle));
+                         s.add({rt.config->id, "active"}, static_cast<double>(ts.evictedActive));
+                       }
+                     });
+  registry_.callback("sluice_limit_table_inserts_refused_total",
+                     "New keys a rule's table turned away because their set held only keys with "
+                     "requests in flight, by rule.",
+                     MetricType::kCounter, {"rule"}, [server](MetricSampleSink& s) {
+                       auto gen = server->generation();
+                       for (size_t i = 0; i < gen->limits->size(); i++) {
+                         const auto& rt = gen->limits->rule(i);
+                         s.add({rt.config->id}, static_cast<double>(rt.tableStats().insertsRefused));
+                       }
+                     });
+
   registry_.callback("sluice_cache_lookups_total",
                      "Micro-cache answers by result: hit (fresh), stale (served stale), coalesced "
                      "(a waiter served the leader's response), miss.",

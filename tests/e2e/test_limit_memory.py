@@ -273,6 +273,13 @@ class KeyFloodMemoryTest(ProxyTestCase):
         # Lower bound: tokens refilled between the previous round's last answer (its bucket was
         # full by then) and this round's first send. Upper bound: between the previous round's
         # first send and this round's last answer, plus the one token of rounding.
+        # The rule's table counters (admin GET /limits, where the build has them), for the record
+        # and for a failure's message: an abuser given a fresh bucket was evicted while active.
+        status, _, body = http_get(admin, "/limits", headers={"Authorization": "Bearer e2e-admin-token"})
+        table = {}
+        if status == 200:
+            table = [r for r in json.loads(body)["rules"] if r["id"] == "dev"][0].get("table", {})
+        sys.stderr.write("rule table: %s\n" % json.dumps(table))
         sensitive = 0
         rounds_after_flood_start = 0
         for a in abusers:
@@ -281,8 +288,8 @@ class KeyFloodMemoryTest(ProxyTestCase):
             for (_, p_start, p_end), (passed, start, end) in zip(rounds, rounds[1:]):
                 lo = min(ABUSER_BATCH, int(RATE * (start - p_end)) - 1)
                 hi = int(RATE * (end - p_start)) + 2
-                self.assertTrue(lo <= passed <= hi, "%s passed %d, refill allows %d..%d: %s" % (
-                    a["key"], passed, lo, hi, [r[0] for r in rounds]))
+                self.assertTrue(lo <= passed <= hi, "%s passed %d, refill allows %d..%d: %s; table %s" % (
+                    a["key"], passed, lo, hi, [r[0] for r in rounds], table))
                 if hi < ABUSER_BATCH:
                     sensitive += 1  # a fresh bucket would have been caught in this round
                 rounds_after_flood_start += 1
@@ -316,6 +323,15 @@ class KeyFloodMemoryTest(ProxyTestCase):
             m = re.search(r'sluice_limit_decisions_total\{rule="dev",action="%s"\} (\d+)' % action, metrics)
             if m:
                 self.assertEqual(int(m.group(1)), want, action)
+
+        # The table's eviction counters as metrics: no traffic since /limits was read, so the same.
+        if table:
+            for kind, key in (("idle", "evicted_idle"), ("active", "evicted_active")):
+                m = re.search(r'sluice_limit_table_evictions_total\{rule="dev",kind="%s"\} (\d+)' % kind,
+                              metrics)
+                self.assertIsNotNone(m, kind)
+                self.assertEqual(int(m.group(1)), table[key], kind)
+            self.assertGreater(table["evicted_idle"], sent - 7 * SETS)  # the flood recycled idle slots
 
         # The rule's own view, where the build has it (GET /limits on the admin API: live keys
         # and decision counters per rule). Just after the last round the abusers owe 4 s each

@@ -255,6 +255,28 @@ TEST_CASE("gcra survives huge clock gaps", "[limiter][gcra]") {
   }
 }
 
+// Bug pinned: workers share one table but each stamps with its own clock reading. In nginx mode a
+// request whose reading was 1 ms behind the stored `last` computed an elapsed time of 2^40 - 1
+// ms, drained the whole excess and passed a fresh burst; the eviction check saw the entry idle.
+TEST_CASE("gcra nginx mode: a reading behind the stored stamp is no time, not a 34-year drain",
+          "[limiter][gcra]") {
+  GcraParams p = GcraParams::perSecond(10, 4);
+  p.nodelay = true;
+  p.resolution = GcraResolution::kNginxMillis;
+  GcraLimiter limiter = makeLimiter(p);
+  const Nanos t = 5000 * kMs;
+  for (int i = 0; i < 5; ++i) CHECK_FALSE(limiter.take(1, t, 1, nullptr).rejected());
+  CHECK(limiter.take(1, t - kMs, 1, nullptr).rejected());
+  CHECK(limiter.take(1, t - 3 * kSeconds, 1, nullptr).rejected());
+  uint64_t state = 0;
+  limiter.table()->entries.read(1, [&](const uint64_t& s) { state = s; });
+  CHECK_FALSE(limiter.algorithm().idle(state, t - kMs));
+  CHECK(limiter.algorithm().debt(state, t - kMs) == limiter.algorithm().debt(state, t));
+  // Time moving forward again drains as before: 100 ms is one request.
+  CHECK_FALSE(limiter.take(1, t + 100 * kMs, 1, nullptr).rejected());
+  CHECK(limiter.take(1, t + 100 * kMs, 1, nullptr).rejected());
+}
+
 TEST_CASE("gcra rate change on reload keeps the key's state", "[limiter][gcra]") {
   GcraParams fast = GcraParams::perSecond(10, 9);  // 100 ms, 10 at once
   fast.nodelay = true;

@@ -80,6 +80,47 @@ TEST_CASE("key table evicts idle entries before active ones", "[limiter][key_tab
   CHECK(allowed == 3);
 }
 
+TEST_CASE("key table evicts the active entry worth least, the LRU among equals",
+          "[limiter][key_table]") {
+  CounterTable table(128);  // one set of 7; an entry is worth its count
+  auto worth = [](const Counter& c) -> EntryWorth { return c.n; };
+  for (uint64_t k = 1; k <= 7; ++k) {
+    for (uint64_t i = 0; i < (k == 4 || k == 6 ? 1 : 5); ++i) table.apply(k, Lookup::kFindOrInsert, worth, bump);
+  }
+  // 4 and 6 are worth 1; 4 is the less recently used of them, though 1 is the LRU of all.
+  table.apply(8, Lookup::kFindOrInsert, worth, bump);
+  CHECK_FALSE(table.read(4, [](const Counter&) {}));
+  CHECK(table.read(1, [](const Counter&) {}));
+  table.apply(9, Lookup::kFindOrInsert, worth, bump);  // 6, 8 and 9 worth 1: 6 is the LRU
+  CHECK_FALSE(table.read(6, [](const Counter&) {}));
+  CHECK(table.stats().evictedActive == 2);
+  // Pinned entries never go, whatever their rank.
+  auto pinnedOrWorth = [](const Counter& c) -> EntryWorth { return c.n >= 5 ? kPinnedWorth : c.n; };
+  table.apply(10, Lookup::kFindOrInsert, pinnedOrWorth, bump);
+  CHECK_FALSE(table.read(8, [](const Counter&) {}));
+  for (uint64_t k : {1, 2, 3, 5, 7}) CHECK(table.read(k, [](const Counter&) {}));
+}
+
+// Bug pinned (e2e test_limit_memory, a fresh bucket for an abuser on CI): each worker decides
+// with its own clock reading. A worker whose reading lags sees the other worker's key-flood
+// entries (one request each, 4 ms of debt) as still active, and plain LRU then evicted the
+// silent abuser at the set's tail, seconds of debt and all.
+TEST_CASE("key table: a lagging clock's insert evicts a flood key, not the abuser's debt",
+          "[limiter][key_table]") {
+  GcraParams p = GcraParams::perSecond(250, 999);  // the e2e test's rule: 4 s of debt
+  p.nodelay = true;
+  GcraLimiter limiter(p, std::make_shared<GcraTable>(128, p.resolution));  // one set of 7
+  for (int i = 0; i < 1000; ++i) REQUIRE_FALSE(limiter.take(666, 0, 1, nullptr).rejected());
+  const Nanos flood = 300 * kMillis;
+  for (uint64_t k = 1; k <= 6; ++k) limiter.take(k, flood + static_cast<Nanos>(k) * kMillis, 1, nullptr);
+  limiter.take(7, flood, 1, nullptr);  // a worker whose reading is 1-6 ms behind: all look active
+  CHECK(limiter.table()->entries.stats().evictedActive == 1);
+  // 0.4 s refilled 100 requests; a fresh bucket would pass 1000.
+  int allowed = 0;
+  for (int i = 0; i < 1000; ++i) allowed += !limiter.take(666, 400 * kMillis, 1, nullptr).rejected();
+  CHECK(allowed == 100);
+}
+
 TEST_CASE("key table refuses a new key when its set is all pinned", "[limiter][key_table]") {
   CounterTable table(128);
   auto pinned = [](const Counter&) { return EntryStatus::kPinned; };

@@ -152,6 +152,28 @@ TEST_CASE("behaviour: an idle entity starts over", "[risk][behaviour]") {
   CHECK(o.device().rate == 1);
 }
 
+// Bug pinned: workers share the entity tables but each reads the clock itself. A request whose
+// reading was a millisecond behind the stamp another worker had just written computed an
+// unsigned `now - lastSeen` of 2^64 ms: the entity counted as idle and its history was wiped
+// (rate window, gaps, page views). The same wrap in seconds reset rate windows and sketches.
+TEST_CASE("behaviour: a stamp from a later clock reading does not reset the entity",
+          "[risk][behaviour]") {
+  Fixture f;
+  const Nanos t = 1000 * kSeconds;
+  BehaviourObservation o;
+  for (int i = 0; i < 20; ++i) o = f.hit(RouteClass::kPageView, t + i * 50 * kMillis, 0, kIp, kDevice, kMember, 7 + i);
+  REQUIRE(o.device().rate == 20);
+  const uint32_t addresses = o.member().distinctB;
+  REQUIRE(addresses >= 10);
+  // Another worker's request, stamped just past the next second.
+  f.hit(RouteClass::kItemDetail, t + kSeconds + kMillis, 42);
+  // This worker read the clock a few ms earlier, still in the previous second.
+  o = f.hit(RouteClass::kCheckout, t + kSeconds - 2 * kMillis, 42);
+  CHECK(o.device().rate == 22);               // the window kept its count
+  CHECK_FALSE(o.device().checkoutWithoutView);  // the view a moment "later" counts
+  CHECK(o.member().distinctB == addresses);   // the address sketch was not cleared
+}
+
 TEST_CASE("behaviour: tables stay within their byte budget", "[risk][behaviour]") {
   BehaviourTracker tracker(64 * 1024);
   BehaviourParams p;

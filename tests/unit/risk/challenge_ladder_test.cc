@@ -66,6 +66,20 @@ TEST_CASE("ladder: an unanswered challenge raises the next level", "[risk][ladde
   CHECK(s.attempts == 2);
 }
 
+// Bug pinned: another worker issued the challenge with a clock reading a second later than this
+// worker's; `tick - pendingSince` wrapped to 136 years and escalated at once.
+TEST_CASE("ladder: a challenge stamped by a later clock reading is not unanswered",
+          "[risk][ladder]") {
+  auto l = makeLadder();
+  LadderState s;
+  const Nanos t = 1000 * kSeconds;
+  CHECK(l.decide(35, 0, s, t + kSeconds).level == 1);  // the other worker, a second ahead
+  auto o = l.decide(35, 0, s, t + 999 * kMillis);      // this worker's reading
+  CHECK_FALSE(o.escalated);
+  CHECK(o.level == 1);
+  CHECK(s.attempts == 1);
+}
+
 TEST_CASE("ladder: failures raise, passes lower", "[risk][ladder]") {
   auto l = makeLadder();
   LadderState s;
