@@ -1,5 +1,6 @@
 // The sluice.* bindings. Every function is a C closure whose upvalue is its ApiFn entry, so the
 // phase check is one mask test; argument errors are Lua errors raised at the caller's file:line.
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -438,8 +439,13 @@ int riskAdd(lua_State* L) {
   lua_Number points = luaL_checknumber(L, 2);
   if (points != std::floor(points) || points < -1000 || points > 1000)
     luaL_error(L, "risk points must be an integer in [-1000, 1000]");
-  if (signal.empty() || signal.size() > 64) luaL_error(L, "invalid risk signal name");
-  h.riskAdd(signal, static_cast<int>(points));
+  // The name shows in access logs, explain records and metrics labels: a plain token.
+  bool token = !signal.empty() && signal.size() <= 64;
+  for (char ch : signal)
+    token = token && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '.' || ch == '-');
+  if (!token) luaL_error(L, "invalid risk signal name (1-64 characters of A-Z a-z 0-9 _ . -)");
+  if (!h.riskAdd(signal, static_cast<int>(points)))
+    luaL_error(L, "too many risk signals in one request");
   return 0;
 }
 

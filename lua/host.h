@@ -181,7 +181,13 @@ class RequestHost {
   // Rewrite: the value of the `lua:NAME` key source the route's limit rules read. False when the
   // request already holds the most names it may (the host's bound).
   virtual bool setLimitKey(std::string_view name, std::string_view value) = 0;
-  virtual void riskAdd(std::string_view signal, int points) = 0;
+  // sluice.risk.add: points for the request's risk score under the signal's name. Before the
+  // risk phase (rewrite) they join its evaluation; after it they change this request's score and
+  // raise the entities' decaying scores. False when the request already holds the most distinct
+  // signals it may (the host's bound).
+  virtual bool riskAdd(std::string_view signal, int points) = 0;
+  // sluice.risk.score: the request's score (0..100) as the risk phase computed it plus later adds;
+  // before the risk phase, or on a route without it, the clamped sum of the points added so far.
   virtual int riskScore() = 0;
 
   // `done` outlives the operation unless cancelSubrequest() is called first (step 4 above).

@@ -300,6 +300,25 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   return d;
 }
 
+void RiskEngine::raiseScore(const RiskPolicy& policy, const RiskRequest& r, int score, Nanos now) {
+  if (score <= 0) return;
+  const int shareMin = shareMinScore_.load(std::memory_order_relaxed);
+  const uint64_t keys[kEntityKinds] = {ipKey(r.clientIp), deviceKey(r.deviceId), memberKey(r.memberId)};
+  for (int k = 0; k < kEntityKinds; ++k) {
+    if (keys[k] == 0) continue;
+    const int shared = behaviour_.commit(static_cast<EntityKind>(k), keys[k],
+                                         static_cast<float>(std::min(score, 100)), nullptr,
+                                         policy.config.scoreHalfLife, now, shareMin);
+    if (shareMin > 0 && shared >= 0) {
+      SharedEntityUpdate u;
+      u.kind = static_cast<EntityKind>(k);
+      u.key = keys[k];
+      u.score = static_cast<uint8_t>(std::clamp(shared, 0, 100));
+      share(u);
+    }
+  }
+}
+
 void RiskEngine::recordChallengeResult(const RiskPolicy& policy, const RiskRequest& r,
                                        uint8_t level, bool passed, Nanos now) {
   (void)level;

@@ -139,6 +139,11 @@ class RiskEngine {
   RiskDecision evaluate(const RiskPolicy& policy, const RiskRequest& request, Nanos now,
                         const HeaderOrderFingerprint* fingerprint = nullptr);
 
+  // Points a caller (a Lua policy) added after evaluate() decided: `score` is the request's own
+  // score with them, 0..100. Each entity's decaying score rises to it (never falls: negative
+  // points only change this request's score), so the entity's next request sees it.
+  void raiseScore(const RiskPolicy& policy, const RiskRequest& request, int score, Nanos now);
+
   void recordChallengeResult(const RiskPolicy& policy, const RiskRequest& request, uint8_t level,
                              bool passed, Nanos now);
   // 401/403 answers from the upstream to a checkout/login count as failures of the subject.

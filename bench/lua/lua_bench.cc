@@ -46,7 +46,7 @@ class NullRequest : public RequestHost {
   std::string_view responseHeaderValue(size_t) const override { return {}; }
   LimitTakeResult limitTake(std::string_view, uint32_t) override { return {}; }
   bool setLimitKey(std::string_view, std::string_view) override { return true; }
-  void riskAdd(std::string_view, int) override {}
+  bool riskAdd(std::string_view, int) override { return true; }
   int riskScore() override { return 0; }
   OperationId startSubrequest(const SubrequestSpec&, SubrequestCompletion&, uint64_t) override {
     return 1;

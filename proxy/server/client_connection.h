@@ -116,6 +116,14 @@ struct Exchange {
   // needs only their declarations. The risk states are immortal constants (no reference count:
   // a shared_ptr copy was a locked increment and decrement on a line every worker shares).
   const RiskExchangeState* risk = nullptr;
+  // What the risk unit tells policies (sluice.risk.score, var.fingerprint): the score, -1 until
+  // the risk phase scored the request; this request's own points (no carry-over), Lua's adds
+  // after the decision (for the access log); the header-order fingerprint once computed.
+  int16_t risk_score = -1;
+  int16_t risk_request_score = 0;
+  std::string risk_added;
+  bool fingerprint_set = false;
+  char fingerprint[34] = {};
   std::shared_ptr<LuaExchangeState> lua;
   std::shared_ptr<struct ClusterExchangeState> cluster;  // proxy/cluster/cluster_limits.cc
 

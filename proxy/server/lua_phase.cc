@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/strings.h"
 #include "proxy/config/lua_config.h"
+#include "proxy/config/risk_settings.h"
 #include "proxy/limit/limit_set.h"
 #include "proxy/router/router.h"
 #include "proxy/server/client_connection.h"
@@ -149,14 +150,25 @@ struct LuaExchangeState final : lua::RequestHost {
       case lua::RequestVar::kClientIp: return e.client_ip_str;
       case lua::RequestVar::kRoute: return route ? std::string_view(route->name) : std::string_view();
       case lua::RequestVar::kRequestId: return e.request_id;
-      case lua::RequestVar::kMemberId: return cookie(head().headers, "member");
-      case lua::RequestVar::kDeviceId: return cookie(head().headers, "device");
+      // The risk section's names when it has them (what the risk phase reads), else the defaults.
+      case lua::RequestVar::kMemberId: {
+        const Config& cfg = *e.gen->gen->config;
+        return cookie(head().headers, cfg.risk ? std::string_view(cfg.risk->member_cookie) : "member");
+      }
+      case lua::RequestVar::kDeviceId: {
+        const Config& cfg = *e.gen->gen->config;
+        std::string_view id = cookie(head().headers, cfg.risk ? std::string_view(cfg.risk->device_cookie) : "device");
+        if (id.empty() && cfg.risk && !cfg.risk->device_header.empty())
+          id = head().headers.getOr(cfg.risk->device_header);
+        return id;
+      }
       case lua::RequestVar::kItemId: {
         if (e.item_looked_up && !e.item_value.empty()) return e.item_value;
         std::string_view id;
         return matchDefaultItemPath(path(), &id) ? id : std::string_view();
       }
-      default: return {};  // fingerprint: the risk phase's, not wired yet
+      case lua::RequestVar::kFingerprint: return RiskPhase::fingerprint(*conn);
+      default: return {};
     }
   }
   void setRequestHeader(std::string_view name, std::string_view value, bool remove) override {
@@ -247,9 +259,27 @@ struct LuaExchangeState final : lua::RequestHost {
     return filter_headers->value(resp_live[i]);
   }
   lua::LimitTakeResult limitTake(std::string_view rule_or_key, uint32_t cost) override;
-  // The risk phase is wired by its own unit; until then these are neutral.
-  void riskAdd(std::string_view, int) override {}
-  int riskScore() override { return 0; }
+  // Before the risk phase scored the request (rewrite, or a route without risk): kept here for
+  // the risk phase to score and for risk.score(); after it, the risk unit takes them.
+  bool riskAdd(std::string_view signal, int points) override {
+    if (RiskPhase::addPoints(*conn, signal, points)) return true;
+    for (auto& [name, sum] : risk_signals)
+      if (std::string_view(name).substr(4) == signal) {
+        sum = std::clamp(sum + points, -100000, 100000);
+        return true;
+      }
+    if (risk_signals.size() >= kMaxRiskSignals) return false;
+    risk_signals.emplace_back("lua." + std::string(signal), points);
+    return true;
+  }
+  int riskScore() override {
+    if (ex().risk_score >= 0) return ex().risk_score;
+    int sum = 0;
+    for (const auto& s : risk_signals) sum += s.second;
+    return std::clamp(sum, 0, 100);
+  }
+  std::vector<std::pair<std::string, int>> risk_signals;  // ("lua.NAME", points)
+  static constexpr size_t kMaxRiskSignals = 16;
   lua::OperationId startSubrequest(const lua::SubrequestSpec& spec,
                                    lua::SubrequestCompletion& done, uint64_t cookie) override;
   void cancelSubrequest(lua::OperationId id) override;
@@ -735,6 +765,10 @@ PhaseResult LuaPhase::balancer(ClientConnection& conn, const RouteConfig& route,
 
 const std::vector<std::pair<std::string, std::string>>* LuaPhase::limitKeys(const Exchange& e) {
   return e.lua && !e.lua->limit_keys.empty() ? &e.lua->limit_keys : nullptr;
+}
+
+const std::vector<std::pair<std::string, int>>* LuaPhase::riskSignals(const Exchange& e) {
+  return e.lua && !e.lua->risk_signals.empty() ? &e.lua->risk_signals : nullptr;
 }
 
 PhaseResult LuaPhase::aggregate(ClientConnection& conn, const RouteConfig& route) {

@@ -44,6 +44,9 @@ class LuaPhase {
   static PhaseResult balancer(ClientConnection& conn, const RouteConfig& route, int* server);
   // The keys rewrite handlers set (sluice.limit.set_key) for lua:NAME limit sources; null if none.
   static const std::vector<std::pair<std::string, std::string>>* limitKeys(const Exchange& e);
+  // The points rewrite handlers added (sluice.risk.add) for the risk phase to score, as
+  // ("lua.NAME", points) summed per name; null if none.
+  static const std::vector<std::pair<std::string, int>>* riskSignals(const Exchange& e);
   // Content of a route whose response a Lua aggregate handler produces. kContinue when the route
   // has none (then the upstream is used).
   static PhaseResult aggregate(ClientConnection& conn, const RouteConfig& route);

@@ -547,8 +547,15 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   risk::RiskEngine& engine = engineFor(s);
   Runtime& rt = runtime();
   risk::RiskRequest& req = buildRequest(c, s, route.risk_class, route.risk_profile);
+  // Points the route's rewrite policies added (sluice.risk.add): scored and explained with the rest.
+  if (const auto* lua = LuaPhase::riskSignals(*c.ex_))
+    for (const auto& [name, points] : *lua) req.extraSignals.push_back({name, points});
   const Nanos now = SteadyClock::monotonicNanos();
   risk::RiskDecision d = engine.evaluate(policy, req, now);
+  c.ex_->risk_score = static_cast<int16_t>(d.score);
+  c.ex_->risk_request_score = static_cast<int16_t>(d.requestScore);
+  std::memcpy(c.ex_->fingerprint, d.fingerprint.data(), sizeof c.ex_->fingerprint);
+  c.ex_->fingerprint_set = true;
 
 
   // Metrics.
@@ -665,7 +672,63 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   return PhaseResult::kAnswered;
 }
 
+bool RiskPhase::addPoints(ClientConnection& c, std::string_view signal, int points) {
+  Exchange& e = *c.ex_;
+  if (e.risk_score < 0) return false;
+  const Config& cfg = *e.gen->gen->config;
+  if (!cfg.risk) return false;
+  e.risk_score = static_cast<int16_t>(std::clamp(e.risk_score + points, 0, 100));
+  e.risk_request_score = static_cast<int16_t>(std::clamp(e.risk_request_score + points, 0, 100));
+  if (e.risk_added.size() < 1024) {  // the access log's record of them, bounded
+    if (!e.risk_added.empty()) e.risk_added.push_back(',');
+    e.risk_added.append("\"lua.");
+    e.risk_added.append(signal);  // a plain token (api.cc checks)
+    e.risk_added.push_back(':');
+    e.risk_added.append(std::to_string(points));
+    e.risk_added.push_back('"');
+  }
+  if (points > 0) {
+    const RiskExchangeState* st = e.risk;
+    risk::RiskRequest& r = buildRequest(c, *cfg.risk, st ? st->route_class : 0, {});
+    engineFor(*cfg.risk).raiseScore(*cfg.risk->policy, r, e.risk_request_score,
+                                    SteadyClock::monotonicNanos());
+  }
+  return true;
+}
+
+static_assert(sizeof(Exchange::fingerprint) == risk::FingerprintText::kSize);
+
+std::string_view RiskPhase::fingerprint(ClientConnection& c) {
+  Exchange& e = *c.ex_;
+  if (!e.fingerprint_set) {
+    // The headers the risk phase would read: the TLS fingerprint header and a trusted hop's own
+    // headers are not the client's.
+    const Config& cfg = *e.gen->gen->config;
+    risk::HeaderOrderFingerprint fp;
+    if (cfg.risk) {
+      fp = risk::HeaderOrderFingerprint::compute(buildRequest(c, *cfg.risk, 0, {}));
+    } else {
+      thread_local std::vector<risk::HeaderField> headers;
+      headers.clear();
+      const auto& h = c.parser_.head();
+      for (size_t i = 0; i < h.headers.size(); i++)
+        if (!h.headers.removed(i)) headers.emplace_back(h.headers.name(i), h.headers.value(i));
+      fp = risk::HeaderOrderFingerprint::compute(h.method_name, static_cast<uint8_t>(h.version_major),
+                                                 static_cast<uint8_t>(h.version_minor), headers);
+    }
+    std::memcpy(e.fingerprint, fp.text.data(), sizeof e.fingerprint);
+    e.fingerprint_set = true;
+  }
+  return {e.fingerprint, sizeof e.fingerprint};
+}
+
 void RiskPhase::log(ClientConnection& c) {
+  if (!c.ex_->risk_added.empty()) {
+    std::string& log = c.ex_->decisions;
+    if (!log.empty()) log.push_back(',');
+    log.append("\"risk_added\":{\"score\":" + std::to_string(c.ex_->risk_score) + ",\"signals\":[" +
+               c.ex_->risk_added + "]}");
+  }
   const RiskExchangeState* st = c.ex_->risk;
   if (!st || !st->evaluated || st->answered) return;
   // Only a refused checkout/API call (401/403 from the storefront) changes state.

@@ -43,6 +43,15 @@ class RiskPhase {
   // After the response (log phase): behaviour feedback and access-log fields. Must not respond.
   static void log(ClientConnection& conn);
 
+  // sluice.risk.add after this phase scored the request (access, aggregate): the points join
+  // this request's score (sluice.risk.score, the access log's "risk_added") and raise the
+  // entities' decaying scores, so their next request's ladder sees them. False when the request
+  // was not scored (the caller keeps the points for risk.score alone).
+  static bool addPoints(ClientConnection& conn, std::string_view signal, int points);
+  // var.fingerprint: the request's header-order fingerprint text (docs/risk.md), computed once
+  // per request: by this phase on routes with risk, else on first use.
+  static std::string_view fingerprint(ClientConnection& conn);
+
   // Admin API: GET /risk/explain?ip=|device=|member= -> (status, JSON body).
   static std::pair<int, std::string> explain(const Config& cfg, std::string_view query);
   // Admin API: GET /risk -> JSON summary (profiles, levels, secret source, table use).

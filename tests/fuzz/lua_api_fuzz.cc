@@ -48,7 +48,7 @@ class FuzzRequest : public RequestHost {
   std::string_view responseHeaderValue(size_t) const override { return {}; }
   LimitTakeResult limitTake(std::string_view, uint32_t) override { return {}; }
   bool setLimitKey(std::string_view, std::string_view) override { return true; }
-  void riskAdd(std::string_view, int) override {}
+  bool riskAdd(std::string_view, int) override { return true; }
   int riskScore() override { return 0; }
   OperationId startSubrequest(const SubrequestSpec& spec, SubrequestCompletion& done,
                               uint64_t cookie) override {

@@ -261,11 +261,26 @@ TEST_CASE("risk.add and risk.score", "[lua]") {
     assert(sluice.risk.score() == 35)
     assert(not pcall(sluice.risk.add, "x", 1.5))
     assert(not pcall(sluice.risk.add, "x", 5000))
+    -- names are plain tokens: they reach access logs and explain records
+    local ok, err = pcall(sluice.risk.add, "bad name", 1)
+    assert(not ok and err:find("invalid risk signal name", 1, true), err)
+    assert(not pcall(sluice.risk.add, "", 1))
+    assert(not pcall(sluice.risk.add, string.rep("a", 65), 1))
+    assert(not pcall(sluice.risk.add, 'q"x', 1))
+    sluice.risk.add("a.b-c_9", 1)
+    -- the host bounds distinct signals per request (this one: 4)
+    sluice.risk.add("two", 1)
+    sluice.risk.add("three", 1)
+    ok, err = pcall(sluice.risk.add, "five", 1)
+    assert(not ok and err:find("too many risk signals", 1, true), err)
+    sluice.risk.add("two", 1)  -- an existing name still adds up
   )");
   RunResult res = r.go(Phase::kAccess);
   INFO(res.error);
   CHECK(res.status == RunStatus::kContinue);
   CHECK(r.host.risk["headless_ua"] == 35);
+  CHECK(r.host.risk["two"] == 2);
+  CHECK(r.host.risk.count("five") == 0);
 }
 
 TEST_CASE("json encode/decode round trip, null, arrays and errors", "[lua]") {

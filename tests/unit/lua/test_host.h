@@ -108,9 +108,11 @@ class TestRequestHost : public RequestHost {
     return true;
   }
   std::map<std::string, std::string> limit_keys;
-  void riskAdd(std::string_view signal, int points) override {
+  bool riskAdd(std::string_view signal, int points) override {
+    if (risk.size() >= 4 && !risk.count(std::string(signal))) return false;
     risk[std::string(signal)] += points;
     score += points;
+    return true;
   }
   int riskScore() override { return score; }
 
