@@ -638,11 +638,58 @@ lua::LimitTakeResult LuaExchangeState::limitTake(std::string_view rule_or_key, u
 // ---------------------------------------------------------------------------------------------
 // The phases
 
+namespace {
+
+// The block allocate_shared makes for a LuaExchangeState (the object and its reference counts)
+// comes from a per-thread free list: a request with a policy then costs no malloc/free pair
+// for it (callgrind: ~250 of the ~2,060 instructions a no-op access policy added). A block
+// freed on another thread (shutdown) joins that thread's list; each list is its own thread's.
+template <class T>
+struct ExchangeStateAlloc {
+  using value_type = T;
+  static constexpr size_t kMaxFree = 256;  // blocks kept per thread (~0.2 MB)
+  ExchangeStateAlloc() = default;
+  template <class U>
+  ExchangeStateAlloc(const ExchangeStateAlloc<U>&) noexcept {}
+  T* allocate(size_t n) {
+    FreeList& f = freeList();
+    if (n == 1 && !f.blocks.empty()) {
+      void* p = f.blocks.back();
+      f.blocks.pop_back();
+      return static_cast<T*>(p);
+    }
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, size_t n) noexcept {
+    FreeList& f = freeList();
+    if (n == 1 && f.blocks.size() < f.blocks.capacity()) {
+      f.blocks.push_back(p);  // within the reserved capacity: never allocates
+      return;
+    }
+    ::operator delete(p);
+  }
+  struct FreeList {
+    std::vector<void*> blocks;
+    FreeList() { blocks.reserve(kMaxFree); }
+    ~FreeList() {
+      for (void* p : blocks) ::operator delete(p);
+    }
+  };
+  static FreeList& freeList() {
+    thread_local FreeList f;
+    return f;
+  }
+  template <class U>
+  bool operator==(const ExchangeStateAlloc<U>&) const noexcept { return true; }
+};
+
+}  // namespace
+
 LuaExchangeState* LuaPhase::ensureState(ClientConnection& conn, const RouteConfig& route,
                                         uint8_t) {
   Exchange& e = *conn.ex_;
   if (e.lua) return e.lua.get();
-  auto st = std::make_shared<LuaExchangeState>();
+  auto st = std::allocate_shared<LuaExchangeState>(ExchangeStateAlloc<LuaExchangeState>());
   st->conn = &conn;
   st->exch = &e;
   st->hd = &conn.parser_.head();
