@@ -63,9 +63,12 @@ RateDecision SlidingWindowCounter::charge(SlidingWindowState& state, bool fresh,
                                           uint32_t cost) const {
   const Nanos w = params_.window;
   const int64_t number = floorDiv(now, w);
-  const Nanos elapsed = now - number * w;
   SlidingWindowState s = state;
   roll(s, fresh, number);
+  // A worker whose clock reading is a little behind another's may find the state already in the
+  // next window: decide at that window's start, where the previous count weighs fully, not at
+  // the end of this one, where it weighs nothing (a double burst at the edge).
+  const Nanos elapsed = s.window == static_cast<uint32_t>(number) ? now - number * w : 0;
   const i128 limitW = static_cast<i128>(params_.limit) * w;
   const i128 carried = static_cast<i128>(s.previous) * (w - elapsed);
   const i128 used = carried + (static_cast<i128>(s.current) + cost) * w;
@@ -134,8 +137,8 @@ uint64_t SlidingWindowCounter::estimate(SlidingWindowState s, Nanos now) const {
   const Nanos w = params_.window;
   const int64_t number = floorDiv(now, w);
   roll(s, false, number);
-  const i128 used = static_cast<i128>(s.previous) * (w - (now - number * w)) +
-                    static_cast<i128>(s.current) * w;
+  const Nanos elapsed = s.window == static_cast<uint32_t>(number) ? now - number * w : 0;  // see charge()
+  const i128 used = static_cast<i128>(s.previous) * (w - elapsed) + static_cast<i128>(s.current) * w;
   return static_cast<uint64_t>(used / w);
 }
 

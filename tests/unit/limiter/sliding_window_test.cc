@@ -44,6 +44,22 @@ TEST_CASE("sliding window: no double burst at the window edge", "[limiter][slidi
   CHECK(takeMany(l, 1, 90 * kSeconds, 10) == 5);
 }
 
+// Bug pinned: workers share the table but each decides with its own clock reading. A worker a
+// millisecond behind found the state already rolled into the next window and weighed the
+// previous window's count as if its window were ending: nearly nothing, a double burst.
+TEST_CASE("sliding window: a reading behind the state's window is no double burst",
+          "[limiter][sliding_window]") {
+  SlidingWindowLimiter l = makeLimiter(10, kSeconds);
+  CHECK(takeMany(l, 1, 500 * kMillis, 5) == 5);
+  CHECK(takeMany(l, 1, 1000 * kMillis, 1) == 1);  // the other worker rolls it into window 1
+  // Window 1 just began: 5 previous (weighing fully) + 1 leaves room for 4.
+  CHECK(takeMany(l, 1, 999 * kMillis, 10) == 4);
+  CHECK(takeMany(l, 1, 1000 * kMillis, 1) == 0);
+  SlidingWindowState st;
+  REQUIRE(l.table()->entries.read(1, [&](const SlidingWindowState& x) { st = x; }));
+  CHECK(l.algorithm().estimate(st, 999 * kMillis) == 10);
+}
+
 TEST_CASE("sliding window: retry-after is when the request would pass", "[limiter][sliding_window]") {
   SlidingWindowLimiter l = makeLimiter(10, kMinute);
   CHECK(takeMany(l, 1, 0, 10) == 10);
