@@ -51,7 +51,9 @@ inline bool isHostOrFraming(std::string_view n) {
 struct LuaExchangeState final : lua::RequestHost {
   ClientConnection* conn = nullptr;
   LuaWorkerRuntime* rt = nullptr;
-  lua::WorkerVmPtr vm;
+  // The request's VM; req's LuaRequest holds the reference that keeps it alive (a second
+  // shared_ptr here cost a locked increment and decrement per request).
+  lua::WorkerVm* vm = nullptr;
   std::optional<lua::LuaRequest> req;  // in place: one allocation per request less
   const RouteConfig* route = nullptr;
   lua::Phase phase = lua::Phase::kAccess;
@@ -695,12 +697,12 @@ LuaExchangeState* LuaPhase::ensureState(ClientConnection& conn, const RouteConfi
   st->hd = &conn.parser_.head();
   st->worker = conn.worker_;
   st->rt = conn.worker_->lua();
-  st->vm = e.gen->vm;
+  st->vm = e.gen->vm.get();
   st->route = &route;
   st->self = st;
   // The chain resolved when the generation was prepared (same VM: e.gen holds it).
   size_t ri = static_cast<size_t>(e.route);
-  st->req.emplace(st->vm, *st,
+  st->req.emplace(e.gen->vm, *st,
                   ri < e.gen->lua_route_chains.size() ? e.gen->lua_route_chains[ri]
                                                       : st->vm->routeChain(route.name));
   if (st->rt) st->rt->track(st.get());
@@ -1067,7 +1069,7 @@ void LuaWorkerRuntime::retireVm(lua::WorkerVmPtr vm, uint32_t max_generations, N
 void LuaWorkerRuntime::cancelRequestsOn(const lua::WorkerVm* vm) {
   std::vector<ClientConnection*> conns;
   for (auto* s : states_)
-    if (s->vm.get() == vm && s->conn) conns.push_back(s->conn);
+    if (s->vm == vm && s->conn) conns.push_back(s->conn);
   for (auto* c : conns) {
     cancelled_++;
     LuaPhase::closeConnection(*c);
