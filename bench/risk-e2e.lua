@@ -50,3 +50,11 @@ function request()
   idx = idx % #reqs + 1
   return reqs[idx]
 end
+
+-- BENCH_THINK_MS=N: each connection waits N ms after an answer before its next request, so both
+-- proxies see about the same offered load below saturation (connections / (N ms + round trip))
+-- instead of as much as each can take.
+local think = tonumber(os.getenv("BENCH_THINK_MS") or "")
+if think then
+  function delay() return think end
+end
