@@ -6,19 +6,33 @@
 
 #include "core/hash.h"
 #include "core/strings.h"
+#include "core/uninit_array.h"
 
 namespace sluice::risk {
 namespace {
 
 uint64_t chain(uint64_t h, std::string_view name) { return hash64(name, h + 1); }
 
+// The 8 lower-case hex digits of v, first digit in the lowest byte (ready to store): the nibbles
+// are spread one per byte, then each becomes '0'+n or 'a'+n-10 with no table or loop.
+inline uint64_t hex8(uint32_t v) {
+  uint64_t x = v;
+  x = ((x & 0xffff0000ULL) << 16) | (x & 0xffffULL);
+  x = ((x & 0x0000ff000000ff00ULL) << 8) | (x & 0x000000ff000000ffULL);
+  x = ((x & 0x00f000f000f000f0ULL) << 4) | (x & 0x000f000f000f000fULL);
+  // Bytes now hold one nibble each, least significant first; bytes >= 10 get 'a' - '0' - 10 more.
+  const uint64_t letters = ((x + 0x0606060606060606ULL) >> 4) & 0x0101010101010101ULL;
+  x += 0x3030303030303030ULL + letters * ('a' - '0' - 10);
+  return __builtin_bswap64(x);  // most significant digit first in memory (little-endian)
+}
+
+// The top 48 bits of v as 12 lower-case hex digits.
 void putHex48(char* out, uint64_t v) {
-  static const char kHex[] = "0123456789abcdef";
-  v >>= 16;  // top 48 bits
-  for (int i = 11; i >= 0; --i) {
-    out[i] = kHex[v & 15];
-    v >>= 4;
-  }
+  v >>= 16;
+  const uint64_t hi = hex8(static_cast<uint32_t>(v >> 32));  // "0000" + 4 digits
+  const uint64_t lo = hex8(static_cast<uint32_t>(v));
+  std::memcpy(out, reinterpret_cast<const char*>(&hi) + 4, 4);
+  std::memcpy(out + 4, &lo, 8);
 }
 
 }  // namespace
@@ -53,15 +67,16 @@ HeaderOrderFingerprint HeaderOrderFingerprint::compose(std::string_view method, 
   const uint64_t names = scan.namesHash;
   const unsigned count = scan.otherCount;
   // The K hash: the first kMaxFingerprintCookies non-empty names (trimmed), sorted.
-  std::array<std::string_view, kMaxFingerprintCookies> cookies;
+  // Uninitialised: zeroing 64 views cost more than the sort of a request's few names.
+  UninitArray<std::string_view, kMaxFingerprintCookies> cookies;
   size_t ncookies = 0;
   for (const CookiePair& p : jar.pairs()) {
     const std::string_view n = trim(p.name);
     if (n.empty()) continue;
     cookies[ncookies++] = n;
-    if (ncookies == cookies.size()) break;
+    if (ncookies == kMaxFingerprintCookies) break;
   }
-  std::sort(cookies.begin(), cookies.begin() + static_cast<long>(ncookies));
+  std::sort(cookies.data(), cookies.data() + ncookies);
   uint64_t cookieHash = 0;
   for (size_t i = 0; i < ncookies; ++i) cookieHash = chain(cookieHash, cookies[i]);
 

@@ -170,4 +170,102 @@ HeaderScan HeaderScan::of(const std::vector<HeaderField>& headers) {
   return s;
 }
 
+HeaderScan HeaderScan::ofMemoised(const std::vector<HeaderField>& headers) {
+  return HeaderScanMemo::forThisThread().scan(headers);
+}
+
+// The names one after another (no separators: the lengths say where each ends), with 8 spare
+// bytes so the stored side can always be read a whole word at a time.
+struct HeaderScanMemo::Entry {
+  uint16_t count = 0;  // names; 0 = empty slot
+  uint16_t bytes = 0;  // sum of their lengths
+  uint8_t lengths[kMaxNames] = {};
+  HeaderScan scan;
+  char names[kMaxNameBytes + 8] = {};
+};
+
+namespace {
+
+// n bytes of a request's name (read only within it) against the stored copy (padded).
+inline bool sameName(const char* stored, const char* name, size_t n) {
+  while (n >= 8) {
+    if (load8(stored) != load8(name)) return false;
+    stored += 8;
+    name += 8;
+    n -= 8;
+  }
+  if (n == 0) return true;
+  const uint64_t keep = ~uint64_t{0} >> (64 - 8 * n);
+  return ((load8(stored) ^ loadPartial(name, n)) & keep) == 0;
+}
+
+}  // namespace
+
+HeaderScanMemo::HeaderScanMemo() : entries_(new Entry[kSets * kWays]) {
+  std::memset(victim_, 0, sizeof victim_);
+}
+HeaderScanMemo::~HeaderScanMemo() = default;
+
+HeaderScan HeaderScanMemo::scan(const std::vector<HeaderField>& headers) {
+  const size_t count = headers.size();
+  if (count == 0 || count > kMaxNames) {
+    ++stats_.uncacheable;
+    return HeaderScan::of(headers);
+  }
+  // The set: from the count and the lengths in order (cheap, and browsers differ in them).
+  uint64_t sig = count;
+  size_t bytes = 0;
+  size_t longest = 0;
+  for (const HeaderField& h : headers) {
+    const size_t n = h.first.size();
+    bytes += n;
+    longest |= n;
+    sig = (sig ^ n) * 0x100000001b3ULL;
+  }
+  if (bytes > kMaxNameBytes || longest > 0xff) {
+    ++stats_.uncacheable;
+    return HeaderScan::of(headers);
+  }
+  const size_t set = static_cast<size_t>(mix64(sig ^ bytes << 32) >> 58) & (kSets - 1);
+  Entry* ways = &entries_[set * kWays];
+  for (size_t w = 0; w < kWays; ++w) {
+    const Entry& e = ways[w];
+    if (e.count != count || e.bytes != bytes) continue;
+    const char* stored = e.names;
+    size_t i = 0;
+    for (; i < count; ++i) {
+      const std::string_view name = headers[i].first;
+      if (e.lengths[i] != name.size() || !sameName(stored, name.data(), name.size())) break;
+      stored += name.size();
+    }
+    if (i < count) continue;
+    ++stats_.hits;
+    victim_[set] = static_cast<uint8_t>(w ^ 1);  // the other way goes next (LRU of two)
+    return e.scan;
+  }
+  ++stats_.misses;
+  const HeaderScan fresh = HeaderScan::of(headers);
+  const size_t w = victim_[set];
+  Entry& e = ways[w];
+  e.count = static_cast<uint16_t>(count);
+  e.bytes = static_cast<uint16_t>(bytes);
+  e.scan = fresh;
+  char* out = e.names;
+  for (size_t i = 0; i < count; ++i) {
+    const std::string_view name = headers[i].first;
+    e.lengths[i] = static_cast<uint8_t>(name.size());
+    if (!name.empty()) std::memcpy(out, name.data(), name.size());  // a null view: no memcpy
+    out += name.size();
+  }
+  victim_[set] = static_cast<uint8_t>(w ^ 1);
+  return fresh;
+}
+
+HeaderScanMemo& HeaderScanMemo::forThisThread() {
+  // Allocated on first use, so threads that never score pay nothing.
+  thread_local std::unique_ptr<HeaderScanMemo> memo;
+  if (!memo) memo = std::make_unique<HeaderScanMemo>();
+  return *memo;
+}
+
 }  // namespace sluice::risk

@@ -3,7 +3,9 @@
 // about (User-Agent, client hints, fetch metadata, Cookie...), so the UA analysis, the header-order
 // profile check, the pass-token cookie lookup and the fingerprint do not each rescan every name
 // case-insensitively. Names are classified by length first, then one case-folded compare.
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -49,6 +51,8 @@ struct HeaderScan {
   uint32_t otherCount = 0;
 
   static HeaderScan of(const std::vector<HeaderField>& headers);
+  // The same answer through this thread's HeaderScanMemo (what evaluate() uses).
+  static HeaderScan ofMemoised(const std::vector<HeaderField>& headers);
 
   int index(HeaderId id) const { return first[static_cast<int>(id)]; }
   bool has(HeaderId id) const { return index(id) >= 0; }
@@ -58,6 +62,45 @@ struct HeaderScan {
     const int i = index(id);
     return i >= 0 ? headers[static_cast<size_t>(i)].second : std::string_view{};
   }
+};
+
+// A per-thread memo of HeaderScan::of. The scan is a pure function of the header names (their
+// bytes, case and order; values are never read), and clients repeat a few dozen name sequences
+// (one per browser and request kind), while a fresh scan classifies and hashes every name
+// (~140 instructions each). The whole name sequence is stored and compared byte for byte, the
+// length signature only picks the set, so a hit is exactly the scan of() would compute. Fixed
+// size: kSets x kWays entries (~75 KB, allocated on a thread's first use), two-way LRU per set;
+// sequences of more than kMaxNames names or kMaxNameBytes bytes are scanned and not stored. It
+// reads no configuration, so a reload has nothing to invalidate. Not thread-safe: one per thread.
+class HeaderScanMemo {
+ public:
+  static constexpr size_t kSets = 64;
+  static constexpr size_t kWays = 2;
+  static constexpr size_t kMaxNames = 32;
+  static constexpr size_t kMaxNameBytes = 448;
+  static_assert(kWays == 2, "victim_ holds the other way of two");
+
+  struct Stats {
+    uint64_t hits = 0;
+    uint64_t misses = 0;
+    uint64_t uncacheable = 0;  // no names, too many or too long: scanned, not stored
+  };
+
+  HeaderScanMemo();
+  ~HeaderScanMemo();
+  HeaderScanMemo(const HeaderScanMemo&) = delete;
+  HeaderScanMemo& operator=(const HeaderScanMemo&) = delete;
+
+  HeaderScan scan(const std::vector<HeaderField>& headers);
+  const Stats& stats() const { return stats_; }
+
+  static HeaderScanMemo& forThisThread();
+
+ private:
+  struct Entry;
+  std::unique_ptr<Entry[]> entries_;
+  uint8_t victim_[kSets];  // per set: the way to fill next
+  Stats stats_;
 };
 
 }  // namespace sluice::risk

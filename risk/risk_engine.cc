@@ -112,7 +112,8 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
     localJar.split(r.headers);
     jar = &localJar;
   }
-  const HeaderScan scan = HeaderScan::of(r.headers);
+  // Through the per-thread memo: a repeated name sequence skips the classify-and-hash pass.
+  const HeaderScan scan = HeaderScan::ofMemoised(r.headers);
   HeaderOrderFingerprint computed;
   if (!precomputed)
     computed = HeaderOrderFingerprint::compose(r.method, r.httpMajor, r.httpMinor, scan, *jar);

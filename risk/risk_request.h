@@ -37,6 +37,13 @@ class CookieJar {
  public:
   // Splits every Cookie header (name "cookie", any case) of `headers`; clears what was there.
   void split(const std::vector<std::pair<std::string_view, std::string_view>>& headers);
+  // The same split for a caller that already walks the headers (the proxy builds the request in
+  // one pass): startSplit(), then addCookieHeader(value) for each Cookie header in wire order.
+  void startSplit() {
+    pairs_.clear();
+    split_ = true;
+  }
+  void addCookieHeader(std::string_view value);
   void clear() {
     pairs_.clear();
     split_ = false;

@@ -216,6 +216,20 @@ const RiskExchangeState* endpointState(RiskExchangeState::Endpoint e) {
 
 bool ieq(std::string_view a, std::string_view b) { return equalsIgnoreCase(a, b); }
 
+// A configured header name, matched case-insensitively against the request's: the length and the
+// folded first byte first (equal names always pass both), the full compare only then. An empty
+// name matches nothing.
+struct Matcher {
+  explicit Matcher(const std::string& want)
+      : name(want), first(want.empty() ? 0 : static_cast<char>(want[0] | 0x20)) {}
+  bool matches(std::string_view n) const {
+    return n.size() == name.size() && !name.empty() && static_cast<char>(n[0] | 0x20) == first &&
+           ieq(n, name);
+  }
+  std::string_view name;
+  char first;
+};
+
 // Headers a trusted hop adds: not the client's, so not part of its header-order fingerprint.
 bool hopHeader(std::string_view name) {
   if (name.size() < 3) return false;
@@ -270,17 +284,20 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
     r.headers.clear();
     r.tlsFingerprint = {};
     r.deviceId = r.memberId = r.addressHash = {};
-    const std::string& tls = s.tls_fingerprint_header;
-    // The device and address headers are picked up in the same pass (first occurrence, among
-    // the headers risk/ sees), not by rescanning every name afterwards.
-    const std::string& device_header = s.device_header;
-    const std::string& address_header = s.address_header;
+    // One pass over the names: the headers risk/ sees, the TLS fingerprint, the device and
+    // address headers (first occurrence among the headers risk/ sees) and the Cookie headers'
+    // split, instead of a pass each. The configured names are matched by length and folded
+    // first byte before a full compare, so most names cost two compares.
+    const Matcher tls(s.tls_fingerprint_header), device_header(s.device_header),
+        address_header(s.address_header);
     std::string_view device_from_header;
     bool device_seen = false, address_seen = false;
-    for (size_t i = 0; i < h.headers.size(); i++) {
+    r.cookies.startSplit();
+    const size_t count = h.headers.size();
+    for (size_t i = 0; i < count; i++) {
       if (h.headers.removed(i)) continue;
       std::string_view name = h.headers.name(i);
-      if (!tls.empty() && name.size() == tls.size() && ieq(name, tls)) {
+      if (tls.matches(name)) {
         // Honoured only from a trusted terminator; anyone else's copy is dropped (never forwarded).
         if (trusted_peer) {
           if (r.tlsFingerprint.empty()) r.tlsFingerprint = h.headers.value(i);
@@ -292,21 +309,20 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
       if (trusted_peer && hopHeader(name)) continue;
       const std::string_view value = h.headers.value(i);
       r.headers.emplace_back(name, value);
-      if (!device_seen && name.size() == device_header.size() && !device_header.empty() &&
-          ieq(name, device_header)) {
+      if (name.size() == 6 && (name[0] | 0x20) == 'c' && ieq(name, "cookie"))
+        r.cookies.addCookieHeader(value);
+      if (!device_seen && device_header.matches(name)) {
         device_seen = true;
         device_from_header = value;
       }
-      if (!address_seen && name.size() == address_header.size() && !address_header.empty() &&
-          ieq(name, address_header)) {
+      if (!address_seen && address_header.matches(name)) {
         address_seen = true;
         r.addressHash = value;
       }
     }
     r.clientIp = c.ex_->client_ip;
-    // Cookies are split once: the member and device ids here, the pass token and the
+    // Cookies are split once (above): the member and device ids here, the pass token and the
     // fingerprint's cookie names in evaluate().
-    r.cookies.split(r.headers);
     if (!s.member_cookie.empty()) r.memberId = r.cookies.find(s.member_cookie);
     if (!s.device_cookie.empty()) r.deviceId = r.cookies.find(s.device_cookie);
     if (r.deviceId.empty()) r.deviceId = device_from_header;

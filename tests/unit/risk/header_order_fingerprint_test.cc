@@ -214,3 +214,41 @@ TEST_CASE("cookie jar finds what the rescanning findCookie finds, on random head
 
 }  // namespace
 }  // namespace sluice::risk
+
+namespace sluice::risk {
+namespace {
+
+// The H and K parts are the hashes' top 48 bits in lower-case hex, as printf writes them.
+TEST_CASE("fingerprint hex parts equal printf of the hashes, on random names",
+          "[risk][fingerprint]") {
+  std::mt19937_64 rng(11);
+  const char alphabet[] = "abcXYZ-_09f";
+  for (int round = 0; round < 3000; ++round) {
+    std::vector<std::string> names, values;
+    const int n = static_cast<int>(rng() % 6);
+    for (int i = 0; i < n; ++i) {
+      std::string name;
+      const int len = 1 + static_cast<int>(rng() % 24);
+      for (int j = 0; j < len; ++j) name += alphabet[rng() % (sizeof alphabet - 1)];
+      names.push_back(name);
+      values.push_back("v");
+    }
+    if (rng() % 2) {
+      names.push_back("Cookie");
+      values.push_back("k" + std::to_string(rng() % 1000) + "=1; z=2");
+    }
+    std::vector<HeaderField> h;
+    for (size_t i = 0; i < names.size(); ++i) h.push_back({names[i], values[i]});
+    const auto fp = HeaderOrderFingerprint::compute("GET", 1, 1, h);
+    char want[32];
+    snprintf(want, sizeof want, "%012llx_",
+             static_cast<unsigned long long>(fp.namesHash >> 16));
+    snprintf(want + 13, sizeof want - 13, "%012llx",
+             static_cast<unsigned long long>(fp.cookieHash >> 16));
+    INFO(fp.text.str());
+    REQUIRE(fp.text.substr(9, 25) == std::string_view(want, 25));
+  }
+}
+
+}  // namespace
+}  // namespace sluice::risk

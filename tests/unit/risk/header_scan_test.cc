@@ -181,3 +181,80 @@ TEST_CASE("UA token matching: shared first bytes, ends of string, case", "[risk]
 
 }  // namespace
 }  // namespace sluice::risk
+
+namespace sluice::risk {
+namespace {
+
+void requireSameScan(const HeaderScan& a, const HeaderScan& b) {
+  for (int k = 0; k < kHeaderIdCount; ++k) REQUIRE(a.first[k] == b.first[k]);
+  REQUIRE(a.notLower == b.notLower);
+  REQUIRE(a.notTitle == b.notTitle);
+  REQUIRE(a.anyUpper == b.anyUpper);
+  REQUIRE(a.namesHash == b.namesHash);
+  REQUIRE(a.otherCount == b.otherCount);
+}
+
+// Every answer the memo gives equals a fresh scan: random sequences drawn from a small pool of
+// names (so sequences repeat and hit), names that differ only in case or in one byte at any
+// position (same lengths: same set, must not match), empty and long names.
+TEST_CASE("HeaderScanMemo answers exactly what a fresh scan says, on random name sequences",
+          "[risk][ua][scan]") {
+  std::mt19937_64 rng(23);
+  std::vector<std::string> pool = {"Host", "host", "HOST", "User-Agent", "user-agent",
+                                   "Accept", "accepT", "Cookie", "Referer", "sec-ch-ua",
+                                   "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest",
+                                   "Accept-Language", "Accept-Encoding", "X", "", "x-a",
+                                   "Upgrade-Insecure-Requests", "sec-ch-ua-platform",
+                                   std::string(300, 'a'), "ABCDEFGHIJKLMNOP", "ABCDEFGHIJKLMNOQ"};
+  // Same-length variants of every pool name, one byte changed at each position.
+  const size_t base = pool.size();
+  for (size_t i = 0; i < base; ++i)
+    for (size_t j = 0; j < pool[i].size() && j < 24; ++j) {
+      std::string v = pool[i];
+      v[j] = static_cast<char>(v[j] ^ (rng() % 2 ? 0x01 : 0x20));
+      pool.push_back(v);
+    }
+  HeaderScanMemo memo;
+  std::vector<std::vector<std::string>> seen;
+  for (int round = 0; round < 20000; ++round) {
+    std::vector<std::string> names;
+    if (!seen.empty() && rng() % 3 != 0) {
+      names = seen[rng() % seen.size()];  // a repeat, sometimes with one byte changed
+      if (!names.empty() && rng() % 4 == 0) {
+        std::string& n = names[rng() % names.size()];
+        if (!n.empty()) n[rng() % n.size()] ^= static_cast<char>(1 << (rng() % 7));
+      }
+    } else {
+      const size_t count = rng() % 40;  // past kMaxNames too
+      for (size_t i = 0; i < count; ++i) names.push_back(pool[rng() % (rng() % 2 ? 12 : pool.size())]);
+      if (seen.size() < 200) seen.push_back(names);
+    }
+    std::vector<HeaderField> h;
+    for (const auto& n : names) h.push_back({n, "v"});
+    INFO("round " << round << " names " << names.size());
+    requireSameScan(memo.scan(h), HeaderScan::of(h));
+  }
+  CHECK(memo.stats().hits > 1000);
+  CHECK(memo.stats().misses > 100);
+  CHECK(memo.stats().uncacheable > 100);
+}
+
+TEST_CASE("HeaderScanMemo: a hit is only the same bytes in the same order", "[risk][ua][scan]") {
+  HeaderScanMemo memo;
+  const std::vector<HeaderField> a = {{"Host", ""}, {"User-Agent", ""}, {"Cookie", ""}};
+  const std::vector<HeaderField> caseChanged = {{"Host", ""}, {"User-agent", ""}, {"Cookie", ""}};
+  const std::vector<HeaderField> moved = {{"Host", ""}, {"Cookie", ""}, {"User-Agent", ""}};
+  const std::vector<HeaderField> split = {{"HostUser", ""}, {"-Agent", ""}, {"Cookie", ""}};
+  requireSameScan(memo.scan(a), HeaderScan::of(a));
+  CHECK(memo.stats().misses == 1);
+  requireSameScan(memo.scan(a), HeaderScan::of(a));
+  CHECK(memo.stats().hits == 1);
+  for (const auto* h : {&caseChanged, &moved, &split}) requireSameScan(memo.scan(*h), HeaderScan::of(*h));
+  CHECK(memo.stats().hits == 1);
+  CHECK(memo.stats().misses == 4);
+  requireSameScan(memo.scan({}), HeaderScan::of({}));
+  CHECK(memo.stats().uncacheable == 1);
+}
+
+}  // namespace
+}  // namespace sluice::risk

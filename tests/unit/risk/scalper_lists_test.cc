@@ -4,7 +4,12 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <random>
+#include <string>
+
+#include "core/hash.h"
 
 namespace sluice::risk {
 namespace {
@@ -146,6 +151,67 @@ TEST_CASE("FlatHashSet: membership through growth, collisions and the zero key",
   CHECK(z.contains(0));
   CHECK(z.count(0) == 1);
   CHECK_FALSE(z.contains(2));
+}
+
+}  // namespace
+}  // namespace sluice::risk
+
+namespace sluice::risk {
+namespace {
+
+// The CIDR key as first written: the address masked byte by byte to the prefix, then the prefix
+// as a 17th byte, hashed. ListEntry::key and the matcher's probes must keep this value.
+uint64_t referenceMaskedKey(const IpAddress& a, int prefix) {
+  uint8_t b[17];
+  std::memcpy(b, a.bytes.data(), 16);
+  for (int i = 0; i < 16; ++i) {
+    const int bits = prefix - i * 8;
+    if (bits >= 8) continue;
+    b[i] &= bits <= 0 ? 0 : static_cast<uint8_t>(0xff << (8 - bits));
+  }
+  b[16] = static_cast<uint8_t>(prefix);
+  return hash64(std::string_view(reinterpret_cast<const char*>(b), sizeof b));
+}
+
+TEST_CASE("CIDR keys and matching equal the byte-wise definition, on random addresses",
+          "[risk][lists]") {
+  std::mt19937_64 rng(17);
+  for (int round = 0; round < 4000; ++round) {
+    IpAddress base;
+    const bool v4 = rng() % 2;
+    std::string text;
+    int maxPrefix = 128;
+    if (v4) {
+      text = std::to_string(rng() % 256) + "." + std::to_string(rng() % 256) + "." +
+             std::to_string(rng() % 256) + "." + std::to_string(rng() % 256);
+      maxPrefix = 32;
+    } else {
+      char buf[64];
+      snprintf(buf, sizeof buf, "%x:%x:%x:%x:%x:%x:%x:%x", unsigned(rng() % 65536),
+               unsigned(rng() % 65536), unsigned(rng() % 65536), unsigned(rng() % 65536),
+               unsigned(rng() % 65536), unsigned(rng() % 65536), unsigned(rng() % 65536),
+               unsigned(rng() % 65536));
+      text = buf;
+    }
+    const int prefix = static_cast<int>(rng() % (maxPrefix + 1));
+    const std::string entry = text + "/" + std::to_string(prefix);
+    INFO(entry);
+    ListEntry e;
+    std::string message;
+    REQUIRE(parseListEntry(ListKind::kIp, entry, &e, &message));
+    REQUIRE(e.key == referenceMaskedKey(e.cidr.base, e.cidr.prefix));
+    CidrMatcher m;
+    m.add(e.cidr);
+    // The base itself, a neighbour differing in one random bit, and a random address.
+    IpAddress probe = e.cidr.base;
+    REQUIRE(m.contains(probe));
+    const int bit = v4 ? 96 + static_cast<int>(rng() % 32) : static_cast<int>(rng() % 128);
+    probe.bytes[bit / 8] ^= static_cast<uint8_t>(0x80 >> (bit % 8));
+    REQUIRE(m.contains(probe) == e.cidr.contains(probe));
+    IpAddress other = e.cidr.base;
+    for (int i = v4 ? 12 : 0; i < 16; ++i) other.bytes[i] = static_cast<uint8_t>(rng());
+    REQUIRE(m.contains(other) == e.cidr.contains(other));
+  }
 }
 
 }  // namespace
