@@ -1,5 +1,6 @@
 #include "risk/behaviour.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/swar.h"
@@ -208,6 +209,30 @@ int BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const L
         return limiter::EntryAction::kKeep;
       });
   return shared;
+}
+
+bool BehaviourTracker::explainDue(EntityKind kind, uint64_t key, int score, uint8_t action,
+                                  Nanos refresh, Nanos now) {
+  const uint16_t tick = static_cast<uint16_t>(secondsTick(now));
+  const uint8_t stamp = static_cast<uint8_t>(std::clamp(score, 0, 254) + 1);
+  const uint16_t refreshTicks = static_cast<uint16_t>(std::clamp<Nanos>(refresh / kSeconds, 1, 0x7fff));
+  bool due = false;
+  tables_[static_cast<int>(kind)]->apply(
+      key, limiter::Lookup::kFindOnly, [](const EntityState&) { return limiter::EntryStatus::kActive; },
+      [&](EntityState& s, bool) {
+        // Ticks mod 2^16: an age past half the range (a stamp another worker wrote a moment
+        // later) counts as no time.
+        const uint16_t age = static_cast<uint16_t>(tick - s.explainedAt);
+        due = s.explainedScore != stamp || s.explainedAction != action ||
+              (age < 0x8000 && age >= refreshTicks);
+        if (due) {
+          s.explainedScore = stamp;
+          s.explainedAction = action;
+          s.explainedAt = tick;
+        }
+        return limiter::EntryAction::kKeep;
+      });
+  return due;
 }
 
 void BehaviourTracker::merge(EntityKind kind, uint64_t key, float score, uint32_t ageSeconds,

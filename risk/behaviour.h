@@ -42,9 +42,12 @@ struct EntityState {
   uint8_t gapCount = 0;
   uint8_t gapHead = 0;
   uint16_t itemFp[4] = {};     // 16-bit fingerprints of recently viewed items (0 = empty)
+  uint16_t explainedAt = 0;    // low 16 bits of the seconds tick of the last explain record
   uint32_t itemSeen[4] = {};   // seconds ticks of those views
   uint32_t lastPageView = 0;   // seconds tick
   uint32_t sketchEpoch = 0;    // seconds tick the sketches were cleared
+  uint8_t explainedScore = 0;  // score + 1 of the last explain record (0 = none yet)
+  uint8_t explainedAction = 0;
   uint64_t sketchA = 0;        // IP/device: members; member: devices
   uint64_t sketchB = 0;        // IP: devices; device and member: addresses
   float score = 0;             // decaying score, as of scoreAt
@@ -60,6 +63,8 @@ struct EntityState {
   uint16_t remoteAt = 0;
   float remoteCount = 0;
 };
+// 112 bytes: four ways per 512-byte set. New fields go in the alignment holes.
+static_assert(sizeof(EntityState) == 112);
 
 // What one entity looks like after recording this request.
 struct EntityObservation {
@@ -133,6 +138,13 @@ class BehaviourTracker {
   // both decayed) and, when non-null, its ladder state (the peer saw the latest challenge).
   void merge(EntityKind kind, uint64_t key, float score, uint32_t ageSeconds,
              const LadderState* ladder, Nanos halfLife, Nanos idleAfter, Nanos now);
+  // Whether the admin explain cache should get this entity's decision now (then marked as
+  // recorded): its score or action differs from the last one recorded, or `refresh` passed since.
+  // A busy entity's identical decisions are then recorded once per refresh, not per request:
+  // the records are stores to a cold 4.5 MB array that the next locked instruction waits for.
+  // False when the entity is not in the table.
+  bool explainDue(EntityKind kind, uint64_t key, int score, uint8_t action, Nanos refresh, Nanos now);
+
   // Applies fn(LadderState&) to an entity's ladder state (challenge results).
   template <class Fn>
   bool updateLadder(EntityKind kind, uint64_t key, Fn&& fn) {

@@ -174,6 +174,26 @@ TEST_CASE("behaviour: a stamp from a later clock reading does not reset the enti
   CHECK(o.member().distinctB == addresses);   // the address sketch was not cleared
 }
 
+TEST_CASE("behaviour: an explain record is due on a change or after the refresh",
+          "[risk][behaviour]") {
+  Fixture f;
+  const Nanos t = 1000 * kSeconds;
+  const Nanos refresh = kSeconds;
+  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, 40, 0, refresh, t));  // unknown
+  f.hit(RouteClass::kPageView, t);
+  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, 40, 0, refresh, t));  // first
+  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, 40, 0, refresh, t + 500 * kMillis));
+  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, 41, 0, refresh, t + 600 * kMillis));  // score
+  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, 41, 1, refresh, t + 700 * kMillis));  // action
+  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, 41, 1, refresh, t + 900 * kMillis));
+  // A reading a moment behind the last stamp (another worker's) is no time.
+  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, 41, 1, refresh, t - kSeconds));
+  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, 41, 1, refresh, t + 1700 * kMillis));
+  // Each entity keeps its own stamp.
+  CHECK(f.tracker.explainDue(EntityKind::kIp, kIp, 41, 1, refresh, t + 1700 * kMillis));
+  CHECK(f.tracker.explainDue(EntityKind::kMember, kMember, 41, 1, refresh, t + 1700 * kMillis));
+}
+
 TEST_CASE("behaviour: tables stay within their byte budget", "[risk][behaviour]") {
   BehaviourTracker tracker(64 * 1024);
   BehaviourParams p;
