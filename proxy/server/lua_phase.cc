@@ -18,6 +18,7 @@
 #include "proxy/router/router.h"
 #include "proxy/server/client_connection.h"
 #include "proxy/server/worker.h"
+#include "proxy/upstream/balance_key.h"
 #include "proxy/upstream/upstream_pool.h"
 
 namespace sluice {
@@ -131,20 +132,10 @@ struct LuaExchangeState final : lua::RequestHost {
     *out = e.body_buffer;
     return true;
   }
-  static std::string_view cookie(const HeaderMap& hm, std::string_view name) {
-    for (size_t i = 0; i < hm.size(); i++) {
-      if (hm.removed(i) || !equalsIgnoreCase(hm.name(i), "cookie")) continue;
-      std::string_view v = hm.value(i);
-      while (!v.empty()) {
-        size_t semi = v.find(';');
-        std::string_view kv = trim(v.substr(0, semi));
-        size_t eq = kv.find('=');
-        if (eq != std::string_view::npos && kv.substr(0, eq) == name) return kv.substr(eq + 1);
-        if (semi == std::string_view::npos) break;
-        v.remove_prefix(semi + 1);
-      }
-    }
-    return {};
+  // The cookie `name` of the request, as limit keys and balance keys read it (empty if absent).
+  std::string_view cookie(std::string_view name) const {
+    std::string_view value;
+    return findCookie(head().headers, name, &value) ? value : std::string_view();
   }
   std::string_view var(lua::RequestVar v) const override {
     const Exchange& e = ex();
@@ -155,11 +146,11 @@ struct LuaExchangeState final : lua::RequestHost {
       // The risk section's names when it has them (what the risk phase reads), else the defaults.
       case lua::RequestVar::kMemberId: {
         const Config& cfg = *e.gen->gen->config;
-        return cookie(head().headers, cfg.risk ? std::string_view(cfg.risk->member_cookie) : "member");
+        return cookie(cfg.risk ? std::string_view(cfg.risk->member_cookie) : "member");
       }
       case lua::RequestVar::kDeviceId: {
         const Config& cfg = *e.gen->gen->config;
-        std::string_view id = cookie(head().headers, cfg.risk ? std::string_view(cfg.risk->device_cookie) : "device");
+        std::string_view id = cookie(cfg.risk ? std::string_view(cfg.risk->device_cookie) : "device");
         if (id.empty() && cfg.risk && !cfg.risk->device_header.empty())
           id = head().headers.getOr(cfg.risk->device_header);
         return id;
