@@ -59,16 +59,21 @@ void SlidingWindowCounter::roll(SlidingWindowState& s, bool fresh, int64_t windo
   s.window = now;
 }
 
+// Time into the state's current window (`number` is now's window, the state already rolled).
+// A worker whose clock reading is a little behind another's may find the state already in the
+// next window: then it is that window's start, where the previous count weighs fully, not the
+// end of this one, where it weighs nothing (a double burst at the edge).
+Nanos SlidingWindowCounter::elapsedIn(const SlidingWindowState& s, Nanos now, int64_t number) const {
+  return s.window == static_cast<uint32_t>(number) ? now - number * params_.window : 0;
+}
+
 RateDecision SlidingWindowCounter::charge(SlidingWindowState& state, bool fresh, Nanos now,
                                           uint32_t cost) const {
   const Nanos w = params_.window;
   const int64_t number = floorDiv(now, w);
   SlidingWindowState s = state;
   roll(s, fresh, number);
-  // A worker whose clock reading is a little behind another's may find the state already in the
-  // next window: decide at that window's start, where the previous count weighs fully, not at
-  // the end of this one, where it weighs nothing (a double burst at the edge).
-  const Nanos elapsed = s.window == static_cast<uint32_t>(number) ? now - number * w : 0;
+  const Nanos elapsed = elapsedIn(s, now, number);
   const i128 limitW = static_cast<i128>(params_.limit) * w;
   const i128 carried = static_cast<i128>(s.previous) * (w - elapsed);
   const i128 used = carried + (static_cast<i128>(s.current) + cost) * w;
@@ -137,7 +142,7 @@ uint64_t SlidingWindowCounter::estimate(SlidingWindowState s, Nanos now) const {
   const Nanos w = params_.window;
   const int64_t number = floorDiv(now, w);
   roll(s, false, number);
-  const Nanos elapsed = s.window == static_cast<uint32_t>(number) ? now - number * w : 0;  // see charge()
+  const Nanos elapsed = elapsedIn(s, now, number);
   const i128 used = static_cast<i128>(s.previous) * (w - elapsed) + static_cast<i128>(s.current) * w;
   return static_cast<uint64_t>(used / w);
 }

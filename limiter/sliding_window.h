@@ -50,6 +50,7 @@ class SlidingWindowCounter {
 
  private:
   void roll(SlidingWindowState& state, bool fresh, int64_t windowNumber) const;
+  Nanos elapsedIn(const SlidingWindowState& state, Nanos now, int64_t windowNumber) const;
 
   SlidingWindowParams params_;
 };
