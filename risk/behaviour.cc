@@ -54,8 +54,7 @@ namespace {
 // The peers' decaying count as of `tick`.
 float remoteNow(const EntityState& s, uint32_t tick, uint32_t windowSecs) {
   if (s.remoteCount <= 0) return 0;
-  uint16_t age = static_cast<uint16_t>(static_cast<uint16_t>(tick) - s.remoteAt);
-  if (age >= 0x8000) age = 0;  // stamped by a worker whose clock read a little later (mod 2^16)
+  const uint16_t age = since16(s.remoteAt, static_cast<uint16_t>(tick));
   return s.remoteCount * static_cast<float>(std::exp(-static_cast<double>(age) / windowSecs));
 }
 }  // namespace
@@ -220,11 +219,8 @@ bool BehaviourTracker::explainDue(EntityKind kind, uint64_t key, int score, uint
   tables_[static_cast<int>(kind)]->apply(
       key, limiter::Lookup::kFindOnly, [](const EntityState&) { return limiter::EntryStatus::kActive; },
       [&](EntityState& s, bool) {
-        // Ticks mod 2^16: an age past half the range (a stamp another worker wrote a moment
-        // later) counts as no time.
-        const uint16_t age = static_cast<uint16_t>(tick - s.explainedAt);
         due = s.explainedScore != stamp || s.explainedAction != action ||
-              (age < 0x8000 && age >= refreshTicks);
+              since16(s.explainedAt, tick) >= refreshTicks;
         if (due) {
           s.explainedScore = stamp;
           s.explainedAction = action;

@@ -80,5 +80,11 @@ inline uint32_t secondsTick(Nanos now) {
 // history, reset its rate window or escalated a challenge it had just been given).
 inline uint32_t since(uint32_t then, uint32_t now) { return now > then ? now - then : 0; }
 inline uint64_t since(uint64_t then, uint64_t now) { return now > then ? now - then : 0; }
+// The same for 16-bit stamps (the low bits of a seconds tick, so they wrap every 18 hours): an
+// age past half the range is a stamp a little ahead of `now`, also no time.
+inline uint16_t since16(uint16_t then, uint16_t now) {
+  const uint16_t age = static_cast<uint16_t>(now - then);
+  return age < 0x8000 ? age : 0;
+}
 
 }  // namespace sluice::risk

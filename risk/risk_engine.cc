@@ -98,9 +98,8 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   BehaviourEvent ev;
   ev.route = r.routeClass;
   ev.itemKey = r.itemId.empty() ? 0 : nonZero(hash64(r.itemId, kItemSeed));
-  ev.keys[0] = ipKey(r.clientIp);
-  ev.keys[1] = deviceKey(r.deviceId);
-  ev.keys[2] = memberKey(r.memberId);
+  const auto keys = entityKeys(r);
+  std::copy(keys.begin(), keys.end(), ev.keys);
   ev.addressKey = r.addressHash.empty() ? 0 : nonZero(hash64(r.addressHash, kAddressSeed));
   behaviour_.prefetch(ev);
 
@@ -304,7 +303,7 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
 void RiskEngine::raiseScore(const RiskPolicy& policy, const RiskRequest& r, int score, Nanos now) {
   if (score <= 0) return;
   const int shareMin = shareMinScore_.load(std::memory_order_relaxed);
-  const uint64_t keys[kEntityKinds] = {ipKey(r.clientIp), deviceKey(r.deviceId), memberKey(r.memberId)};
+  const auto keys = entityKeys(r);
   for (int k = 0; k < kEntityKinds; ++k) {
     if (keys[k] == 0) continue;
     const int shared = behaviour_.commit(static_cast<EntityKind>(k), keys[k],

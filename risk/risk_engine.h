@@ -179,6 +179,10 @@ class RiskEngine {
   ListOverlay& listOverlay() { return overlay_; }
 
   // Entity keys, exposed for tests and the explain call.
+  // The request's entity keys by EntityKind (IP, device, member; 0 for an absent id).
+  static std::array<uint64_t, kEntityKinds> entityKeys(const RiskRequest& request) {
+    return {ipKey(request.clientIp), deviceKey(request.deviceId), memberKey(request.memberId)};
+  }
   static uint64_t ipKey(const IpAddress& ip);
   static uint64_t deviceKey(std::string_view id);
   static uint64_t memberKey(std::string_view id);
