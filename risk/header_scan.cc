@@ -201,9 +201,7 @@ inline bool sameName(const char* stored, const char* name, size_t n) {
 
 }  // namespace
 
-HeaderScanMemo::HeaderScanMemo() : entries_(new Entry[kSets * kWays]) {
-  std::memset(victim_, 0, sizeof victim_);
-}
+HeaderScanMemo::HeaderScanMemo() = default;
 HeaderScanMemo::~HeaderScanMemo() = default;
 
 HeaderScan HeaderScanMemo::scan(const std::vector<HeaderField>& headers) {
@@ -227,7 +225,7 @@ HeaderScan HeaderScanMemo::scan(const std::vector<HeaderField>& headers) {
     return HeaderScan::of(headers);
   }
   const size_t set = static_cast<size_t>(mix64(sig ^ bytes << 32) >> 58) & (kSets - 1);
-  Entry* ways = &entries_[set * kWays];
+  Entry* ways = slots_.ways(set);
   for (size_t w = 0; w < kWays; ++w) {
     const Entry& e = ways[w];
     if (e.count != count || e.bytes != bytes) continue;
@@ -240,12 +238,12 @@ HeaderScan HeaderScanMemo::scan(const std::vector<HeaderField>& headers) {
     }
     if (i < count) continue;
     ++stats_.hits;
-    victim_[set] = static_cast<uint8_t>(w ^ 1);  // the other way goes next (LRU of two)
+    slots_.used(set, w);
     return e.scan;
   }
   ++stats_.misses;
   const HeaderScan fresh = HeaderScan::of(headers);
-  const size_t w = victim_[set];
+  const size_t w = slots_.victim(set);
   Entry& e = ways[w];
   e.count = static_cast<uint16_t>(count);
   e.bytes = static_cast<uint16_t>(bytes);
@@ -257,15 +255,10 @@ HeaderScan HeaderScanMemo::scan(const std::vector<HeaderField>& headers) {
     if (!name.empty()) std::memcpy(out, name.data(), name.size());  // a null view: no memcpy
     out += name.size();
   }
-  victim_[set] = static_cast<uint8_t>(w ^ 1);
+  slots_.used(set, w);
   return fresh;
 }
 
-HeaderScanMemo& HeaderScanMemo::forThisThread() {
-  // Allocated on first use, so threads that never score pay nothing.
-  thread_local std::unique_ptr<HeaderScanMemo> memo;
-  if (!memo) memo = std::make_unique<HeaderScanMemo>();
-  return *memo;
-}
+HeaderScanMemo& HeaderScanMemo::forThisThread() { return perThreadMemo<HeaderScanMemo>(); }
 
 }  // namespace sluice::risk

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "risk/risk_request.h"
+#include "risk/two_way_sets.h"
 
 namespace sluice::risk {
 
@@ -74,11 +75,10 @@ struct HeaderScan {
 // reads no configuration, so a reload has nothing to invalidate. Not thread-safe: one per thread.
 class HeaderScanMemo {
  public:
+  static constexpr size_t kWays = kMemoWays;
   static constexpr size_t kSets = 64;
-  static constexpr size_t kWays = 2;
   static constexpr size_t kMaxNames = 32;
   static constexpr size_t kMaxNameBytes = 448;
-  static_assert(kWays == 2, "victim_ holds the other way of two");
 
   struct Stats {
     uint64_t hits = 0;
@@ -98,8 +98,7 @@ class HeaderScanMemo {
 
  private:
   struct Entry;
-  std::unique_ptr<Entry[]> entries_;
-  uint8_t victim_[kSets];  // per set: the way to fill next
+  TwoWaySets<Entry, kSets> slots_;
   Stats stats_;
 };
 

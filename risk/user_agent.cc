@@ -435,9 +435,7 @@ struct UserAgentCache::Entry {
   char key[kMaxKeyBytes];
 };
 
-UserAgentCache::UserAgentCache() : entries_(new Entry[kSets * kWays]) {
-  std::memset(victim_, 0, sizeof victim_);
-}
+UserAgentCache::UserAgentCache() = default;
 UserAgentCache::~UserAgentCache() = default;
 
 UserAgentAnalysis UserAgentCache::lookup(const UserAgentInput& in, bool* ios) {
@@ -465,21 +463,21 @@ UserAgentAnalysis UserAgentCache::lookup(const UserAgentInput& in, bool* ios) {
   const std::string_view k(key, pos);
   const uint64_t h = hash64(k, 0x55a);
   const size_t set = static_cast<size_t>(h >> 56) & (kSets - 1);
-  Entry* ways = &entries_[set * kWays];
+  Entry* ways = slots_.ways(set);
   for (size_t w = 0; w < kWays; ++w) {
     Entry& e = ways[w];
     // The hash only picks candidates; the whole key is compared, so a collision cannot return
     // another UA's verdict.
     if (e.keyLen == pos && e.hash == h && std::memcmp(e.key, key, pos) == 0) {
       ++stats_.hits;
-      victim_[set] = static_cast<uint8_t>(w ^ 1);  // the other way goes next (LRU of two)
+      slots_.used(set, w);
       *ios = e.ios;
       return e.result;
     }
   }
   ++stats_.misses;
   const UserAgentAnalysis result = analyzeBytes(in, ios);
-  const size_t w = victim_[set];
+  const size_t w = slots_.victim(set);
   Entry& e = ways[w];
   if (e.keyLen != 0) ++stats_.evictions;
   e.hash = h;
@@ -487,15 +485,10 @@ UserAgentAnalysis UserAgentCache::lookup(const UserAgentInput& in, bool* ios) {
   e.ios = *ios;
   e.result = result;
   std::memcpy(e.key, key, pos);
-  victim_[set] = static_cast<uint8_t>(w ^ 1);
+  slots_.used(set, w);
   return result;
 }
 
-UserAgentCache& UserAgentCache::forThisThread() {
-  // Allocated on first use, so threads that never score pay nothing.
-  thread_local std::unique_ptr<UserAgentCache> cache;
-  if (!cache) cache = std::make_unique<UserAgentCache>();
-  return *cache;
-}
+UserAgentCache& UserAgentCache::forThisThread() { return perThreadMemo<UserAgentCache>(); }
 
 }  // namespace sluice::risk

@@ -8,6 +8,7 @@
 
 #include "risk/header_scan.h"
 #include "risk/risk_request.h"
+#include "risk/two_way_sets.h"
 
 namespace sluice::risk {
 
@@ -72,10 +73,9 @@ struct UserAgentAnalysis {
 // invalidate. Not thread-safe: one per thread (forThisThread).
 class UserAgentCache {
  public:
+  static constexpr size_t kWays = kMemoWays;
   static constexpr size_t kSets = 256;
-  static constexpr size_t kWays = 2;
   static constexpr size_t kMaxKeyBytes = 440;  // flags + 4 lengths + bytes; longer: not cached
-  static_assert(kWays == 2, "victim_ holds the other way of two");
 
   struct Stats {
     uint64_t hits = 0;
@@ -98,8 +98,7 @@ class UserAgentCache {
 
  private:
   struct Entry;
-  std::unique_ptr<Entry[]> entries_;
-  uint8_t victim_[kSets];  // per set: the way to fill next
+  TwoWaySets<Entry, kSets> slots_;
   Stats stats_;
 };
 
