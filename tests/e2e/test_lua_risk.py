@@ -153,5 +153,40 @@ class LuaRiskTest(ProxyTestCase):
         self.assertEqual(hdr(h, "X-Risk-Score"), "0")
 
 
+class LuaWithoutRiskSectionTest(ProxyTestCase):
+    """No risk section at all: nothing scores, the fingerprint is computed from every header
+    and the ids come from the default `member` / `device` cookies."""
+
+    def setUp(self):
+        super().setUp()
+        os.makedirs(os.path.join(self.tmp, "policies"))
+        with open(os.path.join(self.tmp, "policies", "account_check.lua"), "w") as f:
+            f.write(POLICY)
+        self.demo = self.start_demo()
+        port, admin = free_port(), free_port()
+        text = config(port, admin, self.demo.address)
+        text = text[:text.index("risk:\n")] + text[text.index("upstreams:\n"):]
+        text = text.replace("            risk: { class: item_detail }\n", "")
+        text = text.replace("            risk: off\n", "")
+        self.s = self.start_sluice_text(text, port, admin)
+
+    def test_fingerprint_ids_and_score_without_risk(self):
+        headers = chrome_headers("device=d-plain")
+        st, h, body = raw_request(self.s.port, "GET", "/__demo/echo", headers + [("X-Account-Flag", "farm")])
+        self.assertEqual(st, 200, body[:300])
+        self.assertEqual(hdr(h, "X-Device"), "d-plain")
+        self.assertEqual(hdr(h, "X-Risk-Score"), "60")  # the points added, nothing scored
+        fp = hdr(h, "X-Fp")
+        self.assertEqual(len(fp), 34, fp)
+        self.assertTrue(fp.startswith("ge11c"), fp)
+        # A pure function of the headers: the same ones give the same label, another order not.
+        _, h2, _ = raw_request(self.s.port, "GET", "/__demo/echo", headers + [("X-Account-Flag", "farm")])
+        self.assertEqual(hdr(h2, "X-Fp"), fp)
+        _, h3, _ = raw_request(self.s.port, "GET", "/__demo/echo",
+                               list(reversed(headers)) + [("X-Account-Flag", "farm")])
+        self.assertNotEqual(hdr(h3, "X-Fp"), fp)
+        self.assertEqual(len(hdr(h3, "X-Fp")), 34)
+
+
 if __name__ == "__main__":
     unittest.main()
