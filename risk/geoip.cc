@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -93,7 +94,8 @@ GeoIpDatabase::~GeoIpDatabase() {
   if (mmdb_) MMDB_close(mmdb_.get());
 }
 
-bool GeoIpDatabase::lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields) const {
+bool GeoIpDatabase::lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields,
+                           int* prefixBits) const {
   sockaddr_storage ss{};
   if (ip.v4) {
     auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
@@ -107,6 +109,14 @@ bool GeoIpDatabase::lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields
   int mmdbError = MMDB_SUCCESS;
   MMDB_lookup_result_s res =
       MMDB_lookup_sockaddr(mmdb_.get(), reinterpret_cast<const sockaddr*>(&ss), &mmdbError);
+  if (prefixBits) {
+    // An IPv4 lookup in an IPv6 tree starts at the node of ::a.b.c.d/96 and reports the IPv6
+    // depth; the IPv4 network is what is left below that start node.
+    int bits = res.netmask;
+    if (ip.v4 && mmdb_->metadata.ip_version == 6) bits -= mmdb_->ipv4_start_node.netmask;
+    *prefixBits = std::clamp(bits, 0, ip.v4 ? 32 : 128);
+    if (mmdbError != MMDB_SUCCESS) *prefixBits = ip.v4 ? 32 : 128;  // memoise nothing wider
+  }
   if (mmdbError != MMDB_SUCCESS || !res.found_entry) return false;
   MMDB_entry_s* entry = &res.entry;
   MMDB_entry_data_s data;

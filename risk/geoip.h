@@ -49,8 +49,12 @@ class GeoIpDatabase {
   // Fills `out` with what this database knows about `ip`; false when the address is not in it
   // (or the lookup failed, which for a validated database means a corrupt record).
   // Only the fields this database's type can hold are looked up (see fields()); `allFields`
-  // walks every path whatever the type (tests compare the two).
-  bool lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields = false) const;
+  // walks every path whatever the type (tests compare the two). `prefixBits`, when given,
+  // receives the length of the network the answer holds for (found or not), in the address's
+  // own family (0-32 for IPv4, 0-128 for IPv6): every address in that network gets the same
+  // answer, which is what lets callers memoise a whole block.
+  bool lookup(const IpAddress& ip, GeoIpRecord* out, bool allFields = false,
+              int* prefixBits = nullptr) const;
 
   // Which record paths lookup() walks, from the metadata database_type: MaxMind's documented
   // schemas for their exact type names; every path for any other type.

@@ -54,11 +54,16 @@ constexpr Signal kGeoSignals[] = {Signal::kGeoRiskyCountry, Signal::kGeoRiskyAsn
                                   Signal::kIpTor};
 constexpr int kGeoSignalCount = static_cast<int>(std::size(kGeoSignals));
 
-uint8_t geoSignals(const RiskPolicy& policy, const IpAddress& ip) {
+// *prefixBits: the longest network any database answered for, so the answer holds for every
+// address in that network.
+uint8_t geoSignals(const RiskPolicy& policy, const IpAddress& ip, int* prefixBits) {
   GeoIpRecord geo;
+  *prefixBits = 0;
   for (const auto& db : policy.geoip) {
     GeoIpRecord one;
-    if (db->lookup(ip, &one)) geo.merge(one);
+    int bits = 0;
+    if (db->lookup(ip, &one, false, &bits)) geo.merge(one);
+    *prefixBits = std::max(*prefixBits, bits);
   }
   const bool flags[kGeoSignalCount] = {
       geo.country[0] && !policy.riskyCountries.empty() &&
@@ -134,8 +139,9 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
     GeoSignalMemo& memo = GeoSignalMemo::forThisThread();
     uint8_t fired = 0;
     if (!memo.find(policy.instanceId, r.clientIp, &fired)) {
-      fired = geoSignals(policy, r.clientIp);
-      memo.store(policy.instanceId, r.clientIp, fired);
+      int prefixBits = 0;
+      fired = geoSignals(policy, r.clientIp, &prefixBits);
+      memo.store(policy.instanceId, r.clientIp, fired, prefixBits);
     }
     for (int i = 0; i < kGeoSignalCount; ++i)
       if (fired & (1u << i)) signals.fire(kGeoSignals[i]);

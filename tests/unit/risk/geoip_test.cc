@@ -120,6 +120,57 @@ TEST_CASE("GeoIP lookups walk only their type's paths, with the same answers", "
   }
 }
 
+// The memo in RiskEngine stores one answer for a whole network on the strength of prefixBits:
+// every address inside the reported network must get the same answer as the one looked up.
+TEST_CASE("GeoIP lookup: every address in the reported network gets the same answer",
+          "[risk][geoip]") {
+  const char* files[] = {"GeoIP2-Country-Test.mmdb", "GeoLite2-ASN-Test.mmdb",
+                         "GeoIP2-Anonymous-IP-Test.mmdb", "GeoLite2-City-Test.mmdb"};
+  uint64_t seed = 0x9E3779B97F4A7C15ULL;
+  auto next = [&seed] {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    return seed;
+  };
+  for (const char* file : files) {
+    INFO(file);
+    std::string err;
+    auto db = GeoIpDatabase::open(dataPath(file), &err);
+    REQUIRE(db);
+    std::vector<std::string> addrs = {"81.2.69.142", "81.2.69.160", "81.2.69.1", "10.0.0.1",
+                                      "1.128.0.1",   "2.125.160.216", "89.160.20.112",
+                                      "2001:218::1", "2a02:d280::1",  "abcd:1000::1", "::1"};
+    for (int a = 0; a < 256; a += 3) addrs.push_back(std::to_string(a) + ".2.69.161");
+    int wide = 0;  // networks as wide as the memo's blocks: some must be checked
+    for (const std::string& s : addrs) {
+      const IpAddress addr = ip(s.c_str());
+      GeoIpRecord first;
+      int bits = -1;
+      const bool found = db->lookup(addr, &first, true, &bits);
+      INFO(s << " network bits " << bits);
+      REQUIRE(bits >= 0);
+      REQUIRE(bits <= (addr.v4 ? 32 : 128));
+      if (bits <= (addr.v4 ? 24 : 48)) ++wide;
+      // Random addresses sharing the first `bits` bits (in the family's own numbering).
+      const int offset = addr.v4 ? 96 : 0;
+      for (int trial = 0; trial < 64; ++trial) {
+        IpAddress other = addr;
+        for (int bit = offset + bits; bit < 128; ++bit) {
+          const uint8_t mask = static_cast<uint8_t>(0x80 >> (bit % 8));
+          if (next() & 1) other.bytes[bit / 8] ^= mask;
+        }
+        GeoIpRecord again;
+        int otherBits = -1;
+        CHECK(db->lookup(other, &again, true, &otherBits) == found);
+        CHECK(otherBits == bits);
+        if (found) CHECK(sameRecord(first, again));
+      }
+    }
+    CHECK(wide > 0);
+  }
+}
+
 TEST_CASE("GeoIP records merge across databases", "[risk][geoip]") {
   GeoIpRecord a, b;
   a.asn = 5;
