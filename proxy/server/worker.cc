@@ -83,6 +83,7 @@ Worker::~Worker() {
   current_.reset();
   access_log_.reset();
   uv_run(&loop_, UV_RUN_NOWAIT);  // close callbacks of VM timers dropped just now
+  write_batch_.reset();  // its handles were closed by the drain
   uv_loop_close(&loop_);
   for (auto& s : sockets_)
     if (s.fd >= 0) ::close(s.fd);
@@ -270,6 +271,9 @@ void Worker::run() {
     s.fd = -1;  // the listener owns it now, closed after its poll handle
     listeners_.push_back(std::move(l));
   }
+  // Upstream writes wait for the end of each loop turn (write_batch.h).
+  write_batch_ = std::make_unique<WriteBatch>(&loop_);
+  write_batch_->bindToThisThread();
   setListening(true);
   uv_run(&loop_, UV_RUN_DEFAULT);
 }
@@ -450,6 +454,7 @@ void Worker::maybeFinish() {
     async_closed_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
   }
+  if (write_batch_) write_batch_->close();
   if (current_)
     for (auto& p : current_->pools) p->closeIdle();
   if (access_log_) access_log_->stop();

@@ -17,6 +17,7 @@
 #include "proxy/log/access_log.h"
 #include "proxy/server/generation.h"
 #include "proxy/server/lua_phase.h"
+#include "proxy/upstream/write_batch.h"
 
 namespace sluice {
 
@@ -130,6 +131,7 @@ class Worker {
   std::vector<BoundSocket> sockets_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::unique_ptr<LuaWorkerRuntime> lua_;  // before current_: VMs call it when destroyed
+  std::unique_ptr<WriteBatch> write_batch_;  // created on the loop's thread by run()
   WorkerGenerationPtr current_;
   WorkerGenerationPtr prepared_;  // between prepareGeneration and commit/abort
   std::unique_ptr<AccessLog> access_log_;

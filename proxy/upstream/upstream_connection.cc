@@ -6,6 +6,7 @@
 #include "proxy/server/read_buffer.h"
 #include "proxy/server/stream_writer.h"
 #include "proxy/upstream/upstream_pool.h"
+#include "proxy/upstream/write_batch.h"
 
 namespace sluice {
 
@@ -91,6 +92,13 @@ size_t UpstreamConnection::writeQueueSize() const {
 }
 
 void UpstreamConnection::flush() {
+  if (state_ != State::kActive || out_.empty()) return;
+  // At the end of the loop turn, with the other connections' output (write_batch.h).
+  if (WriteBatch* batch = WriteBatch::forThisThread(); batch && batch->defer(this, loop_)) return;
+  flushNow();
+}
+
+void UpstreamConnection::flushNow() {
   if (state_ != State::kActive || out_.empty()) return;
   int rc = writeStream(reinterpret_cast<uv_stream_t*>(&tcp_), &out_, this, onWrite);
   if (rc != 0) {
@@ -337,6 +345,9 @@ void UpstreamConnection::abort() {
 
 void UpstreamConnection::close() {
   if (state_ == State::kClosing) return;
+  if (flush_deferred_) {
+    if (WriteBatch* batch = WriteBatch::forThisThread()) batch->cancel(this);
+  }
   state_ = State::kClosing;
   handler_ = nullptr;
   timer_.stop();

@@ -47,7 +47,8 @@ class UpstreamConnection : private HttpParserDelegate {
   void setExpectations(bool head_request, Nanos send_timeout, Nanos read_timeout,
                        uint64_t watermark);
 
-  // Output is coalesced; flush() writes it. Returns false if the connection is gone.
+  // Output is coalesced; flush() writes it at the end of the loop turn (WriteBatch), or at once
+  // on a thread without a batch. A failed write closes the connection and reports to the handler.
   std::string& out() { return out_; }
   void flush();
   // The whole request has been handed over (arms the read timeout once written).
@@ -67,11 +68,17 @@ class UpstreamConnection : private HttpParserDelegate {
   bool reused() const { return reused_; }
   bool responseStarted() const { return response_bytes_ > 0; }
   // After onUpstreamComplete: may this connection carry another request?
-  bool reusable() const { return keep_alive_ && !tunnel_ && writeQueueSize() == 0 && request_complete_; }
+  // Output still waiting for the end of the turn counts as unwritten: an upstream that answered
+  // early (a 413 before the body) must not read the rest of this body as the next request.
+  bool reusable() const {
+    return keep_alive_ && !tunnel_ && out_.empty() && writeQueueSize() == 0 && request_complete_;
+  }
   uv_loop_t* loop() const { return loop_; }
 
  private:
   friend class UpstreamPool;
+  friend class WriteBatch;
+  void flushNow();
   static void onConnect(uv_connect_t* req, int status);
   static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -103,6 +110,7 @@ class UpstreamConnection : private HttpParserDelegate {
   State state_ = State::kConnecting;
   std::string out_;
   bool reused_ = false;
+  bool flush_deferred_ = false;  // queued in this thread's WriteBatch
   bool head_request_ = false;
   bool request_complete_ = false;
   bool interim_ = false;
