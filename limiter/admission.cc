@@ -1,6 +1,7 @@
 #include "limiter/admission.h"
 
 #include <algorithm>
+#include <new>
 
 #include "core/uninit_array.h"
 
@@ -47,22 +48,25 @@ void admitInto(Admission& out, std::span<const RateRuleCheck> rateChecks,
   // Issue every rule's cache miss at once: N rules then cost about one miss, not N.
   for (size_t i = 0; i < rateCount; ++i) rateChecks[i].limiter->prefetch(rateChecks[i].key);
 
+  RateDecision scratch;
   for (size_t i = 0; i < rateCount; ++i) {
     const RateRuleCheck& check = rateChecks[i];
     RateLimiter* limiter = check.limiter;
-    receipts[i].charged = false;
+    receipts[i].charged = false;  // not every limiter fills the receipt when it does not charge
     if (out.rejected() && !limiter->countsRejected()) {  // never charged, never refunded
       if (report) decisions[i] = RateDecision();
       continue;
     }
-    RateDecision d = limiter->take(check.key, now, check.cost, &receipts[i]);
+    // take() fills the receipt and builds its decision in place, in the caller's slot: a copy
+    // of a decision just written (in pieces) stalls on store forwarding, several times a request.
+    RateDecision& d = report ? decisions[i] : scratch;
+    new (&d) RateDecision(limiter->take(check.key, now, check.cost, &receipts[i]));
     if (d.verdict == Verdict::kDelay && check.maxDelay > 0 && d.delay > check.maxDelay) {
       // Charged by take(); refunded below with the rest unless the rule counts rejections.
       d.verdict = Verdict::kReject;
       d.retryAfter = d.delay - check.maxDelay;
       d.delay = 0;
     }
-    if (report) decisions[i] = d;
     const bool enforce = check.mode == RuleMode::kEnforce;
     if (d.rejected()) {
       if (!enforce) {

@@ -89,6 +89,8 @@ class Gcra {
   static constexpr uint64_t kBehindMs = uint64_t{1} << 32;
 
  private:
+  friend class GcraLimiter;  // take() inlines charge(): chargeInline
+  RateDecision chargeInline(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   RateDecision chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   RateDecision chargeNginx(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   int64_t nginxElapsedMs(uint64_t state, int64_t nowMs) const;
