@@ -90,8 +90,9 @@ class Gcra {
 
  private:
   friend class GcraLimiter;  // take() inlines charge(): chargeInline
-  RateDecision chargeInline(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
-  RateDecision chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
+  // Both defined (inline) in gcra.cc, their only user.
+  inline RateDecision chargeInline(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
+  inline RateDecision chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   RateDecision chargeNginx(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   int64_t nginxElapsedMs(uint64_t state, int64_t nowMs) const;
   int64_t nginxDrain(int64_t elapsedMs) const;

@@ -50,7 +50,9 @@ class SlidingWindowCounter {
 
  private:
   friend class SlidingWindowLimiter;  // take() inlines charge(): chargeInline
-  RateDecision chargeInline(SlidingWindowState& state, bool fresh, Nanos now, uint32_t cost) const;
+  // Defined (inline) in sliding_window.cc, its only user.
+  inline RateDecision chargeInline(SlidingWindowState& state, bool fresh, Nanos now,
+                                   uint32_t cost) const;
   void roll(SlidingWindowState& state, bool fresh, int64_t windowNumber) const;
   Nanos elapsedIn(const SlidingWindowState& state, Nanos now, int64_t windowNumber) const;
 
