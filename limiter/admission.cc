@@ -1,6 +1,7 @@
 #include "limiter/admission.h"
 
 #include <algorithm>
+#include <new>
 
 #include "core/uninit_array.h"
 
@@ -29,6 +30,16 @@ Admission admit(std::span<const RateRuleCheck> rateChecks,
 void admitInto(Admission& out, std::span<const RateRuleCheck> rateChecks,
                std::span<const ConcurrencyRuleCheck> concurrencyChecks, Nanos now,
                std::span<RateDecision> decisions) {
+  const size_t rateCount = std::min(rateChecks.size(), kMaxRateRules);
+  const size_t concurrencyCount = std::min(concurrencyChecks.size(), kMaxConcurrencyRules);
+  // Issue every rule's cache miss at once, first: N rules then cost about one miss, not N, and
+  // the rest of the setup (releasing slots still held) overlaps it. Concurrency rules too: a
+  // keyed one (active requests per member) is checked last, after all rate rules.
+  for (size_t i = 0; i < rateCount; ++i) rateChecks[i].limiter->prefetch(rateChecks[i].key);
+  for (size_t j = 0; j < concurrencyCount; ++j) {
+    concurrencyChecks[j].gate->prefetch(concurrencyChecks[j].key);
+  }
+
   for (size_t j = 0; j < out.slotCount; ++j) out.slots[j].release();
   out.slotCount = 0;
   out.verdict = Verdict::kAllow;
@@ -38,31 +49,30 @@ void admitInto(Admission& out, std::span<const RateRuleCheck> rateChecks,
   out.rejectedIndex = -1;
   out.tightestRateRule = -1;
   out.shadowRejects = 0;
-  const size_t rateCount = std::min(rateChecks.size(), kMaxRateRules);
-  const size_t concurrencyCount = std::min(concurrencyChecks.size(), kMaxConcurrencyRules);
   const bool report = decisions.size() >= rateCount;
   // Only `charged` is read unless take() set it, and take() fills the rest when it charges.
   UninitArray<ChargeReceipt, kMaxRateRules> receipts;
   int64_t tightestRemaining = INT64_MAX;
-  // Issue every rule's cache miss at once: N rules then cost about one miss, not N.
-  for (size_t i = 0; i < rateCount; ++i) rateChecks[i].limiter->prefetch(rateChecks[i].key);
 
+  RateDecision scratch;
   for (size_t i = 0; i < rateCount; ++i) {
     const RateRuleCheck& check = rateChecks[i];
     RateLimiter* limiter = check.limiter;
-    receipts[i].charged = false;
+    receipts[i].charged = false;  // not every limiter fills the receipt when it does not charge
     if (out.rejected() && !limiter->countsRejected()) {  // never charged, never refunded
       if (report) decisions[i] = RateDecision();
       continue;
     }
-    RateDecision d = limiter->take(check.key, now, check.cost, &receipts[i]);
+    // take() fills the receipt and builds its decision in place, in the caller's slot: a copy
+    // of a decision just written (in pieces) stalls on store forwarding, several times a request.
+    RateDecision& d = report ? decisions[i] : scratch;
+    new (&d) RateDecision(limiter->take(check.key, now, check.cost, &receipts[i]));
     if (d.verdict == Verdict::kDelay && check.maxDelay > 0 && d.delay > check.maxDelay) {
       // Charged by take(); refunded below with the rest unless the rule counts rejections.
       d.verdict = Verdict::kReject;
       d.retryAfter = d.delay - check.maxDelay;
       d.delay = 0;
     }
-    if (report) decisions[i] = d;
     const bool enforce = check.mode == RuleMode::kEnforce;
     if (d.rejected()) {
       if (!enforce) {

@@ -85,6 +85,8 @@ class ConcurrencyGate {
  public:
   virtual ~ConcurrencyGate() = default;
   virtual AcquireResult tryAcquire(uint64_t key, Nanos now) = 0;
+  // Starts loading the key's state into the cache (see KeyTable::prefetch). Optional.
+  virtual void prefetch(uint64_t /*key*/) const {}
 };
 
 // One counter: in-flight requests of a route or an upstream pool. Lock-free.
@@ -119,6 +121,7 @@ class KeyedConcurrencyLimiter final : public ConcurrencyGate, public SlotOwner {
       : limit_(limitPerKey), table_(memoryBytes) {}
 
   AcquireResult tryAcquire(uint64_t key, Nanos now = 0) override;
+  void prefetch(uint64_t key) const override { table_.prefetch(key); }
   uint32_t inFlight(uint64_t key) const;
   size_t keysInFlight() const { return table_.liveEntries(); }
   void setLimit(uint32_t limit) { limit_.store(limit, std::memory_order_relaxed); }

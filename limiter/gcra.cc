@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
 
 namespace sluice::limiter {
 namespace {
@@ -59,9 +60,14 @@ Gcra::Gcra(const GcraParams& params) : params_(params) {
   maxExcess_ = std::min<int64_t>(static_cast<int64_t>(kExcessMask), burstMilli_ + penaltyMilli);
 }
 
-RateDecision Gcra::charge(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const {
+__attribute__((always_inline)) inline RateDecision Gcra::chargeInline(uint64_t& state, bool fresh,
+                                                                      Nanos now, uint32_t cost) const {
   if (params_.resolution == GcraResolution::kNginxMillis) return chargeNginx(state, fresh, now, cost);
   return chargeNanos(state, fresh, now, cost);
+}
+
+RateDecision Gcra::charge(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const {
+  return chargeInline(state, fresh, now, cost);
 }
 
 RateDecision Gcra::peek(uint64_t state, bool fresh, Nanos now, uint32_t cost) const {
@@ -70,7 +76,10 @@ RateDecision Gcra::peek(uint64_t state, bool fresh, Nanos now, uint32_t cost) co
   return d;
 }
 
-RateDecision Gcra::chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const {
+// Inlined into charge() and take(): a limit phase makes several checks per request, and the
+// decision is then built in place rather than returned through a temporary and copied.
+__attribute__((always_inline)) inline RateDecision Gcra::chargeNanos(uint64_t& state, bool fresh,
+                                                                     Nanos now, uint32_t cost) const {
   RateDecision d;
   d.limit = static_cast<int64_t>(params_.burst) + 1;
   const Nanos tat = fresh ? now : std::max(static_cast<Nanos>(state), now);
@@ -223,7 +232,9 @@ RateDecision GcraLimiter::take(uint64_t key, Nanos now, uint32_t cost, ChargeRec
       key, Lookup::kFindOrInsert, [&](const uint64_t& s) { return classify(s, now); },
       [&](uint64_t& s, bool inserted) {
         before = s;
-        d = gcra_.charge(s, inserted, now, cost);
+        // Built in place (d is the caller's return slot): assigning from a temporary made GCC
+        // write it to the stack in pieces and copy it with wider loads, which stall.
+        new (&d) RateDecision(gcra_.chargeInline(s, inserted, now, cost));
         after = s;
         // A fresh key that was not charged leaves nothing worth remembering.
         return (inserted && !d.charged) ? EntryAction::kErase : EntryAction::kKeep;

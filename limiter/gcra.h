@@ -89,7 +89,10 @@ class Gcra {
   static constexpr uint64_t kBehindMs = uint64_t{1} << 32;
 
  private:
-  RateDecision chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
+  friend class GcraLimiter;  // take() inlines charge(): chargeInline
+  // Both defined (inline) in gcra.cc, their only user.
+  inline RateDecision chargeInline(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
+  inline RateDecision chargeNanos(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   RateDecision chargeNginx(uint64_t& state, bool fresh, Nanos now, uint32_t cost) const;
   int64_t nginxElapsedMs(uint64_t state, int64_t nowMs) const;
   int64_t nginxDrain(int64_t elapsedMs) const;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 namespace sluice::limiter {
 namespace {
@@ -69,6 +70,12 @@ Nanos SlidingWindowCounter::elapsedIn(const SlidingWindowState& s, Nanos now, in
 
 RateDecision SlidingWindowCounter::charge(SlidingWindowState& state, bool fresh, Nanos now,
                                           uint32_t cost) const {
+  return chargeInline(state, fresh, now, cost);
+}
+
+// Inlined into take(), which builds the decision in place in its caller's RateDecision.
+__attribute__((always_inline)) inline RateDecision SlidingWindowCounter::chargeInline(
+    SlidingWindowState& state, bool fresh, Nanos now, uint32_t cost) const {
   const Nanos w = params_.window;
   const int64_t number = floorDiv(now, w);
   SlidingWindowState s = state;
@@ -175,7 +182,7 @@ RateDecision SlidingWindowLimiter::take(uint64_t key, Nanos now, uint32_t cost,
       },
       [&](SlidingWindowState& s, bool inserted) {
         before = s;
-        d = counter_.charge(s, inserted, now, cost);
+        new (&d) RateDecision(counter_.chargeInline(s, inserted, now, cost));  // see GcraLimiter::take
         after = s;
         return (inserted && !d.charged) ? EntryAction::kErase : EntryAction::kKeep;
       });

@@ -49,6 +49,10 @@ class SlidingWindowCounter {
   const SlidingWindowParams& params() const { return params_; }
 
  private:
+  friend class SlidingWindowLimiter;  // take() inlines charge(): chargeInline
+  // Defined (inline) in sliding_window.cc, its only user.
+  inline RateDecision chargeInline(SlidingWindowState& state, bool fresh, Nanos now,
+                                   uint32_t cost) const;
   void roll(SlidingWindowState& state, bool fresh, int64_t windowNumber) const;
   Nanos elapsedIn(const SlidingWindowState& state, Nanos now, int64_t windowNumber) const;
 
