@@ -11,9 +11,11 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 
@@ -620,3 +622,134 @@ def cpu_share(proc, seconds):
     time.sleep(seconds)
     t1, w1 = proc.cpu_ticks(), time.monotonic()
     return (t1 - t0) / tck / (w1 - w0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A scripted upstream that records what each connection carried.
+
+class UpConn:
+    """One accepted upstream connection, as a script sees it. Every byte received is kept in
+    .received (in order), so a test can check what the connection carried after the fact."""
+
+    def __init__(self, sock, index):
+        self.sock = sock
+        self.index = index  # 1-based, in accept order
+        self.received = b""
+        self.buf = b""
+        self.requests = []  # (head text, body bytes) of each complete request read
+        self.eof = False
+
+    def _fill(self):
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            raise EOFError("peer closed")
+        self.received += chunk
+        self.buf += chunk
+
+    def read_request(self):
+        """The next whole request: (head, body). EOFError if the peer closes before it is whole
+        (what arrived stays in .buf)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, rest = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        hmap = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hmap[k.strip().lower()] = v.strip()
+        if hmap.get("transfer-encoding", "").lower() == "chunked":
+            while b"\r\n0\r\n\r\n" not in b"\r\n" + rest:
+                self._fill()
+                rest = self.buf.split(b"\r\n\r\n", 1)[1]
+            end = (b"\r\n" + rest).index(b"\r\n0\r\n\r\n") + 5
+            body, rest = rest[:end], rest[end:]
+        else:
+            n = int(hmap.get("content-length", "0"))
+            while len(rest) < n:
+                self._fill()
+                rest = self.buf.split(b"\r\n\r\n", 1)[1]
+            body, rest = rest[:n], rest[n:]
+        self.buf = rest
+        self.requests.append((head.decode("latin-1"), body))
+        return head.decode("latin-1"), body
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def answer(self, body):
+        self.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def reset(self):
+        """Close with an RST (SO_LINGER 0) instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def wait_eof(self, timeout=5.0):
+        """Reads (and records) until the peer closes; True if it did within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                self._fill()
+        except EOFError:
+            return True
+        except OSError:
+            return self.eof
+
+
+def serve_normally(c):
+    """The well-behaved script: answers every request with 'conn N req K'."""
+    while True:
+        c.read_request()
+        c.answer(b"conn %d req %d" % (c.index, len(c.requests)))
+
+
+class ScriptedUpstream:
+    """An upstream on a free loopback port: each accepted connection runs `script(UpConn)` in its
+    own thread (EOF and socket errors end it quietly); .conns lists them in accept order."""
+
+    def __init__(self, script):
+        self.script = script
+        self.conns = []
+        self._lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                c = UpConn(sock, len(self.conns) + 1)
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.sock.settimeout(15)
+        try:
+            self.script(c)
+        except (EOFError, OSError):
+            pass
+        finally:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self._closed = True
+        self.sock.close()

@@ -9,8 +9,8 @@ import threading
 import time
 import unittest
 
-from harness import (ProxyTestCase, curl, free_port, header, http_get, tcp_sockets,
-                     upstream_servers, upstream_yaml, wait_until)
+from harness import (ProxyTestCase, ScriptedUpstream, curl, free_port, header, http_get,
+                     serve_normally, tcp_sockets, upstream_servers, upstream_yaml, wait_until)
 
 
 def served_by(resp):
@@ -119,84 +119,6 @@ class FlakyKeepAliveUpstream:
 
     def close(self):
         self._closed = True
-        self.sock.close()
-
-
-class EarlyAnswerUpstream:
-    """A scripted upstream that answers a POST with a keep-alive 413 as soon as the test says so,
-    before the rest of the body has arrived, then reads and discards the body (as a server
-    keeping the connection must) and answers any later request on the connection with 200
-    "conn N". What each connection received after each request's head is recorded."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.answer_post = threading.Event()
-        self.head_seen = threading.Event()
-        self.connections = 0
-        self.log = []  # (connection, request line, body bytes received)
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def address(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _accept(self):
-        while not self._closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                n = self.connections
-            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
-
-    def _serve(self, conn, n):
-        buf = b""
-        conn.settimeout(10)
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                line = head.split(b"\r\n")[0]
-                length = 0
-                for h in head.split(b"\r\n")[1:]:
-                    k, _, v = h.partition(b":")
-                    if k.strip().lower() == b"content-length":
-                        length = int(v.strip())
-                if line.startswith(b"POST"):
-                    self.head_seen.set()
-                    self.answer_post.wait(10)
-                    conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
-                while len(buf) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                body, buf = buf[:length], buf[length:]
-                with self._lock:
-                    self.log.append((n, line, body))
-                if not line.startswith(b"POST"):
-                    answer = b"conn %d\n" % n
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self._closed = True
-        self.answer_post.set()
         self.sock.close()
 
 
@@ -520,7 +442,20 @@ class KeepAliveTest(ProxyTestCase):
         # connection's output until the turn ends. When the upstream's early 413 is read in that
         # same turn, the connection must not go back to the pool with them unsent (they would
         # be lost, and the server would read the next request as the rest of this body).
-        up = EarlyAnswerUpstream()
+        head_seen, answer_post, answered = threading.Event(), threading.Event(), threading.Event()
+
+        def script(c):
+            if c.index == 1:
+                while b"\r\n\r\n" not in c.buf:  # the POST's head; its body is still coming
+                    c._fill()
+                head_seen.set()
+                answer_post.wait(10)
+                c.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+                answered.set()
+                c.read_request()  # then the whole body, as a server keeping the connection must
+            serve_normally(c)
+
+        up = ScriptedUpstream(script)
         self.addCleanup(up.close)
         s = self.start_sluice(upstream_yaml("storefront", [up.address]))
         c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
@@ -528,16 +463,22 @@ class KeepAliveTest(ProxyTestCase):
         body = b"x" * 4000
         c.sendall(b"POST /api/cart HTTP/1.1\r\nHost: shop\r\nContent-Length: %d\r\n\r\n%s"
                   % (len(body), body[:-10]))
-        self.assertTrue(up.head_seen.wait(10))
+        self.assertTrue(head_seen.wait(10))
         time.sleep(0.2)  # the first part of the body reaches the upstream
         # Freeze the proxy; the client's last bytes and then the 413 become readable, in that
         # order, so one turn reads both: the body's end first, the answer second.
         os.kill(s.pid, signal.SIGSTOP)
         try:
-            c.sendall(body[-10:])
-            time.sleep(0.2)
-            up.answer_post.set()
-            time.sleep(0.3)
+            # SIGSTOP is asynchronous: a worker still running would read the bytes in a turn of
+            # their own. Every thread must be stopped.
+            def stopped():
+                tasks = os.listdir("/proc/%d/task" % s.pid)
+                return all(open("/proc/%d/task/%s/stat" % (s.pid, t)).read().rsplit(")", 1)[1].split()[0]
+                           == "T" for t in tasks)
+            wait_until(stopped, message="every sluice thread stopped")
+            c.sendall(body[-10:])  # loopback: in the proxy's receive queue on return
+            answer_post.set()
+            self.assertTrue(answered.wait(10))
         finally:
             os.kill(s.pid, signal.SIGCONT)
         buf = b""
@@ -554,15 +495,14 @@ class KeepAliveTest(ProxyTestCase):
             self.assertTrue(chunk, buf)
             buf += chunk
         self.assertIn(b" 200 ", buf.split(b"\r\n")[0], buf)
-        wait_until(lambda: any(not e[1].startswith(b"POST") for e in up.log),
-                   message="the second request logged upstream")
         # The POST's connection either got the whole body (then it could carry the GET) or was
         # closed with it unsent (the 413 had ended the exchange); never a GET read as body.
-        for conn, line, got in up.log:
-            if line.startswith(b"POST"):
-                self.assertEqual(got, body, "connection %d: the body arrived altered" % conn)
-        self.assertEqual([e[1] for e in up.log if not e[1].startswith(b"POST")],
-                         [b"GET /api/items/1 HTTP/1.1"])
+        seen = [r for conn in up.conns for r in conn.requests]
+        for head, got in seen:
+            if head.startswith("POST"):
+                self.assertEqual(got, body, "the body arrived altered")
+        self.assertEqual([h.split("\r\n")[0] for h, _ in seen if not h.startswith("POST")],
+                         ["GET /api/items/1 HTTP/1.1"])
 
     def test_reused_connection_closed_by_upstream_is_retried(self):
         flaky = FlakyKeepAliveUpstream()
