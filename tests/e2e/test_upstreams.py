@@ -56,70 +56,29 @@ class Blackhole:
         self.sock.close()
 
 
-class FlakyKeepAliveUpstream:
+class FlakyKeepAliveUpstream(ScriptedUpstream):
     """A scripted upstream that answers the first request on each connection with a keep-alive
     response, then closes the connection without a word when a second request arrives on it:
     the race where a server drops an idle keep-alive connection just as the proxy reuses it."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.answered = 0
         self.dropped = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(self._script)
 
-    @property
-    def address(self):
-        return "127.0.0.1:%d" % self.port
-
-    def _accept(self):
-        while not self._closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                n = self.connections
-            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
-
-    def _serve(self, conn, n):
-        buf = b""
-        requests = 0
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                _, buf = buf.split(b"\r\n\r\n", 1)  # GETs only: no body
-                requests += 1
-                if requests > 1:
-                    with self._lock:
-                        self.dropped += 1
-                    return  # close without answering
-                body = b"conn %d\n" % n
-                # Count before sending: the client may read the answer and assert on the count
-                # before this thread runs again.
-                with self._lock:
-                    self.answered += 1
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Served-By: flaky\r\n\r\n%s"
-                             % (len(body), body))
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self._closed = True
-        self.sock.close()
+    def _script(self, c):
+        c.read_request()
+        body = b"conn %d\n" % c.index
+        # Count before sending: the client may read the answer and assert on the count before
+        # this thread runs again.
+        with self._lock:
+            self.answered += 1
+        c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Served-By: flaky\r\n\r\n%s"
+               % (len(body), body))
+        c.read_request()
+        with self._lock:
+            self.dropped += 1
+        # Returning closes the connection without answering.
 
 
 class UpstreamErrorsTest(ProxyTestCase):
