@@ -478,6 +478,16 @@ SixRules& sixRules(bool allMany) {
   return typical;
 }
 
+// The counters that show a multi-rule run was fair: rejections and inserts per request (a rejected
+// rule skips the later ones; an insert means the key was not live).
+void reportFairness(benchmark::State& state, const SixRules& s, size_t rejected, uint64_t insertsBefore) {
+  state.SetItemsProcessed(state.iterations());
+  state.counters["rejected"] =
+      benchmark::Counter(static_cast<double>(rejected), benchmark::Counter::kAvgIterations);
+  state.counters["inserts"] = benchmark::Counter(static_cast<double>(s.inserts() - insertsBefore),
+                                                 benchmark::Counter::kAvgIterations);
+}
+
 void runSixRules(benchmark::State& state, bool allMany, bool withActive) {
   SixRules& s = sixRules(allMany);
   RateLimiter* const* rules = s.rules;
@@ -501,12 +511,8 @@ void runSixRules(benchmark::State& state, bool allMany, bool withActive) {
     if (++i == kLiveKeys) i = 0;
     now += 100;
   }
-  state.SetItemsProcessed(state.iterations());
+  reportFairness(state, s, rejected, insertsBefore);
   state.counters["rules"] = static_cast<double>(SixRules::kRules + (withActive ? 1 : 0));
-  state.counters["rejected"] =
-      benchmark::Counter(static_cast<double>(rejected), benchmark::Counter::kAvgIterations);
-  state.counters["inserts"] = benchmark::Counter(static_cast<double>(s.inserts() - insertsBefore),
-                                                 benchmark::Counter::kAvgIterations);
   state.counters["live_keys_min"] = static_cast<double>(s.fewestLiveKeys());
   state.counters["thp_share"] = anonHugeBytes() / static_cast<double>(tableBytes.load());
 }
@@ -552,11 +558,7 @@ void BM_LimitPhaseSixRules(benchmark::State& state) {
     if (++i == kLiveKeys) i = 0;
     now += 100;
   }
-  state.SetItemsProcessed(state.iterations());
-  state.counters["rejected"] =
-      benchmark::Counter(static_cast<double>(rejected), benchmark::Counter::kAvgIterations);
-  state.counters["inserts"] = benchmark::Counter(static_cast<double>(s.inserts() - insertsBefore),
-                                                 benchmark::Counter::kAvgIterations);
+  reportFairness(state, s, rejected, insertsBefore);
 }
 BENCHMARK(BM_LimitPhaseSixRules)->Arg(0)->Arg(1)->Repetitions(7)->ReportAggregatesOnly(true);
 
