@@ -650,6 +650,12 @@ class UpConn:
         self.received += chunk
         self.buf += chunk
 
+    def wait_head(self):
+        """Reads until a request head is buffered (its body may still be on its way); nothing is
+        consumed, read_request() then returns that request."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+
     def read_request(self):
         """The next whole request: (head, body). EOFError if the peer closes before it is whole
         (what arrived stays in .buf)."""

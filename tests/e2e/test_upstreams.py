@@ -405,8 +405,7 @@ class KeepAliveTest(ProxyTestCase):
 
         def script(c):
             if c.index == 1:
-                while b"\r\n\r\n" not in c.buf:  # the POST's head; its body is still coming
-                    c._fill()
+                c.wait_head()  # the POST's head; its body is still coming
                 head_seen.set()
                 answer_post.wait(10)
                 c.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
