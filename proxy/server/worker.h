@@ -17,7 +17,7 @@
 #include "proxy/log/access_log.h"
 #include "proxy/server/generation.h"
 #include "proxy/server/lua_phase.h"
-#include "proxy/upstream/write_batch.h"
+#include "proxy/server/write_batch.h"
 
 namespace sluice {
 

@@ -6,7 +6,7 @@
 #include "proxy/server/read_buffer.h"
 #include "proxy/server/stream_writer.h"
 #include "proxy/upstream/upstream_pool.h"
-#include "proxy/upstream/write_batch.h"
+#include "proxy/server/write_batch.h"
 
 namespace sluice {
 
@@ -300,6 +300,8 @@ void UpstreamConnection::startTunnel() {
 }
 
 void UpstreamConnection::shutdownWrite() {
+  if (state_ != State::kActive) return;
+  flushNow();  // a shutdown queues behind written output only, not behind the batch
   if (state_ != State::kActive) return;
   auto* req = new uv_shutdown_t;
   req->data = this;

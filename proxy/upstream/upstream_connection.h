@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "proxy/http/http_parser.h"
 #include "proxy/server/lazy_timer.h"
+#include "proxy/server/write_batch.h"
 
 namespace sluice {
 
@@ -35,7 +36,7 @@ class UpstreamHandler {
   virtual void onUpstreamReadDone() = 0;
 };
 
-class UpstreamConnection : private HttpParserDelegate {
+class UpstreamConnection : private HttpParserDelegate, private BatchedWriter {
  public:
   enum class State { kConnecting, kActive, kIdle, kClosing };
 
@@ -77,8 +78,7 @@ class UpstreamConnection : private HttpParserDelegate {
 
  private:
   friend class UpstreamPool;
-  friend class WriteBatch;
-  void flushNow();
+  void flushNow() override;
   static void onConnect(uv_connect_t* req, int status);
   static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
@@ -110,7 +110,6 @@ class UpstreamConnection : private HttpParserDelegate {
   State state_ = State::kConnecting;
   std::string out_;
   bool reused_ = false;
-  bool flush_deferred_ = false;  // queued in this thread's WriteBatch
   bool head_request_ = false;
   bool request_complete_ = false;
   bool interim_ = false;

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
 
 from harness import (CannedUpstream, ProxyTestCase, RawClient, curl, demo_counter, header,
@@ -477,6 +478,26 @@ class WebSocket(ProtocolTestCase):
         # Closing our side ends the tunnel: the proxy closes toward us too.
         c.sock.shutdown(1)
         self.assertTrue(c.closed(timeout=5))
+
+    def test_tunnel_bytes_and_the_clients_eof_in_one_read_reach_the_upstream(self):
+        # Regression: the tunnel's half-close shut the upstream socket down before the bytes
+        # read with it, which waited for the end of the loop turn (WriteBatch), were written.
+        self.start()
+        for i in range(10):
+            c = self.client()
+            c.send(req("GET", "/__demo/ws", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                             ("Sec-WebSocket-Key", base64.b64encode(os.urandom(16)).decode()),
+                                             ("Sec-WebSocket-Version", "13")]))
+            status, _, _ = c.read_response()
+            self.assertEqual(status, 101)
+            # Exactly one read buffer (64 KiB): libuv reads on after a full buffer and finds the
+            # EOF in the same turn; after a short read it would leave the EOF to the next turn.
+            msg = (b"last words %d " % i).ljust(64 * 1024, b".")
+            c.sock.sendall(msg)
+            c.sock.shutdown(socket.SHUT_WR)
+            data, closed = read_until_close(c, timeout=5)
+            self.assertEqual(data, msg, "round %d" % i)
+            self.assertTrue(closed)
 
 
 class HeaderOrderAndCase(ProtocolTestCase):

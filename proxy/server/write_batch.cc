@@ -1,8 +1,7 @@
-#include "proxy/upstream/write_batch.h"
+#include "proxy/server/write_batch.h"
 
 #include <algorithm>
 
-#include "proxy/upstream/upstream_connection.h"
 
 namespace sluice {
 namespace {
@@ -29,7 +28,7 @@ WriteBatch* WriteBatch::forThisThread() { return tBatch; }
 
 void WriteBatch::bindToThisThread() { tBatch = this; }
 
-bool WriteBatch::defer(UpstreamConnection* c, uv_loop_t* loop) {
+bool WriteBatch::defer(BatchedWriter* c, uv_loop_t* loop) {
   if (closed_ || loop != loop_) return false;
   if (!c->flush_deferred_) {
     c->flush_deferred_ = true;
@@ -38,19 +37,19 @@ bool WriteBatch::defer(UpstreamConnection* c, uv_loop_t* loop) {
   return true;
 }
 
-void WriteBatch::cancel(UpstreamConnection* c) {
+void WriteBatch::cancel(BatchedWriter* c) {
   if (!c->flush_deferred_) return;
   c->flush_deferred_ = false;
   pending_.erase(std::remove(pending_.begin(), pending_.end(), c), pending_.end());
   // A connection closed by an earlier flush of the batch being run.
-  std::replace(running_.begin(), running_.end(), c, static_cast<UpstreamConnection*>(nullptr));
+  std::replace(running_.begin(), running_.end(), c, static_cast<BatchedWriter*>(nullptr));
 }
 
 void WriteBatch::run() {
   if (pending_.empty()) return;
   running_.swap(pending_);
   for (size_t i = 0; i < running_.size(); ++i) {
-    UpstreamConnection* c = running_[i];
+    BatchedWriter* c = running_[i];
     if (!c) continue;
     c->flush_deferred_ = false;
     c->flushNow();  // may fail and close this or another connection of the batch (cancel)
