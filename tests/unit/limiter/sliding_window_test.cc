@@ -1,5 +1,8 @@
 #include "limiter/sliding_window.h"
 
+#include <algorithm>
+#include <random>
+
 #include <catch2/catch.hpp>
 
 #include "core/clock.h"
@@ -143,4 +146,74 @@ TEST_CASE("sliding window: idle and estimate", "[limiter][sliding_window]") {
 }
 
 }  // namespace
+}  // namespace sluice::limiter
+
+namespace sluice::limiter {
+namespace {
+
+// Draws log-uniformly in [1, max]: small counts and counts near the 32-bit limits alike.
+uint64_t logUniform(std::mt19937_64& rng, uint64_t max) {
+  const int bits = 1 + static_cast<int>(rng() % 64);
+  const uint64_t v = bits >= 64 ? rng() : rng() & ((uint64_t{1} << bits) - 1);
+  return 1 + v % max;
+}
+
+}  // namespace
+
+// Decisions follow the formula in exact arithmetic for every count (up to the 32-bit limits),
+// window and clock reading: a faster path (64-bit products, a reciprocal instead of a division)
+// must not change one. Overflowing 64-bit products fail this test.
+TEST_CASE("sliding window: decisions follow the exact formula for every count, window and clock",
+          "[limiter][sliding_window]") {
+  using i128 = __int128;
+  std::mt19937_64 rng(20261203);
+  const Nanos windows[] = {kMillis, kSeconds, kMinute, 3600 * kSeconds, 86400 * kSeconds};
+  int allowed = 0;
+  for (int i = 0; i < 200000; ++i) {
+    SlidingWindowParams p;
+    p.window = i % 6 == 5 ? static_cast<Nanos>(logUniform(rng, 30 * 86400 * kSeconds)) + kMillis
+                          : windows[i % 5];
+    p.limit = logUniform(rng, 0xFFFFFFFFu);
+    REQUIRE(p.validate() == nullptr);
+    const SlidingWindowCounter counter(p);
+    const Nanos w = p.window;
+    const Nanos now = static_cast<Nanos>(rng() >> (2 + rng() % 40));
+    const int64_t number = static_cast<int64_t>(now / w);
+    SlidingWindowState s;
+    s.window = static_cast<uint32_t>(number - static_cast<int64_t>(rng() % 2));  // this or the last
+    s.current = static_cast<uint32_t>(logUniform(rng, 0xFFFFFFFFu) - 1);
+    s.previous = static_cast<uint32_t>(logUniform(rng, 0xFFFFFFFFu) - 1);
+    // Most draws near the limit's scale, so both verdicts come up.
+    if (rng() % 2) s.current = static_cast<uint32_t>(std::min<uint64_t>(s.current, p.limit / 2));
+    if (rng() % 2) s.previous = static_cast<uint32_t>(std::min<uint64_t>(s.previous, p.limit / 2));
+    const uint32_t cost = static_cast<uint32_t>(rng() % 4 == 0 ? logUniform(rng, 1000) : 1);
+
+    // The reference: roll, then previous * (w - elapsed) + (current + cost) * w <= limit * w.
+    SlidingWindowState r = s;
+    if (r.window != static_cast<uint32_t>(number)) {
+      r.previous = r.current;
+      r.current = 0;
+      r.window = static_cast<uint32_t>(number);
+    }
+    const Nanos elapsed = now - number * w;
+    const i128 used = static_cast<i128>(r.previous) * (w - elapsed) + (static_cast<i128>(r.current) + cost) * w;
+    const i128 limitW = static_cast<i128>(p.limit) * w;
+
+    const RateDecision d = counter.peek(s, false, now, cost);
+    INFO("window " << w << " limit " << p.limit << " now " << now << " current " << s.current
+                   << " previous " << s.previous << " cost " << cost);
+    if (used <= limitW) {
+      ++allowed;
+      REQUIRE(d.verdict == Verdict::kAllow);
+      REQUIRE(d.remaining == static_cast<int64_t>((limitW - used) / w));
+      REQUIRE(d.reset == w - elapsed);
+    } else {
+      REQUIRE(d.verdict == Verdict::kReject);
+    }
+  }
+  // Both verdicts were exercised in earnest.
+  CHECK(allowed > 20000);
+  CHECK(allowed < 180000);
+}
+
 }  // namespace sluice::limiter
