@@ -178,7 +178,6 @@ HeaderScan HeaderScan::ofMemoised(const std::vector<HeaderField>& headers) {
 // bytes so the stored side can always be read a whole word at a time.
 struct HeaderScanMemo::Entry {
   uint16_t count = 0;  // names; 0 = empty slot
-  uint16_t bytes = 0;  // sum of their lengths
   uint8_t lengths[kMaxNames] = {};
   HeaderScan scan;
   char names[kMaxNameBytes + 8] = {};
@@ -186,17 +185,19 @@ struct HeaderScanMemo::Entry {
 
 namespace {
 
-// n bytes of a request's name (read only within it) against the stored copy (padded).
-inline bool sameName(const char* stored, const char* name, size_t n) {
-  while (n >= 8) {
-    if (load8(stored) != load8(name)) return false;
-    stored += 8;
-    name += 8;
-    n -= 8;
+// The bits in which n bytes of a request's name (read only within it) differ from the stored
+// copy (padded): 0 when equal. From 8 bytes on, the first and last words (overlapping) and any
+// between, so a name of up to 16 bytes (most of them) is two compares with no loop and no partial
+// load. A hit ORs every name's answer and tests once (a hit was ~40 instructions per name).
+inline uint64_t nameDiff(const char* stored, const char* name, size_t n) {
+  if (n >= 8) {
+    uint64_t d = (load8(stored) ^ load8(name)) | (load8(stored + n - 8) ^ load8(name + n - 8));
+    for (size_t i = 8; i + 8 < n; i += 8) d |= load8(stored + i) ^ load8(name + i);
+    return d;
   }
-  if (n == 0) return true;
+  if (n == 0) return 0;
   const uint64_t keep = ~uint64_t{0} >> (64 - 8 * n);
-  return ((load8(stored) ^ loadPartial(name, n)) & keep) == 0;
+  return (load8(stored) ^ loadPartial(name, n)) & keep;
 }
 
 }  // namespace
@@ -210,43 +211,45 @@ HeaderScan HeaderScanMemo::scan(const std::vector<HeaderField>& headers) {
     ++stats_.uncacheable;
     return HeaderScan::of(headers);
   }
-  // The set: from the count and the lengths in order (cheap, and browsers differ in them).
+  // The set: from the count and the lengths in order (cheap, and browsers differ in them). Whether
+  // the sequence fits an entry is only asked on a miss: a hit's names fit, they equal stored ones.
   uint64_t sig = count;
+  for (const HeaderField& h : headers) sig = (sig ^ h.first.size()) * 0x100000001b3ULL;
+  const size_t set = static_cast<size_t>(mix64(sig) >> 58) & (kSets - 1);
+  Entry* ways = slots_.ways(set);
+  for (size_t w = 0; w < kWays; ++w) {
+    const Entry& e = ways[w];
+    if (e.count != count) continue;
+    // Equal lengths so far keep `stored` inside the entry's names (padded by 8).
+    const char* stored = e.names;
+    uint64_t diff = 0;
+    size_t i = 0;
+    for (; i < count; ++i) {
+      const std::string_view name = headers[i].first;
+      if (e.lengths[i] != name.size()) break;
+      diff |= nameDiff(stored, name.data(), name.size());
+      stored += name.size();
+    }
+    if (i < count || diff != 0) continue;
+    ++stats_.hits;
+    slots_.used(set, w);
+    return e.scan;
+  }
   size_t bytes = 0;
   size_t longest = 0;
   for (const HeaderField& h : headers) {
-    const size_t n = h.first.size();
-    bytes += n;
-    longest |= n;
-    sig = (sig ^ n) * 0x100000001b3ULL;
+    bytes += h.first.size();
+    longest |= h.first.size();
   }
   if (bytes > kMaxNameBytes || longest > 0xff) {
     ++stats_.uncacheable;
     return HeaderScan::of(headers);
-  }
-  const size_t set = static_cast<size_t>(mix64(sig ^ bytes << 32) >> 58) & (kSets - 1);
-  Entry* ways = slots_.ways(set);
-  for (size_t w = 0; w < kWays; ++w) {
-    const Entry& e = ways[w];
-    if (e.count != count || e.bytes != bytes) continue;
-    const char* stored = e.names;
-    size_t i = 0;
-    for (; i < count; ++i) {
-      const std::string_view name = headers[i].first;
-      if (e.lengths[i] != name.size() || !sameName(stored, name.data(), name.size())) break;
-      stored += name.size();
-    }
-    if (i < count) continue;
-    ++stats_.hits;
-    slots_.used(set, w);
-    return e.scan;
   }
   ++stats_.misses;
   const HeaderScan fresh = HeaderScan::of(headers);
   const size_t w = slots_.victim(set);
   Entry& e = ways[w];
   e.count = static_cast<uint16_t>(count);
-  e.bytes = static_cast<uint16_t>(bytes);
   e.scan = fresh;
   char* out = e.names;
   for (size_t i = 0; i < count; ++i) {

@@ -7,6 +7,7 @@
 
 #include "core/hash.h"
 #include "core/strings.h"
+#include "core/swar.h"
 
 namespace sluice::risk {
 namespace {
@@ -426,65 +427,88 @@ UserAgentAnalysis UserAgentAnalysis::analyze(const RiskRequest& r, const HeaderS
 }
 
 // Cache key: presence flags, the four lengths, then the bytes, so ("ab", "c") and ("a", "bc")
-// differ and an empty hint header differs from an absent one.
+// differ and an empty hint header differs from an absent one. The request's parts are hashed and
+// compared where they lie, not copied into one key first (the copy, and hashing the hints, were
+// half of a hit). The hash covers the flags, the lengths and the UA only: it picks the set and
+// rejects most other entries early; the hints' bytes are compared, never hashed.
 struct UserAgentCache::Entry {
   uint64_t hash = 0;
-  uint16_t keyLen = 0;  // 0 = empty slot
+  uint64_t shape = 0;  // the four lengths (16 bits each) and the flags; 0 = empty slot
   bool ios = false;
   UserAgentAnalysis result;
-  char key[kMaxKeyBytes];
+  char key[kMaxKeyBytes + 8];  // the four parts one after another; 8 spare bytes for word reads
 };
+
+namespace {
+
+// n bytes of the request (read only within them) against the stored copy (padded): the short
+// parts (Sec-CH-UA-Mobile, -Platform) as one or two words inline, the long ones by memcmp.
+inline bool sameBytes(const char* stored, const char* p, size_t n) {
+  using swar::load8;
+  if (n > 16) return std::memcmp(stored, p, n) == 0;
+  if (n >= 8) return ((load8(stored) ^ load8(p)) | (load8(stored + n - 8) ^ load8(p + n - 8))) == 0;
+  if (n == 0) return true;  // an absent hint's view may be null: not read
+  const uint64_t keep = ~uint64_t{0} >> (64 - 8 * n);
+  return ((load8(stored) ^ swar::loadPartial(p, n)) & keep) == 0;
+}
+
+}  // namespace
 
 UserAgentCache::UserAgentCache() = default;
 UserAgentCache::~UserAgentCache() = default;
 
 UserAgentAnalysis UserAgentCache::lookup(const UserAgentInput& in, bool* ios) {
-  constexpr size_t kHeader = 9;
-  const size_t total =
-      kHeader + in.userAgent.size() + in.chUa.size() + in.chMobile.size() + in.chPlatform.size();
-  if (in.userAgent.empty() || total > kMaxKeyBytes) {
+  constexpr size_t kHeader = 9;  // the limit counts a flags byte and four 2-byte lengths, as before
+  const std::string_view parts[4] = {in.userAgent, in.chUa, in.chMobile, in.chPlatform};
+  const size_t bytes = parts[0].size() + parts[1].size() + parts[2].size() + parts[3].size();
+  if (in.userAgent.empty() || kHeader + bytes > kMaxKeyBytes) {
     // Missing UAs cost nothing to analyse; oversized ones would evict the common ones.
     ++stats_.uncacheable;
     return analyzeBytes(in, ios);
   }
-  char key[kMaxKeyBytes];
-  key[0] = static_cast<char>((in.haveChUa ? 1 : 0) | (in.haveMobile ? 2 : 0) | (in.havePlatform ? 4 : 0));
-  size_t pos = 1;
-  for (std::string_view part : {in.userAgent, in.chUa, in.chMobile, in.chPlatform}) {
-    key[pos] = static_cast<char>(part.size() & 0xff);
-    key[pos + 1] = static_cast<char>(part.size() >> 8);
-    pos += 2;
-  }
-  for (std::string_view part : {in.userAgent, in.chUa, in.chMobile, in.chPlatform}) {
-    if (part.empty()) continue;  // an absent hint's view may be null: memcpy must not see it
-    std::memcpy(key + pos, part.data(), part.size());
-    pos += part.size();
-  }
-  const std::string_view k(key, pos);
-  const uint64_t h = hash64(k, 0x55a);
+  // Each length is under kMaxKeyBytes, so 16 bits each; the flags above them. Never 0: a UA.
+  const uint64_t flags =
+      (in.haveChUa ? 1 : 0) | (in.haveMobile ? 2 : 0) | (in.havePlatform ? 4 : 0);
+  const uint64_t shape = parts[0].size() | parts[1].size() << 16 | parts[2].size() << 32 |
+                         parts[3].size() << 48 | flags << 61;
+  const uint64_t h = hash64(in.userAgent, mix64(shape ^ 0x55a));
   const size_t set = static_cast<size_t>(h >> 56) & (kSets - 1);
   Entry* ways = slots_.ways(set);
   for (size_t w = 0; w < kWays; ++w) {
     Entry& e = ways[w];
-    // The hash only picks candidates; the whole key is compared, so a collision cannot return
+    // The hash only picks candidates; every byte is compared, so a collision cannot return
     // another UA's verdict.
-    if (e.keyLen == pos && e.hash == h && std::memcmp(e.key, key, pos) == 0) {
-      ++stats_.hits;
-      slots_.used(set, w);
-      *ios = e.ios;
-      return e.result;
+    if (e.shape != shape || e.hash != h) continue;
+    const char* stored = e.key;
+    bool same = true;
+    for (std::string_view part : parts) {
+      if (!sameBytes(stored, part.data(), part.size())) {
+        same = false;
+        break;
+      }
+      stored += part.size();
     }
+    if (!same) continue;
+    ++stats_.hits;
+    slots_.used(set, w);
+    *ios = e.ios;
+    return e.result;
   }
   ++stats_.misses;
   const UserAgentAnalysis result = analyzeBytes(in, ios);
   const size_t w = slots_.victim(set);
   Entry& e = ways[w];
-  if (e.keyLen != 0) ++stats_.evictions;
+  if (e.shape != 0) ++stats_.evictions;
   e.hash = h;
-  e.keyLen = static_cast<uint16_t>(pos);
+  e.shape = shape;
   e.ios = *ios;
   e.result = result;
-  std::memcpy(e.key, key, pos);
+  char* out = e.key;
+  for (std::string_view part : parts) {
+    if (part.empty()) continue;  // an absent hint's view may be null: memcpy must not see it
+    std::memcpy(out, part.data(), part.size());
+    out += part.size();
+  }
   slots_.used(set, w);
   return result;
 }

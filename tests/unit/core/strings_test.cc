@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/clock.h"
 
@@ -34,6 +35,40 @@ TEST_CASE("equalsIgnoreCase: the word path agrees with a byte-at-a-time referenc
     REQUIRE(equalsIgnoreCase(a, b) == reference(a, b));
     REQUIRE(equalsIgnoreCase(a, a));
   }
+}
+
+TEST_CASE("equalsLowerCase agrees with equalsIgnoreCase against lower-case names",
+          "[core][strings]") {
+  // The risk phase's literals (hop headers, Cookie) and random lower-case names of 1-40 bytes,
+  // against the same bytes with each byte's case bit flipped or replaced, at every length.
+  uint64_t seed = 11;
+  auto next = [&] { return seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; };
+  const char lowerPool[] = "az@`[{-_09\xc1\xe1\x7f ";  // no upper case: equalsLowerCase's contract
+  const char pool[] = "aAzZ@`[{-_09\xc1\xe1\x7f ";
+  std::vector<std::string> lowers = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+                                     "x-real-ip", "forwarded", "via", "cookie"};
+  for (int round = 0; round < 20000; round++) {
+    std::string lower;
+    const size_t len = 1 + next() % 40;
+    for (size_t i = 0; i < len; i++)
+      lower.push_back(lowerPool[(next() >> 33) % (sizeof lowerPool - 1)]);
+    lowers.push_back(lower);
+    const std::string& l = lowers[round % 7 == 0 ? (next() >> 33) % 7 : lowers.size() - 1];
+    std::string a;
+    for (char c : l) {
+      uint64_t r = next() >> 60;
+      const char other = pool[(next() >> 33) % (sizeof pool - 1)];
+      a.push_back(r < 8 ? c : r < 14 ? static_cast<char>(c ^ 0x20) : other);
+    }
+    if (next() % 16 == 0) a.pop_back();  // a length mismatch
+    REQUIRE(equalsLowerCase(a, l) == equalsIgnoreCase(a, l));
+    REQUIRE(equalsLowerCase(l, l));
+  }
+  CHECK(equalsLowerCase("X-Forwarded-For", "x-forwarded-for"));
+  CHECK(equalsLowerCase("COOKIE", "cookie"));
+  CHECK_FALSE(equalsLowerCase("Cookiez", "cookie"));
+  CHECK_FALSE(equalsLowerCase("Cookie", "cookiz"));
+  CHECK_FALSE(equalsLowerCase("", "via"));
 }
 
 TEST_CASE("equalsIgnoreCase compares ASCII case-insensitively", "[core][strings]") {

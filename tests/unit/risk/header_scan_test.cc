@@ -256,5 +256,28 @@ TEST_CASE("HeaderScanMemo: a hit is only the same bytes in the same order", "[ri
   CHECK(memo.stats().uncacheable == 1);
 }
 
+// The compare reads names of 8 bytes or more as whole words, the last one overlapping the one
+// before it: a byte changed at any position, in the overlap or not, must still be a miss.
+TEST_CASE("HeaderScanMemo: one changed byte at any position of a 1-40 byte name is a miss",
+          "[risk][ua][scan]") {
+  HeaderScanMemo memo;
+  for (size_t len = 1; len <= 40; ++len) {
+    std::string name;
+    for (size_t i = 0; i < len; ++i) name.push_back(static_cast<char>('a' + i % 26));
+    const std::vector<HeaderField> stored = {{"Host", ""}, {name, ""}, {"User-Agent", ""}};
+    requireSameScan(memo.scan(stored), HeaderScan::of(stored));
+    for (size_t pos = 0; pos < len; ++pos) {
+      std::string changed = name;
+      changed[pos] = static_cast<char>(changed[pos] ^ 0x02);
+      const std::vector<HeaderField> h = {{"Host", ""}, {changed, ""}, {"User-Agent", ""}};
+      const uint64_t hits = memo.stats().hits;
+      INFO("length " << len << " position " << pos);
+      requireSameScan(memo.scan(h), HeaderScan::of(h));
+      CHECK(memo.stats().hits == hits);
+      requireSameScan(memo.scan(stored), HeaderScan::of(stored));  // keeps the original stored
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sluice::risk

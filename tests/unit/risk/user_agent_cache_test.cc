@@ -124,6 +124,32 @@ TEST_CASE("UA cache: every hint byte and presence is part of the key", "[risk][u
   CHECK(cache.stats().hits == 0);
 }
 
+// The hash covers the UA and the lengths only; the hints' bytes are compared where they lie (short
+// ones as overlapping words). Same UA and lengths, one hint byte changed at any position of a
+// 1-30 byte hint: a miss with the fresh answer; the same bytes again: a hit.
+TEST_CASE("UA cache: hint bytes are compared, not hashed, at every position and length",
+          "[risk][ua][cache]") {
+  UserAgentCache cache;
+  for (size_t len = 1; len <= 30; ++len) {
+    for (size_t pos = 0; pos < len; ++pos) {
+      for (int which : {3, 4}) {  // sec-ch-ua-mobile, sec-ch-ua-platform
+        std::string hint(len, 'w');
+        hint[0] = '"';
+        hint[pos] = static_cast<char>(hint[pos] ^ 0x01);
+        auto h = chromeNavigation();
+        h[static_cast<size_t>(which)].second = hint;
+        const RiskRequest r = makeRequest(h);
+        const uint64_t hits = cache.stats().hits;
+        INFO("hint " << which << " length " << len << " position " << pos);
+        checkSame(viaCache(r, cache), UserAgentAnalysis::analyze(r));
+        CHECK(cache.stats().hits == hits);
+        checkSame(viaCache(r, cache), UserAgentAnalysis::analyze(r));
+        CHECK(cache.stats().hits == hits + 1);
+      }
+    }
+  }
+}
+
 TEST_CASE("UA cache: bounded, evicts, stays correct past its size", "[risk][ua][cache]") {
   UserAgentCache cache;
   const size_t slots = UserAgentCache::kSets * UserAgentCache::kWays;
