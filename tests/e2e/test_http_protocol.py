@@ -500,6 +500,25 @@ class WebSocket(ProtocolTestCase):
             self.assertTrue(closed)
 
 
+class HalfClose(ProtocolTestCase):
+    def test_answer_made_in_the_turn_of_the_clients_eof_leaves_before_the_close(self):
+        # An answer the proxy makes at once (here the admin's /status) leaves before the close
+        # that the client's EOF, read in the same loop turn, causes. Batching client writes to
+        # the end of the turn (tried, see write_batch.h) lost it until closeNow() flushed first.
+        s = self.start()
+        for i in range(20):
+            c = self.client(s.admin_port)
+            # Exactly one read buffer (64 KiB) with the body: libuv reads on after a full buffer
+            # and finds the EOF in the same turn.
+            head = b"GET /status HTTP/1.1\r\nHost: localhost\r\nContent-Length: %05d\r\n\r\n"
+            n = 64 * 1024 - len(head % 0)
+            c.sock.sendall(head % n + b"x" * n)
+            c.sock.shutdown(socket.SHUT_WR)
+            status, _, body = c.read_response()
+            self.assertEqual(status, 200, "round %d: %r" % (i, body[:200]))
+            self.assertIn(b"version", body)
+
+
 class HeaderOrderAndCase(ProtocolTestCase):
     def test_header_order_and_case_preserved_upstream(self):
         self.start()
