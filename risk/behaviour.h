@@ -162,6 +162,8 @@ class BehaviourTracker {
   const Table& table(EntityKind kind) const { return *tables_[static_cast<int>(kind)]; }
 
   static float decay(float score, uint32_t scoreAt, uint32_t nowTick, Nanos halfLife);
+  // exp2(-elapsed / halfLife), the decay over whole seconds; halfLife > 0.
+  static double decayFactor(uint32_t elapsedSeconds, Nanos halfLife);
   // Linear counting over 64 bits: exact for 1, then an estimate good to a few hundred.
   static uint32_t sketchEstimate(uint64_t sketch);
   static uint64_t sketchBit(uint64_t key) { return uint64_t{1} << ((key * 0x9E3779B97F4A7C15ULL) >> 58); }

@@ -211,3 +211,25 @@ TEST_CASE("behaviour: tables stay within their byte budget", "[risk][behaviour]"
 
 }  // namespace
 }  // namespace sluice::risk
+
+namespace sluice::risk {
+
+// The per-thread memo of decay factors must give exactly the value exp2 gives, whatever order
+// the half-lives and ages come in (a half-life change must not serve the last one's factors).
+TEST_CASE("behaviour: memoised decay factors equal a fresh exp2 across half-life changes",
+          "[risk][behaviour]") {
+  std::mt19937_64 rng(7);
+  const Nanos halfLives[] = {kSeconds, 60 * kSeconds, 600 * kSeconds, 3600 * kSeconds};
+  for (int i = 0; i < 20000; ++i) {
+    const Nanos halfLife = halfLives[rng() % 4] + (rng() % 3 == 0 ? static_cast<Nanos>(rng() % 1000) : 0);
+    const uint32_t elapsed = static_cast<uint32_t>(rng() % 4 == 0 ? rng() % 100000 : rng() % 300);
+    const double want = std::exp2(-(static_cast<double>(elapsed) * kSeconds) / static_cast<double>(halfLife));
+    INFO("half-life " << halfLife << " elapsed " << elapsed);
+    REQUIRE(BehaviourTracker::decayFactor(elapsed, halfLife) == want);
+    const float score = static_cast<float>(rng() % 10000) / 100.0f + 0.01f;
+    REQUIRE(BehaviourTracker::decay(score, 1000, 1000 + elapsed, halfLife) ==
+            (elapsed == 0 ? score : static_cast<float>(score * want)));
+  }
+}
+
+}  // namespace sluice::risk
