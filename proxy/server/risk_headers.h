@@ -44,6 +44,17 @@ class HeaderNameFilter {
 // client's, so not part of its header-order fingerprint.
 bool isHopHeader(std::string_view name);
 
+// RiskPhase::endpoint's quick answer: true when the request target's path cannot start with
+// `prefix` + '/', decided without splitting the target. Only origin-form targets ('/' first) are
+// decided: their path is a prefix of the target, so a target without `prefix` + '/' in front has
+// no such path. Anything else (absolute-form, a target that does start so) returns false and is
+// split.
+inline bool targetOutsidePrefix(std::string_view target, std::string_view prefix) {
+  if (target.empty() || target.front() != '/') return false;
+  return target.size() <= prefix.size() || target.compare(0, prefix.size(), prefix) != 0 ||
+         target[prefix.size()] != '/';
+}
+
 // The configured names the pass looks for; an empty name looks for nothing.
 struct RiskHeaderNames {
   std::string_view tls_fingerprint;

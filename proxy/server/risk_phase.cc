@@ -336,9 +336,11 @@ PhaseResult RiskPhase::endpoint(ClientConnection& c) {
   if (!cfg.risk) return PhaseResult::kContinue;
   const RiskSettings& s = *cfg.risk;
   auto& h = c.parser_.head();
+  const std::string& prefix = s.endpoint_prefix;
+  // Nearly every request: an origin-form target outside the prefix, no split needed.
+  if (targetOutsidePrefix(h.target, prefix)) return PhaseResult::kContinue;
   std::string_view path, query;
   splitTarget(h.target, &path, &query);
-  const std::string& prefix = s.endpoint_prefix;
   if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0 ||
       path[prefix.size()] != '/')
     return PhaseResult::kContinue;

@@ -6,6 +6,7 @@
 
 #include "core/strings.h"
 #include "proxy/http/header_map.h"
+#include "proxy/router/router.h"
 #include "risk/risk_request.h"
 
 namespace sluice {
@@ -140,6 +141,37 @@ TEST_CASE("collectRiskHeaders keeps, drops and picks the same headers as the pla
     }
     for (size_t i = 0; i < b.size(); i++) REQUIRE(b.removed(i) == want.removed[i]);
   }
+}
+
+TEST_CASE("targetOutsidePrefix says yes only when the split path is outside prefix + '/'",
+          "[proxy][risk]") {
+  // RiskPhase::endpoint's rule on the split path, against the quick answer on the whole target.
+  auto endpointPath = [](std::string_view target, std::string_view prefix) {
+    std::string_view path, query;
+    splitTarget(target, &path, &query);
+    return path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0 &&
+           path[prefix.size()] == '/';
+  };
+  const std::string pieces[] = {"/", "/", ".sluice", ".sluic", "pow", "?", "?", "x", "http://h",
+                                "https://a.b", "#", "/.sluice", "/.sluice/", "=", "%2F", "S"};
+  const std::string prefixes[] = {"/.sluice", "/.s", "/", "", "/.sluice/pow"};
+  uint64_t seed = 5;
+  auto next = [&] { return (seed = seed * 6364136223846793005ULL + 1442695040888963407ULL) >> 33; };
+  for (int round = 0; round < 50000; round++) {
+    std::string target;
+    const size_t k = next() % 6;
+    for (size_t i = 0; i < k; i++) target += pieces[next() % std::size(pieces)];
+    const std::string& prefix = prefixes[next() % std::size(prefixes)];
+    INFO(target << " prefix " << prefix);
+    // Never a wrong "outside"; and for origin-form targets always the full answer.
+    if (targetOutsidePrefix(target, prefix)) REQUIRE_FALSE(endpointPath(target, prefix));
+    if (!target.empty() && target[0] == '/')
+      REQUIRE(targetOutsidePrefix(target, prefix) == !endpointPath(target, prefix));
+  }
+  CHECK(targetOutsidePrefix("/api/items/1", "/.sluice"));
+  CHECK_FALSE(targetOutsidePrefix("/.sluice/pow?x=1", "/.sluice"));
+  CHECK(targetOutsidePrefix("/.sluice?/pow", "/.sluice"));
+  CHECK_FALSE(targetOutsidePrefix("http://h/.sluice/pow", "/.sluice"));  // absolute-form: split
 }
 
 }  // namespace
