@@ -48,7 +48,9 @@ class HeaderMap {
   // "Name: value\r\n" for every live field.
   void serialize(std::string* out) const;
 
- private:
+  // For a pass over every field that wants no per-field bounds or base reloads: field i is
+  // fieldData()[i], its name starts at byteData() + name_off. The bytes are NUL-terminated, so
+  // byteData()[name_off] is readable even for an empty name. Valid until the next append or add.
   struct Field {
     uint32_t name_off;
     uint32_t name_len;
@@ -56,6 +58,10 @@ class HeaderMap {
     uint32_t value_len;
     bool removed;
   };
+  const Field* fieldData() const { return fields_.data(); }
+  const char* byteData() const { return buf_.data(); }
+
+ private:
   std::string buf_;
   std::vector<Field> fields_;
 };
