@@ -1371,7 +1371,7 @@ bool ClientConnection::writeFilteredBody(std::string_view chunk, bool eof) {
     // The head is out: the client can only learn of it by the body ending short (no last
     // chunk). What was filtered before leaves first.
     ex_->client_keep_alive = false;
-    flush();
+    flushNow();
     closeNow();
     return false;
   }
@@ -1734,7 +1734,17 @@ size_t ClientConnection::writeQueueSize() const {
 
 void ClientConnection::flush() {
   if (out_.empty() || closing_) return;
-  if (ex_) ex_->bytes_out += 0;
+  // Above this a response is being streamed: writing at once keeps backpressure as it was.
+  constexpr size_t kBatchedBytes = 16 * 1024;
+  if (out_.size() <= kBatchedBytes) {
+    WriteBatch* batch = WriteBatch::forThisThread();
+    if (batch && batch->defer(this, tcp_.loop)) return;
+  }
+  flushNow();
+}
+
+void ClientConnection::flushNow() {
+  if (out_.empty() || closing_) return;
   int rc = writeStream(reinterpret_cast<uv_stream_t*>(&tcp_), &out_, this, onWrite);
   if (rc != 0) {
     if (ex_ && ex_->status == 0) ex_->status = 499;
@@ -1835,7 +1845,7 @@ void ClientConnection::onTimer(void* owner) {
 
 void ClientConnection::closeAfterWrite() {
   if (closing_) return;
-  flush();
+  flushNow();  // before the shutdown, which queues behind written output only
   if (closing_) return;
   closing_ = true;
   shutting_down_ = true;
@@ -1864,6 +1874,12 @@ void ClientConnection::onShutdown(uv_shutdown_t* req, int) {
 
 void ClientConnection::closeNow() {
   if (closing_ && !shutting_down_) return;
+  // What flush() left for the end of the turn was written at once before WriteBatch, and still
+  // leaves first: a response and the client's EOF can arrive in one read.
+  if (flush_deferred_ && !closing_) {
+    flushNow();
+    if (closing_) return;  // the write failed and closed us
+  }
   if (!closing_) {
     closing_ = true;
     if (upstream_) {
@@ -1892,6 +1908,9 @@ void ClientConnection::forceCloseHandles() {
   if (handles_closed_) return;
   handles_closed_ = true;
   closing_ = true;
+  if (flush_deferred_) {
+    if (WriteBatch* batch = WriteBatch::forThisThread()) batch->cancel(this);
+  }
   timer_.stop();
   uv_close(timer_.handle(), [](uv_handle_t* h) {
     onClose(static_cast<ClientConnection*>(LazyTimer::ownerOf(h))->tcpHandle());

@@ -18,6 +18,7 @@
 #include "proxy/server/lua_phase.h"
 #include "proxy/server/phases.h"
 #include "proxy/server/risk_phase.h"
+#include "proxy/server/write_batch.h"
 #include "proxy/upstream/upstream_connection.h"
 
 namespace sluice {
@@ -165,7 +166,7 @@ struct CacheWait final : cache::CacheWaiter {
   void onFilled(const cache::FillResult& result) override;
 };
 
-class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
+class ClientConnection : private HttpParserDelegate, private UpstreamHandler, private BatchedWriter {
  public:
   friend struct CacheWait;
   friend class RiskPhase;
@@ -276,8 +277,12 @@ class ClientConnection : private HttpParserDelegate, private UpstreamHandler {
   void onUpstreamDrained() override;
   void onUpstreamReadDone() override;
 
-  // Output.
+  // Output. flush() leaves a small out_ for the end of the loop turn (WriteBatch), so one turn's
+  // responses wake the client once; a large one (a streamed body) is written at once, which
+  // keeps the write queue the measure of backpressure. flushNow() writes at once, for output
+  // that must leave before a close.
   void flush();
+  void flushNow() override;
   size_t writeQueueSize() const;
   void armTimer(TimerKind kind, Nanos timeout);
   void closeNow();

@@ -502,9 +502,9 @@ class WebSocket(ProtocolTestCase):
 
 class HalfClose(ProtocolTestCase):
     def test_answer_made_in_the_turn_of_the_clients_eof_leaves_before_the_close(self):
-        # An answer the proxy makes at once (here the admin's /status) leaves before the close
-        # that the client's EOF, read in the same loop turn, causes. Batching client writes to
-        # the end of the turn (tried, see write_batch.h) lost it until closeNow() flushed first.
+        # Regression: an answer the proxy made at once (here the admin's /status) waited for the
+        # end of the loop turn (WriteBatch), and the client's EOF read in the same turn closed the
+        # connection first: the client got nothing. closeNow() now writes what flush() left.
         s = self.start()
         for i in range(20):
             c = self.client(s.admin_port)
