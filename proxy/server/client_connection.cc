@@ -1734,9 +1734,8 @@ size_t ClientConnection::writeQueueSize() const {
 
 void ClientConnection::flush() {
   if (out_.empty() || closing_) return;
-  // Above this a response is being streamed: writing at once keeps backpressure as it was.
-  constexpr size_t kBatchedBytes = 16 * 1024;
-  if (out_.size() <= kBatchedBytes) {
+  // Above this a response is being streamed: written at once (write_batch.h).
+  if (out_.size() <= WriteBatch::kMaxDeferredBytes) {
     WriteBatch* batch = WriteBatch::forThisThread();
     if (batch && batch->defer(this, tcp_.loop)) return;
   }

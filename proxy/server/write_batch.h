@@ -22,6 +22,7 @@
 // own thread; a thread without one (tests driving a loop by hand) writes at once.
 #include <uv.h>
 
+#include <cstddef>
 #include <vector>
 
 namespace sluice {
@@ -43,6 +44,11 @@ class BatchedWriter {
 
 class WriteBatch {
  public:
+  // Output above this is a streamed body: its writer writes it at once, so the write queue stays
+  // the measure of backpressure (a deferred 64 KiB read per read callback let an upload buffer up
+  // to 2 MB a turn, and an ASan build's RSS grow by 100 MB).
+  static constexpr size_t kMaxDeferredBytes = 16 * 1024;
+
   explicit WriteBatch(uv_loop_t* loop);
   ~WriteBatch();
   WriteBatch(const WriteBatch&) = delete;

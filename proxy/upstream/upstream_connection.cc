@@ -93,8 +93,11 @@ size_t UpstreamConnection::writeQueueSize() const {
 
 void UpstreamConnection::flush() {
   if (state_ != State::kActive || out_.empty()) return;
-  // At the end of the loop turn, with the other connections' output (write_batch.h).
-  if (WriteBatch* batch = WriteBatch::forThisThread(); batch && batch->defer(this, loop_)) return;
+  // At the end of the loop turn, with the other connections' output (write_batch.h), unless it
+  // is a request body being streamed.
+  if (out_.size() <= WriteBatch::kMaxDeferredBytes) {
+    if (WriteBatch* batch = WriteBatch::forThisThread(); batch && batch->defer(this, loop_)) return;
+  }
   flushNow();
 }
 

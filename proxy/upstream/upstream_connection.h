@@ -49,7 +49,8 @@ class UpstreamConnection : private HttpParserDelegate, private BatchedWriter {
                        uint64_t watermark);
 
   // Output is coalesced; flush() writes it at the end of the loop turn (WriteBatch), or at once
-  // on a thread without a batch. A failed write closes the connection and reports to the handler.
+  // when it is more than WriteBatch::kMaxDeferredBytes (a streamed body) or on a thread without a
+  // batch. A failed write closes the connection and reports to the handler.
   std::string& out() { return out_; }
   void flush();
   // The whole request has been handed over (arms the read timeout once written).
