@@ -31,6 +31,21 @@ inline uint64_t loadPartial(const char* p, size_t n) {
   return uint64_t{u[0]} | uint64_t{u[n / 2]} << (8 * (n / 2)) | uint64_t{u[n - 1]} << (8 * (n - 1));
 }
 
+// The bits in which n bytes at p (read only within them; p may be null when n is 0) differ from a
+// stored copy that has 8 readable bytes past its end: 0 when equal. From 8 bytes on, the first
+// and last words (overlapping) and any between, so up to 16 bytes is two compares with no loop;
+// under 8, one partial load. Memo hits compare request bytes with stored keys this way.
+inline uint64_t diffFromPadded(const char* stored, const char* p, size_t n) {
+  if (n >= 8) {
+    uint64_t d = (load8(stored) ^ load8(p)) | (load8(stored + n - 8) ^ load8(p + n - 8));
+    for (size_t i = 8; i + 8 < n; i += 8) d |= load8(stored + i) ^ load8(p + i);
+    return d;
+  }
+  if (n == 0) return 0;
+  const uint64_t keep = ~uint64_t{0} >> (64 - 8 * n);
+  return (load8(stored) ^ loadPartial(p, n)) & keep;
+}
+
 // 0x80 in every byte of w that is an ASCII byte in [lo, hi] (lo >= 1, hi <= 0x7e), 0 elsewhere.
 // For 7-bit bytes b, b + (0x80 - lo) sets the high bit iff b >= lo, with no carry out; bytes
 // >= 0x80 are in no range.

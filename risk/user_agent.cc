@@ -441,15 +441,10 @@ struct UserAgentCache::Entry {
 
 namespace {
 
-// n bytes of the request (read only within them) against the stored copy (padded): the short
-// parts (Sec-CH-UA-Mobile, -Platform) as one or two words inline, the long ones by memcmp.
+// n bytes of the request against the stored copy (padded): the short parts (Sec-CH-UA-Mobile,
+// -Platform) as one or two words inline, the long ones by memcmp. An absent hint (n 0) is not read.
 inline bool sameBytes(const char* stored, const char* p, size_t n) {
-  using swar::load8;
-  if (n > 16) return std::memcmp(stored, p, n) == 0;
-  if (n >= 8) return ((load8(stored) ^ load8(p)) | (load8(stored + n - 8) ^ load8(p + n - 8))) == 0;
-  if (n == 0) return true;  // an absent hint's view may be null: not read
-  const uint64_t keep = ~uint64_t{0} >> (64 - 8 * n);
-  return ((load8(stored) ^ swar::loadPartial(p, n)) & keep) == 0;
+  return n > 16 ? std::memcmp(stored, p, n) == 0 : swar::diffFromPadded(stored, p, n) == 0;
 }
 
 }  // namespace
