@@ -1734,12 +1734,7 @@ size_t ClientConnection::writeQueueSize() const {
 
 void ClientConnection::flush() {
   if (out_.empty() || closing_) return;
-  // Above this a response is being streamed: written at once (write_batch.h).
-  if (out_.size() <= WriteBatch::kMaxDeferredBytes) {
-    WriteBatch* batch = WriteBatch::forThisThread();
-    if (batch && batch->defer(this, tcp_.loop)) return;
-  }
-  flushNow();
+  if (!deferFlush(out_.size(), tcp_.loop)) flushNow();
 }
 
 void ClientConnection::flushNow() {
@@ -1907,9 +1902,7 @@ void ClientConnection::forceCloseHandles() {
   if (handles_closed_) return;
   handles_closed_ = true;
   closing_ = true;
-  if (flush_deferred_) {
-    if (WriteBatch* batch = WriteBatch::forThisThread()) batch->cancel(this);
-  }
+  cancelFlush();
   timer_.stop();
   uv_close(timer_.handle(), [](uv_handle_t* h) {
     onClose(static_cast<ClientConnection*>(LazyTimer::ownerOf(h))->tcpHandle());

@@ -271,7 +271,7 @@ void Worker::run() {
     s.fd = -1;  // the listener owns it now, closed after its poll handle
     listeners_.push_back(std::move(l));
   }
-  // Upstream writes wait for the end of each loop turn (write_batch.h).
+  // Small socket writes, both sides, wait for the end of each loop turn (write_batch.h).
   write_batch_ = std::make_unique<WriteBatch>(&loop_);
   write_batch_->bindToThisThread();
   setListening(true);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-
 namespace sluice {
 namespace {
 thread_local WriteBatch* tBatch = nullptr;
@@ -27,6 +26,17 @@ WriteBatch::~WriteBatch() {
 WriteBatch* WriteBatch::forThisThread() { return tBatch; }
 
 void WriteBatch::bindToThisThread() { tBatch = this; }
+
+bool BatchedWriter::deferFlush(size_t bytes, uv_loop_t* loop) {
+  if (bytes > WriteBatch::kMaxDeferredBytes) return false;
+  WriteBatch* batch = WriteBatch::forThisThread();
+  return batch != nullptr && batch->defer(this, loop);
+}
+
+void BatchedWriter::cancelFlush() {
+  if (!flush_deferred_) return;
+  if (WriteBatch* batch = WriteBatch::forThisThread()) batch->cancel(this);
+}
 
 bool WriteBatch::defer(BatchedWriter* c, uv_loop_t* loop) {
   if (closed_ || loop != loop_) return false;

@@ -29,8 +29,9 @@ namespace sluice {
 
 class WriteBatch;
 
-// A connection whose flush() goes through the batch. It must call WriteBatch::cancel() before
-// its memory goes away (when it starts closing), and check in flushNow() that it still may write.
+// A connection whose flush() goes through the batch: flush() { if (!deferFlush(...)) flushNow(); }.
+// It must call cancelFlush() before its memory goes away (when it starts closing), and check in
+// flushNow() that it still may write.
 class BatchedWriter {
  public:
   virtual ~BatchedWriter() = default;
@@ -39,6 +40,12 @@ class BatchedWriter {
   friend class WriteBatch;
   // Writes the queued output now. May close this or another writer of the batch.
   virtual void flushNow() = 0;
+  // Leaves `bytes` of output on `loop` for the end of the turn: true when this thread's batch
+  // took it, false when the caller writes at once (a streamed body above kMaxDeferredBytes, or
+  // no batch on this thread).
+  bool deferFlush(size_t bytes, uv_loop_t* loop);
+  // Drops a flush still waiting in this thread's batch.
+  void cancelFlush();
   bool flush_deferred_ = false;  // queued in this thread's WriteBatch
 };
 
@@ -62,7 +69,7 @@ class WriteBatch {
   // Queues w's flush for the end of the turn (once however often it is called). False when the
   // batch is closed or belongs to another loop: the caller writes at once.
   bool defer(BatchedWriter* w, uv_loop_t* loop);
-  // Forgets w (closing, or flushed at once): its flush is not run by the batch.
+  // Forgets w (closing): its flush is not run by the batch.
   void cancel(BatchedWriter* w);
   // Flushes what is pending and closes the handles (worker drain); defer() refuses afterwards.
   void close();

@@ -95,10 +95,7 @@ void UpstreamConnection::flush() {
   if (state_ != State::kActive || out_.empty()) return;
   // At the end of the loop turn, with the other connections' output (write_batch.h), unless it
   // is a request body being streamed.
-  if (out_.size() <= WriteBatch::kMaxDeferredBytes) {
-    if (WriteBatch* batch = WriteBatch::forThisThread(); batch && batch->defer(this, loop_)) return;
-  }
-  flushNow();
+  if (!deferFlush(out_.size(), loop_)) flushNow();
 }
 
 void UpstreamConnection::flushNow() {
@@ -350,9 +347,7 @@ void UpstreamConnection::abort() {
 
 void UpstreamConnection::close() {
   if (state_ == State::kClosing) return;
-  if (flush_deferred_) {
-    if (WriteBatch* batch = WriteBatch::forThisThread()) batch->cancel(this);
-  }
+  cancelFlush();
   state_ = State::kClosing;
   handler_ = nullptr;
   timer_.stop();
