@@ -207,10 +207,32 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
   return out;
 }
 
+namespace {
+
+// explainDue()'s rule on a locked entity: due when the score or action differs from the last
+// recorded, or `refresh` passed since; a due decision is marked as recorded.
+bool markExplained(EntityState& s, const ExplainStamp& e, uint32_t nowTick) {
+  const uint16_t tick = static_cast<uint16_t>(nowTick);
+  const uint8_t stamp = static_cast<uint8_t>(std::clamp(e.score, 0, 254) + 1);
+  const uint16_t refreshTicks = static_cast<uint16_t>(std::clamp<Nanos>(e.refresh / kSeconds, 1, 0x7fff));
+  const bool due = s.explainedScore != stamp || s.explainedAction != e.action ||
+                   since16(s.explainedAt, tick) >= refreshTicks;
+  if (due) {
+    s.explainedScore = stamp;
+    s.explainedAction = e.action;
+    s.explainedAt = tick;
+  }
+  return due;
+}
+
+}  // namespace
+
 int BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
-                             Nanos halfLife, Nanos now, int shareMinScore) {
+                             Nanos halfLife, Nanos now, int shareMinScore,
+                             const ExplainStamp* explain, bool* explainDue) {
   const uint32_t tick = secondsTick(now);
   int shared = -1;
+  if (explainDue) *explainDue = false;
   tables_[static_cast<int>(kind)]->apply(
       key, limiter::Lookup::kFindOnly, [](const EntityState&) { return limiter::EntryStatus::kActive; },
       [&](EntityState& s, bool) {
@@ -230,6 +252,7 @@ int BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const L
             shared = static_cast<int>(s.score);
           }
         }
+        if (explain && explainDue) *explainDue = markExplained(s, *explain, tick);
         return limiter::EntryAction::kKeep;
       });
   return shared;
@@ -237,20 +260,13 @@ int BehaviourTracker::commit(EntityKind kind, uint64_t key, float score, const L
 
 bool BehaviourTracker::explainDue(EntityKind kind, uint64_t key, int score, uint8_t action,
                                   Nanos refresh, Nanos now) {
-  const uint16_t tick = static_cast<uint16_t>(secondsTick(now));
-  const uint8_t stamp = static_cast<uint8_t>(std::clamp(score, 0, 254) + 1);
-  const uint16_t refreshTicks = static_cast<uint16_t>(std::clamp<Nanos>(refresh / kSeconds, 1, 0x7fff));
+  const ExplainStamp stamp{score, action, refresh};
+  const uint32_t tick = secondsTick(now);
   bool due = false;
   tables_[static_cast<int>(kind)]->apply(
       key, limiter::Lookup::kFindOnly, [](const EntityState&) { return limiter::EntryStatus::kActive; },
       [&](EntityState& s, bool) {
-        due = s.explainedScore != stamp || s.explainedAction != action ||
-              since16(s.explainedAt, tick) >= refreshTicks;
-        if (due) {
-          s.explainedScore = stamp;
-          s.explainedAction = action;
-          s.explainedAt = tick;
-        }
+        due = markExplained(s, stamp, tick);
         return limiter::EntryAction::kKeep;
       });
   return due;

@@ -90,6 +90,13 @@ struct BehaviourEvent {
   uint64_t addressKey = 0;  // hash64(address hash), 0 = none
 };
 
+// A decision as the admin explain call records it: see BehaviourTracker::explainDue.
+struct ExplainStamp {
+  int score = 0;
+  uint8_t action = 0;
+  Nanos refresh = kSeconds;
+};
+
 struct BehaviourObservation {
   EntityObservation entity[kEntityKinds];
   const EntityObservation& ip() const { return entity[0]; }
@@ -132,8 +139,11 @@ class BehaviourTracker {
   // when `ladder` is non-null, the entity's new ladder state.
   // With `shareMinScore` > 0, returns the stored score when it rose into a new band of 10 points
   // at or above shareMinScore since last shared (the caller publishes it), else -1.
+  // With `explain` non-null, also does explainDue()'s check and mark in the same visit to the
+  // entity and sets *explainDue (one set lock per entity, not two).
   int commit(EntityKind kind, uint64_t key, float score, const LadderState* ladder,
-             Nanos halfLife, Nanos now, int shareMinScore = 0);
+             Nanos halfLife, Nanos now, int shareMinScore = 0,
+             const ExplainStamp* explain = nullptr, bool* explainDue = nullptr);
   // A peer instance's view of an entity: its score `ageSeconds` ago (kept as the max with ours,
   // both decayed) and, when non-null, its ladder state (the peer saw the latest challenge).
   void merge(EntityKind kind, uint64_t key, float score, uint32_t ageSeconds,
@@ -144,6 +154,9 @@ class BehaviourTracker {
   // the records are stores to a cold 4.5 MB array that the next locked instruction waits for.
   // False when the entity is not in the table.
   bool explainDue(EntityKind kind, uint64_t key, int score, uint8_t action, Nanos refresh, Nanos now);
+  bool explainDue(EntityKind kind, uint64_t key, const ExplainStamp& stamp, Nanos now) {
+    return explainDue(kind, key, stamp.score, stamp.action, stamp.refresh, now);
+  }
 
   // Applies fn(LadderState&) to an entity's ladder state (challenge results).
   template <class Fn>

@@ -271,15 +271,21 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
   d.fallback = lo.fallback;
   d.satisfiedByToken = lo.satisfiedByToken;
 
-  // Remember this request's own score on every entity (decaying), and the subject's ladder.
+  // Remember this request's own score on every entity (decaying), and the subject's ladder; in
+  // the same visit, whether the decision is news for the explain call.
+  const bool explained = d.score >= kExplainMinScore;
+  const ExplainStamp stamp{d.score, explainActionOf(d), kExplainRefresh};
   for (int k = 0; k < kEntityKinds; ++k) {
     if (ev.keys[k] == 0) continue;
     const bool isSubject = static_cast<int>(subjectKind) == k;
-    if (sr.score == 0 && !(isSubject && lo.stateChanged)) continue;
+    if (sr.score == 0 && !(isSubject && lo.stateChanged)) {
+      if (explained) d.explainDue[k] = behaviour_.explainDue(static_cast<EntityKind>(k), ev.keys[k], stamp, now);
+      continue;
+    }
     const int shared =
         behaviour_.commit(static_cast<EntityKind>(k), ev.keys[k], static_cast<float>(sr.score),
                           isSubject && lo.stateChanged ? &state : nullptr, cfg.scoreHalfLife, now,
-                          shareMin);
+                          shareMin, explained ? &stamp : nullptr, &d.explainDue[k]);
     if (shareMin <= 0) continue;
     const LadderState& before = subject.ladder;
     const bool ladderMoved = isSubject && lo.stateChanged &&

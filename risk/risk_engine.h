@@ -55,10 +55,28 @@ struct RiskDecision {
   // Set when action is kChallenge: the sealed ticket and, for PoW levels, its difficulty.
   std::string ticket;
   uint8_t powDifficulty = 0;
+  // Per EntityKind: this decision is news for the admin explain call (score >= kExplainMinScore
+  // and the entity's last recorded score or action differed, or kExplainRefresh passed). Marked
+  // as recorded on the entity by evaluate(): the caller that keeps explain records stores these.
+  bool explainDue[kEntityKinds] = {};
 
   bool fired(Signal s) const { return firedSignals & (uint64_t{1} << static_cast<int>(s)); }
   int pointsOf(std::string_view name) const;  // 0 when not among the top contributions
 };
+
+// The admin explain call's records (kept by the proxy): decisions below kExplainMinScore are not
+// worth explaining (and most traffic is), and an entity's unchanged decision is recorded again
+// after kExplainRefresh so its time and top signals stay recent.
+inline constexpr int kExplainMinScore = 20;
+inline constexpr Nanos kExplainRefresh = kSeconds;
+inline constexpr const char* kExplainActionNames[] = {"allow", "challenge", "block", "monitor"};
+// The decision's index into kExplainActionNames ("monitor": monitor mode would have acted).
+inline uint8_t explainActionOf(const RiskDecision& d) {
+  return d.action == RiskAction::kChallenge                   ? 1
+         : d.action == RiskAction::kBlock                     ? 2
+         : d.monitor && d.wouldAction != RiskAction::kAllow   ? 3
+                                                              : 0;
+}
 
 struct RiskStateOptions {
   size_t behaviourMemoryPerKind = size_t{16} << 20;

@@ -58,25 +58,18 @@ struct ExplainTop {
   char name[31] = {};
   int8_t points = 0;
 };
-const char* const kExplainActions[] = {"allow", "challenge", "block", "monitor"};
 struct ExplainRecord {
   uint64_t key = 0;
   int64_t wall = 0;
   int16_t score = 0;
   int16_t request_score = 0;
   uint8_t count = 0;
-  uint8_t action = 0;  // index into kExplainActions
+  uint8_t action = 0;  // index into risk::kExplainActionNames
   uint8_t reserved[2] = {};
   ExplainTop top[5];
 };
 static_assert(sizeof(ExplainRecord) == 23 * 8 && std::is_trivially_copyable_v<ExplainRecord>);
 constexpr size_t kExplainSlots = 8192;
-// Entities below this score are not worth explaining (and most traffic is): skipping them keeps
-// the cache for the interesting ones and its cost off the common path.
-constexpr int kExplainMinScore = 20;
-// An entity's unchanged decision (same score and action) is recorded again after this long, so
-// the record's time and top signals stay recent.
-constexpr Nanos kExplainRefresh = kSeconds;
 
 // Written by every worker with no lock: a record is 23 words plus a check word, and a reader keeps
 // a record only when the check matches its words. So a torn record (two workers writing one slot
@@ -288,27 +281,21 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
 
 namespace {
 
-void rememberForExplain(risk::RiskEngine& engine, const risk::RiskRequest& r,
-                        const risk::RiskDecision& d, uint8_t action, Nanos now) {
-  if (d.score < kExplainMinScore) return;
-  const auto keys = risk::RiskEngine::entityKeys(r);
-  // Only entities whose decision changed, or whose record is older than the refresh (perf:
-  // writing every scored request's records cost 0.57 us of user time per request on
-  // bench/risk-e2e, mostly the next locked instruction waiting for the streamed stores).
-  bool due[risk::kEntityKinds] = {};
+// Stores the records evaluate() found due (risk::RiskDecision::explainDue): only entities whose
+// decision changed, or whose record is older than the refresh (perf: writing every scored
+// request's records cost 0.57 us of user time per request on bench/risk-e2e, mostly the next
+// locked instruction waiting for the streamed stores).
+void rememberForExplain(const risk::RiskRequest& r, const risk::RiskDecision& d) {
+  if (d.score < risk::kExplainMinScore) return;
   bool any = false;
-  for (int k = 0; k < risk::kEntityKinds; k++) {
-    if (keys[k] == 0) continue;
-    due[k] = engine.behaviour().explainDue(static_cast<risk::EntityKind>(k), keys[k], d.score,
-                                           action, kExplainRefresh, now);
-    any = any || due[k];
-  }
+  for (bool due : d.explainDue) any = any || due;
   if (!any) return;
+  const auto keys = risk::RiskEngine::entityKeys(r);
   Runtime& rt = runtime();
   ExplainRecord e;
   e.score = static_cast<int16_t>(d.score);
   e.request_score = static_cast<int16_t>(d.requestScore);
-  e.action = action;
+  e.action = risk::explainActionOf(d);
   e.wall = r.wallSeconds;
   e.count = static_cast<uint8_t>(std::min(d.topCount, 5));
   for (int i = 0; i < e.count; i++) {
@@ -317,7 +304,7 @@ void rememberForExplain(risk::RiskEngine& engine, const risk::RiskRequest& r,
     e.top[i].points = static_cast<int8_t>(std::clamp(d.top[i].points, -100, 100));
   }
   for (int k = 0; k < risk::kEntityKinds; k++) {
-    if (!due[k]) continue;
+    if (!d.explainDue[k] || keys[k] == 0) continue;
     e.key = keys[k];
     rt.explain.store(k, e);
   }
@@ -583,11 +570,7 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   }
   log.push_back('}');
   }
-  const uint8_t action = d.action == RiskAction::kChallenge ? 1
-                         : d.action == RiskAction::kBlock   ? 2
-                         : d.monitor && d.wouldAction != RiskAction::kAllow ? 3
-                                                                            : 0;
-  rememberForExplain(engine, req, d, action, now);
+  rememberForExplain(req, d);
 
   if (d.action == RiskAction::kAllow) {
     c.ex_->risk = scoredState(false, route.risk_class);
@@ -768,7 +751,7 @@ std::pair<int, std::string> RiskPhase::explain(const Config& cfg, std::string_vi
   if (rt.explain.load(static_cast<int>(kind), key, &e)) {
     out += ",\"last\":{\"score\":" + std::to_string(e.score) +
            ",\"request_score\":" + std::to_string(e.request_score) + ",\"action\":\"" +
-           kExplainActions[e.action < std::size(kExplainActions) ? e.action : 0] + "\",\"unix\":" + std::to_string(e.wall) + ",\"top\":[";
+           risk::kExplainActionNames[e.action < std::size(risk::kExplainActionNames) ? e.action : 0] + "\",\"unix\":" + std::to_string(e.wall) + ",\"top\":[";
     for (int i = 0; i < e.count; i++) {
       if (i) out += ",";
       out += "{\"signal\":\"" + jsonEscape(e.top[i].name) + "\",\"points\":" +

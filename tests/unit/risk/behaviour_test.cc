@@ -194,6 +194,34 @@ TEST_CASE("behaviour: an explain record is due on a change or after the refresh"
   CHECK(f.tracker.explainDue(EntityKind::kMember, kMember, 41, 1, refresh, t + 1700 * kMillis));
 }
 
+TEST_CASE("behaviour: commit with an explain stamp marks it as explainDue does, in one visit",
+          "[risk][behaviour]") {
+  Fixture f;
+  const Nanos t = 1000 * kSeconds;
+  const ExplainStamp s40{40, 0, kSeconds}, s41{41, 0, kSeconds};
+  bool due = true;
+  // An unknown entity: nothing stored, nothing due.
+  f.tracker.commit(EntityKind::kDevice, kDevice, 40, nullptr, f.halfLife, t, 0, &s40, &due);
+  CHECK_FALSE(due);
+  f.hit(RouteClass::kPageView, t);
+  // A commit without a stamp leaves the entity's explain stamp alone.
+  f.tracker.commit(EntityKind::kDevice, kDevice, 40, nullptr, f.halfLife, t);
+  f.tracker.commit(EntityKind::kDevice, kDevice, 40, nullptr, f.halfLife, t, 0, &s40, &due);
+  CHECK(due);  // first
+  EntityState st;
+  REQUIRE(f.tracker.read(EntityKind::kDevice, kDevice, &st));
+  CHECK(st.score == 40);  // and the score was committed in the same visit
+  f.tracker.commit(EntityKind::kDevice, kDevice, 40, nullptr, f.halfLife, t + 500 * kMillis, 0, &s40, &due);
+  CHECK_FALSE(due);
+  // The two entry points share one stamp: explainDue sees what commit marked, and back.
+  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, s40, t + 600 * kMillis));
+  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, s41, t + 600 * kMillis));
+  f.tracker.commit(EntityKind::kDevice, kDevice, 41, nullptr, f.halfLife, t + 700 * kMillis, 0, &s41, &due);
+  CHECK_FALSE(due);
+  f.tracker.commit(EntityKind::kDevice, kDevice, 41, nullptr, f.halfLife, t + 1700 * kMillis, 0, &s41, &due);
+  CHECK(due);  // the refresh passed
+}
+
 TEST_CASE("behaviour: tables stay within their byte budget", "[risk][behaviour]") {
   BehaviourTracker tracker(64 * 1024);
   BehaviourParams p;

@@ -124,6 +124,38 @@ TEST_CASE("engine: a script is challenged and the decision explains why", "[risk
   CHECK(d.pointsOf("ip.tor") == 35);
 }
 
+TEST_CASE("engine: a decision worth explaining is due once per change or refresh, per entity",
+          "[risk][engine]") {
+  auto policy = build(withGeo());
+  RiskEngine engine({1 << 20, 1 << 16});
+  RiskRequest r = makeRequest(pythonOrderChromeUa(), "81.2.69.160");
+  r.deviceId = "dev-bot";
+  r.memberId = "member-bot";
+  r.routeClass = RouteClass::kCheckout;
+  const Nanos t = 100 * kSeconds;
+  auto d = engine.evaluate(*policy, r, t);
+  REQUIRE(d.score >= kExplainMinScore);
+  CHECK(explainActionOf(d) == 2);  // block
+  for (int k = 0; k < kEntityKinds; ++k) CHECK(d.explainDue[k]);
+  // The same decision a moment later is not news...
+  d = engine.evaluate(*policy, r, t + 100 * kMillis);
+  REQUIRE(d.score == 100);
+  for (int k = 0; k < kEntityKinds; ++k) CHECK_FALSE(d.explainDue[k]);
+  // ...until the refresh passed.
+  d = engine.evaluate(*policy, r, t + kExplainRefresh + 100 * kMillis);
+  for (int k = 0; k < kEntityKinds; ++k) CHECK(d.explainDue[k]);
+  // A new member on the same device and address: only the new entity is news.
+  r.memberId = "member-bot-2";
+  d = engine.evaluate(*policy, r, t + kExplainRefresh + 200 * kMillis);
+  CHECK(d.explainDue[static_cast<int>(EntityKind::kMember)]);
+  CHECK_FALSE(d.explainDue[static_cast<int>(EntityKind::kDevice)]);
+  // A human's low score is never due.
+  RiskRequest h = human("dev-h-explain");
+  d = engine.evaluate(*policy, h, t);
+  REQUIRE(d.score < kExplainMinScore);
+  for (int k = 0; k < kEntityKinds; ++k) CHECK_FALSE(d.explainDue[k]);
+}
+
 TEST_CASE("engine: each signal fires on its own input", "[risk][engine]") {
   RiskConfig cfg = withGeo();
   cfg.riskyCountries = {"GB"};
