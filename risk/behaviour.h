@@ -154,9 +154,6 @@ class BehaviourTracker {
   // the records are stores to a cold 4.5 MB array that the next locked instruction waits for.
   // False when the entity is not in the table.
   bool explainDue(EntityKind kind, uint64_t key, int score, uint8_t action, Nanos refresh, Nanos now);
-  bool explainDue(EntityKind kind, uint64_t key, const ExplainStamp& stamp, Nanos now) {
-    return explainDue(kind, key, stamp.score, stamp.action, stamp.refresh, now);
-  }
 
   // Applies fn(LadderState&) to an entity's ladder state (challenge results).
   template <class Fn>

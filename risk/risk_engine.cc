@@ -279,7 +279,9 @@ RiskDecision RiskEngine::evaluate(const RiskPolicy& policy, const RiskRequest& r
     if (ev.keys[k] == 0) continue;
     const bool isSubject = static_cast<int>(subjectKind) == k;
     if (sr.score == 0 && !(isSubject && lo.stateChanged)) {
-      if (explained) d.explainDue[k] = behaviour_.explainDue(static_cast<EntityKind>(k), ev.keys[k], stamp, now);
+      if (explained)
+        d.explainDue[k] = behaviour_.explainDue(static_cast<EntityKind>(k), ev.keys[k], stamp.score,
+                                                stamp.action, stamp.refresh, now);
       continue;
     }
     const int shared =

@@ -304,7 +304,7 @@ void rememberForExplain(const risk::RiskRequest& r, const risk::RiskDecision& d)
     e.top[i].points = static_cast<int8_t>(std::clamp(d.top[i].points, -100, 100));
   }
   for (int k = 0; k < risk::kEntityKinds; k++) {
-    if (!d.explainDue[k] || keys[k] == 0) continue;
+    if (!d.explainDue[k]) continue;  // never due for an absent entity (key 0)
     e.key = keys[k];
     rt.explain.store(k, e);
   }

@@ -214,8 +214,8 @@ TEST_CASE("behaviour: commit with an explain stamp marks it as explainDue does, 
   f.tracker.commit(EntityKind::kDevice, kDevice, 40, nullptr, f.halfLife, t + 500 * kMillis, 0, &s40, &due);
   CHECK_FALSE(due);
   // The two entry points share one stamp: explainDue sees what commit marked, and back.
-  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, s40, t + 600 * kMillis));
-  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, s41, t + 600 * kMillis));
+  CHECK_FALSE(f.tracker.explainDue(EntityKind::kDevice, kDevice, 40, 0, kSeconds, t + 600 * kMillis));
+  CHECK(f.tracker.explainDue(EntityKind::kDevice, kDevice, 41, 0, kSeconds, t + 600 * kMillis));
   f.tracker.commit(EntityKind::kDevice, kDevice, 41, nullptr, f.halfLife, t + 700 * kMillis, 0, &s41, &due);
   CHECK_FALSE(due);
   f.tracker.commit(EntityKind::kDevice, kDevice, 41, nullptr, f.halfLife, t + 1700 * kMillis, 0, &s41, &due);
