@@ -1,20 +1,14 @@
 #include "proxy/server/risk_phase.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <type_traits>
 #include <vector>
 
 #include "core/clock.h"
-#include "core/hash.h"
 #include "core/metrics.h"
 #include "core/strings.h"
 #include "proxy/cluster/cluster_limits.h"
@@ -22,6 +16,7 @@
 #include "proxy/log/access_log.h"
 #include "proxy/router/router.h"
 #include "proxy/server/client_connection.h"
+#include "proxy/server/explain_log.h"
 #include "proxy/server/proxy_metrics.h"
 #include "proxy/server/risk_headers.h"
 #include "proxy/server/worker.h"
@@ -52,79 +47,6 @@ const char* const kDecisionNames[kDecCount] = {"allow", "challenge", "block", "m
 enum ChallengeResult { kIssued, kPassed, kFailed, kResultCount };
 const char* const kResultNames[kResultCount] = {"issued", "passed", "failed"};
 
-// The last decision's score and top signals per entity, for GET /risk/explain: a lossy,
-// direct-mapped cache (the behaviour tables keep the decaying score, not the why).
-struct ExplainTop {
-  char name[31] = {};
-  int8_t points = 0;
-};
-struct ExplainRecord {
-  uint64_t key = 0;
-  int64_t wall = 0;
-  int16_t score = 0;
-  int16_t request_score = 0;
-  uint8_t count = 0;
-  uint8_t action = 0;  // index into risk::kExplainActionNames
-  uint8_t reserved[2] = {};
-  ExplainTop top[5];
-};
-static_assert(sizeof(ExplainRecord) == 23 * 8 && std::is_trivially_copyable_v<ExplainRecord>);
-constexpr size_t kExplainSlots = 8192;
-
-// Written by every worker with no lock: a record is 23 words plus a check word, and a reader keeps
-// a record only when the check matches its words. So a torn record (two workers writing one slot
-// at once, or a read racing a write) reads as absent, never as a mix. A mutex per slot cost each
-// scored request three locked instructions, each waiting for the record stores before it.
-// The stores are non-temporal: three random 192-byte records per scored request that the data
-// path never reads back would each take three read-for-ownership misses (perf: 0.13 us per
-// request on bench/risk-e2e) and evict lines the proxy does use; streamed, whole lines go
-// straight to memory. Readers load with atomic loads.
-class ExplainCache {
- public:
-  ExplainCache() {
-    for (auto& c : cells_) c.reset(new Cell[kExplainSlots]);
-  }
-  static size_t slotOf(uint64_t key) { return (key * 0x9E3779B97F4A7C15ULL) >> 51; }  // 13 bits
-
-  void store(int kind, const ExplainRecord& r) {
-    uint64_t w[kWords];
-    std::memcpy(w, &r, sizeof r);
-    Cell& c = cells_[kind][slotOf(r.key)];
-    for (size_t i = 0; i < kWords; ++i) streamWord(&c.w[i], w[i]);
-    streamWord(&c.w[kWords], check(w));
-  }
-
-  bool load(int kind, uint64_t key, ExplainRecord* out) const {
-    const Cell& c = cells_[kind][slotOf(key)];
-    for (int attempt = 0; attempt < 4; ++attempt) {
-      uint64_t w[kWords];
-      for (size_t i = 0; i < kWords; ++i) w[i] = __atomic_load_n(&c.w[i], __ATOMIC_RELAXED);
-      if (__atomic_load_n(&c.w[kWords], __ATOMIC_RELAXED) != check(w)) continue;  // torn or empty
-      std::memcpy(out, w, sizeof *out);
-      return out->key == key;
-    }
-    return false;
-  }
-
- private:
-  static constexpr size_t kWords = sizeof(ExplainRecord) / 8;
-  struct alignas(64) Cell {
-    uint64_t w[kWords + 1] = {};
-  };
-  static void streamWord(uint64_t* p, uint64_t v) {
-#if defined(__x86_64__)
-    _mm_stream_si64(reinterpret_cast<long long*>(p), static_cast<long long>(v));
-#else
-    __atomic_store_n(p, v, __ATOMIC_RELAXED);
-#endif
-  }
-  // Never 0, so a cell nobody wrote (all zero) never checks out.
-  static uint64_t check(const uint64_t* w) {
-    return hash64({reinterpret_cast<const char*>(w), kWords * 8}, 0x6578706c61696eULL) | 1;
-  }
-  std::unique_ptr<Cell[]> cells_[risk::kEntityKinds];
-};
-
 struct Runtime {
   std::once_flag once;
   std::unique_ptr<risk::RiskEngine> engine;
@@ -154,7 +76,7 @@ struct Runtime {
   std::vector<std::string> level_names;
   std::atomic<const void*> names_of{nullptr};
 
-  ExplainCache explain;
+  ExplainLog explain;  // GET /risk/explain
 };
 
 Runtime& runtime() {
@@ -281,33 +203,30 @@ risk::RiskRequest& RiskPhase::buildRequest(ClientConnection& c, const RiskSettin
 
 namespace {
 
-// Stores the records evaluate() found due (risk::RiskDecision::explainDue): only entities whose
-// decision changed, or whose record is older than the refresh (perf: writing every scored
-// request's records cost 0.57 us of user time per request on bench/risk-e2e, mostly the next
-// locked instruction waiting for the streamed stores).
-void rememberForExplain(const risk::RiskRequest& r, const risk::RiskDecision& d) {
+// Records the decision for the entities evaluate() found due (risk::RiskDecision::explainDue):
+// only entities whose decision changed, or whose record is older than the refresh (perf: a
+// record for every scored request cost 0.57 us of user time per request on bench/risk-e2e).
+void rememberForExplain(const risk::RiskRequest& r, const risk::RiskDecision& d, Nanos now) {
   if (d.score < risk::kExplainMinScore) return;
   bool any = false;
   for (bool due : d.explainDue) any = any || due;
   if (!any) return;
   const auto keys = risk::RiskEngine::entityKeys(r);
-  Runtime& rt = runtime();
   ExplainRecord e;
+  for (int k = 0; k < risk::kEntityKinds; k++)
+    if (d.explainDue[k]) e.keys[k] = keys[k];  // never due for an absent entity (key 0)
+  e.at = now;
+  e.wall = static_cast<uint32_t>(std::max<int64_t>(r.wallSeconds, 0));
   e.score = static_cast<int16_t>(d.score);
   e.request_score = static_cast<int16_t>(d.requestScore);
   e.action = risk::explainActionOf(d);
-  e.wall = r.wallSeconds;
   e.count = static_cast<uint8_t>(std::min(d.topCount, 5));
   for (int i = 0; i < e.count; i++) {
     size_t n = std::min(d.top[i].name.size(), sizeof(e.top[i].name) - 1);
     memcpy(e.top[i].name, d.top[i].name.data(), n);
     e.top[i].points = static_cast<int8_t>(std::clamp(d.top[i].points, -100, 100));
   }
-  for (int k = 0; k < risk::kEntityKinds; k++) {
-    if (!d.explainDue[k]) continue;  // never due for an absent entity (key 0)
-    e.key = keys[k];
-    rt.explain.store(k, e);
-  }
+  runtime().explain.append(e);
 }
 
 std::string cookieHeader(const RiskSettings& s, const std::string& token) {
@@ -570,7 +489,7 @@ PhaseResult RiskPhase::run(ClientConnection& c, const RouteConfig& route) {
   }
   log.push_back('}');
   }
-  rememberForExplain(req, d);
+  rememberForExplain(req, d, now);
 
   if (d.action == RiskAction::kAllow) {
     c.ex_->risk = scoredState(false, route.risk_class);
@@ -748,7 +667,7 @@ std::pair<int, std::string> RiskPhase::explain(const Config& cfg, std::string_vi
   }
   Runtime& rt = runtime();
   ExplainRecord e;
-  if (rt.explain.load(static_cast<int>(kind), key, &e)) {
+  if (rt.explain.find(static_cast<int>(kind), key, &e)) {
     out += ",\"last\":{\"score\":" + std::to_string(e.score) +
            ",\"request_score\":" + std::to_string(e.request_score) + ",\"action\":\"" +
            risk::kExplainActionNames[e.action < std::size(risk::kExplainActionNames) ? e.action : 0] + "\",\"unix\":" + std::to_string(e.wall) + ",\"top\":[";
