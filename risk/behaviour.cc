@@ -92,6 +92,8 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
   const uint32_t tick = secondsTick(now);
   const uint32_t windowSecs = static_cast<uint32_t>(std::max<Nanos>(p.rateWindow / kSeconds, 1));
   const uint64_t idleMs = static_cast<uint64_t>(p.idleAfter / kMillis);
+  const double perWindow = 1.0 / windowSecs;
+  const double maxCv2 = regularMaxCv * regularMaxCv;
   auto classify = [&](const EntityState& s) {
     return since(s.lastSeenMs, nowMs) > idleMs ? limiter::EntryStatus::kIdle : limiter::EntryStatus::kActive;
   };
@@ -122,7 +124,7 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
         s.windowStart += windowSecs;
       }
       if (s.windowCount < 65535) ++s.windowCount;
-      const double into = static_cast<double>(since(s.windowStart, tick)) / windowSecs;
+      const double into = static_cast<double>(since(s.windowStart, tick)) * perWindow;
       o.rate = s.windowCount + static_cast<uint32_t>(s.prevWindowCount * (1.0 - into));
       // Peers' requests (cluster sharing): a count decaying with time constant W counts a fresh
       // request fully and holds rate * W at a steady rate, as the window count does.
@@ -136,14 +138,21 @@ BehaviourObservation BehaviourTracker::observe(const BehaviourEvent& ev, const B
       }
 
       if (s.gapCount >= p.regularMinSamples && s.gapCount > 1) {
-        double sum = 0, sq = 0;
-        for (int i = 0; i < s.gapCount; ++i) sum += s.gapsMs[i];
-        const double mean = sum / s.gapCount;
-        for (int i = 0; i < s.gapCount; ++i) sq += (s.gapsMs[i] - mean) * (s.gapsMs[i] - mean);
+        uint32_t sum = 0;
+        uint64_t squares = 0;
+        for (int i = 0; i < s.gapCount; ++i) {
+          sum += s.gapsMs[i];
+          squares += static_cast<uint64_t>(s.gapsMs[i]) * s.gapsMs[i];
+        }
         // A mean under 1 ms is a burst (parallel fetches), not a rhythm.
-        if (mean >= 1.0) {
-          o.gapCv = static_cast<float>(std::sqrt(sq / s.gapCount) / mean);
-          o.regular = o.gapCv < regularMaxCv;
+        if (sum >= s.gapCount) {
+          // CV < max  <=>  n*sum(g^2) - sum(g)^2 < max^2 * sum(g)^2: exact in integers up to
+          // the comparison, and no division or square root on the data path.
+          const uint64_t sum2 = static_cast<uint64_t>(sum) * sum;
+          o.gapSamples = s.gapCount;
+          o.gapSum = sum;
+          o.gapSpread = s.gapCount * squares - sum2;
+          o.regular = static_cast<double>(o.gapSpread) < maxCv2 * static_cast<double>(sum2);
         }
       }
 

@@ -11,6 +11,7 @@
 //
 // An entity unseen for `idleAfter` is equivalent to a new one: its record is reset on access and
 // is the first to be evicted, so eviction never changes a decision that still matters.
+#include <cmath>
 #include <cstdint>
 #include <memory>
 
@@ -71,7 +72,14 @@ struct EntityObservation {
   bool present = false;
   uint32_t rate = 0;           // requests in the last rateWindow (sliding estimate)
   bool regular = false;        // inter-arrival gaps have CV below the threshold
-  float gapCv = -1;            // -1 when too few samples
+  // The gaps judged (0 when too few, or a mean under 1 ms): their count, sum and n*sum(g^2) -
+  // sum(g)^2, so the coefficient of variation is sqrt(spread) / sum.
+  uint8_t gapSamples = 0;
+  uint32_t gapSum = 0;
+  uint64_t gapSpread = 0;
+  float gapCv() const {  // -1 when not judged
+    return gapSamples ? static_cast<float>(std::sqrt(static_cast<double>(gapSpread)) / gapSum) : -1.f;
+  }
   uint32_t distinctA = 0;      // estimates from the sketches
   uint32_t distinctB = 0;
   bool checkoutWithoutView = false;

@@ -49,14 +49,50 @@ TEST_CASE("behaviour: perfectly regular timing is flagged, human timing is not",
   BehaviourObservation o;
   for (int i = 0; i < 8; ++i) o = f.hit(RouteClass::kApi, t + i * 500 * kMillis);
   CHECK(o.device().regular);
-  CHECK(o.device().gapCv < 0.01);
+  CHECK(o.device().gapCv() < 0.01);
 
   Fixture h;
   const Nanos gaps[] = {1200, 300, 4500, 800, 2500, 9000, 150, 3300};
   Nanos now = t;
   for (Nanos g : gaps) o = h.hit(RouteClass::kPageView, now += g * kMillis);
   CHECK_FALSE(o.device().regular);
-  CHECK(o.device().gapCv > 0.5);
+  CHECK(o.device().gapCv() > 0.5);
+}
+
+TEST_CASE("behaviour: the regularity judgement agrees with the textbook CV", "[risk][behaviour]") {
+  // observe() compares n*sum(g^2) - sum(g)^2 with max^2 * sum(g)^2 in place of
+  // sqrt(variance) / mean < max: the same verdict and the same CV on any gaps.
+  std::mt19937_64 rng(7);
+  int judged = 0, regular = 0;
+  for (int round = 0; round < 2000; ++round) {
+    Fixture f;
+    f.maxCv = 0.05 + 0.3 * static_cast<double>(rng() % 1000) / 1000;
+    const Nanos base = 100 + static_cast<Nanos>(rng() % 3000);
+    const Nanos jitter = static_cast<Nanos>(rng() % 4) == 0 ? base : base / 8 + 1;
+    Nanos now = 1000 * kSeconds;
+    std::vector<double> gaps;
+    BehaviourObservation o;
+    o = f.hit(RouteClass::kApi, now);
+    for (int i = 0; i < 8; ++i) {
+      const Nanos g = std::max<Nanos>(1, base + static_cast<Nanos>(rng() % (2 * jitter + 1)) - jitter);
+      gaps.push_back(static_cast<double>(g));
+      o = f.hit(RouteClass::kApi, now += g * kMillis);
+    }
+    double mean = 0, sq = 0;
+    for (double g : gaps) mean += g;
+    mean /= gaps.size();
+    for (double g : gaps) sq += (g - mean) * (g - mean);
+    const double cv = std::sqrt(sq / gaps.size()) / mean;
+    INFO("round " << round << " cv " << cv << " max " << f.maxCv);
+    REQUIRE(o.device().gapSamples == 8);
+    CHECK(std::abs(o.device().gapCv() - cv) < 1e-5);
+    if (std::abs(cv - f.maxCv) > 1e-9) CHECK(o.device().regular == (cv < f.maxCv));
+    ++judged;
+    regular += o.device().regular;
+  }
+  CHECK(judged == 2000);
+  CHECK(regular > 100);  // both verdicts were exercised
+  CHECK(regular < 1900);
 }
 
 TEST_CASE("behaviour: too few gaps are never judged", "[risk][behaviour]") {
@@ -64,7 +100,7 @@ TEST_CASE("behaviour: too few gaps are never judged", "[risk][behaviour]") {
   BehaviourObservation o;
   for (int i = 0; i < 4; ++i) o = f.hit(RouteClass::kApi, (100 + i) * kSeconds);
   CHECK_FALSE(o.device().regular);
-  CHECK(o.device().gapCv < 0);
+  CHECK(o.device().gapCv() < 0);
 }
 
 TEST_CASE("behaviour: checkout needs a recent view of that item", "[risk][behaviour]") {
