@@ -63,6 +63,12 @@ void ExplainLog::append(const ExplainRecord& record) {
       for (size_t j = 0; j <= kWords; ++j)
         streamWord(&c.w[j], __atomic_load_n(&r.stage[i].w[j], __ATOMIC_RELAXED));
     }
+#if defined(__x86_64__)
+    // Streamed stores are weakly ordered: without the fence a reader could see `next` move
+    // before the records arrive, and miss the one about to be overwritten in the stage. One
+    // fence per stage, not per record.
+    _mm_sfence();
+#endif
     r.next.store(n + kStageRecords, std::memory_order_release);
     staged = 0;
   }
