@@ -156,10 +156,10 @@ class BehaviourTracker {
   // both decayed) and, when non-null, its ladder state (the peer saw the latest challenge).
   void merge(EntityKind kind, uint64_t key, float score, uint32_t ageSeconds,
              const LadderState* ladder, Nanos halfLife, Nanos idleAfter, Nanos now);
-  // Whether the admin explain cache should get this entity's decision now (then marked as
+  // Whether the admin explain log should get this entity's decision now (then marked as
   // recorded): its score or action differs from the last one recorded, or `refresh` passed since.
-  // A busy entity's identical decisions are then recorded once per refresh, not per request:
-  // the records are stores to a cold 4.5 MB array that the next locked instruction waits for.
+  // A busy entity's identical decisions are then recorded once per refresh, not per request, so
+  // they do not push other entities' records out of the proxy's bounded log.
   // False when the entity is not in the table.
   bool explainDue(EntityKind kind, uint64_t key, int score, uint8_t action, Nanos refresh, Nanos now);
 

@@ -88,9 +88,9 @@ bool ExplainLog::readCell(const Cell& c, ExplainRecord* out) {
   return true;
 }
 
-bool ExplainLog::newest(const Cell* cells, size_t size, uint64_t n, uint64_t limit, int kind,
-                        uint64_t key, ExplainRecord* out) {
-  const uint64_t oldest = n > limit ? n - limit : 0;
+bool ExplainLog::newest(const Cell* cells, size_t size, uint64_t n, int kind, uint64_t key,
+                        ExplainRecord* out) {
+  const uint64_t oldest = n > size ? n - size : 0;
   for (uint64_t i = n; i > oldest; --i) {  // newest first: the first match is the newest
     const Cell& c = cells[(i - 1) % size];
     if (__atomic_load_n(&c.w[kind], __ATOMIC_RELAXED) != key) continue;
@@ -112,9 +112,9 @@ bool ExplainLog::find(int kind, uint64_t key, ExplainRecord* out) const {
     // The stage first (see append). A stage being refilled may hold newer records than the
     // ring, and the ring's newest is not always the stage's oldest, so both are searched.
     const uint32_t staged = ring->staged.load(std::memory_order_acquire);
-    if (newest(ring->stage, kStageRecords, staged, kStageRecords, kind, key, &rec)) take(rec);
+    if (newest(ring->stage, kStageRecords, staged, kind, key, &rec)) take(rec);
     const uint64_t n = ring->next.load(std::memory_order_acquire);
-    if (newest(ring->cells.get(), kRingRecords, n, kRingRecords, kind, key, &rec)) take(rec);
+    if (newest(ring->cells.get(), kRingRecords, n, kind, key, &rec)) take(rec);
   }
   return found;
 }

@@ -76,9 +76,9 @@ class ExplainLog {
   };
   Ring& mine();
   static bool readCell(const Cell& c, ExplainRecord* out);
-  // The newest record in cells [0, n) (newest last) whose keys[kind] is `key`, counting at most
-  // `limit` back from the newest.
-  static bool newest(const Cell* cells, size_t size, uint64_t n, uint64_t limit, int kind, uint64_t key,
+  // The newest record whose keys[kind] is `key` among the last min(n, size) of n records
+  // written round a buffer of `size` cells.
+  static bool newest(const Cell* cells, size_t size, uint64_t n, int kind, uint64_t key,
                      ExplainRecord* out);
 
   const uint64_t id_;  // tells this log's per-thread ring from another (or an earlier) log's
